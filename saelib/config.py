@@ -1,0 +1,78 @@
+"""``params.yaml`` → one resolved dict for the active profile.
+
+``params.yaml`` holds ``profile`` (the active profile's name), ``profiles`` (one block per scale:
+smoke / default / paper) and ``variants`` (SAE configurations by name). Notebooks call
+``load_params()`` and read ``P["run"]`` (the active profile's block), ``P["variants"]`` (the variants
+that profile trains) and ``P["paths"]`` (where its files live).
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROFILES = ("smoke", "default", "paper")
+
+
+class ConfigError(ValueError):
+    """params.yaml is missing something or names something unknown."""
+
+
+def repo_root() -> Path:
+    """The repository root: ``$SAELIB_ROOT`` or the nearest parent holding ``params.yaml``."""
+    env = os.environ.get("SAELIB_ROOT")
+    if env:
+        return Path(env)
+    here = Path.cwd()
+    for folder in (here, *here.parents):
+        if (folder / "params.yaml").exists():
+            return folder
+    raise ConfigError(f"no params.yaml in {here} or its parents; run from inside the repository")
+
+
+def _paths(root: Path, profile: str, run: dict) -> dict[str, Path]:
+    act = root / "data" / profile / f"{run['model']}_L{run['layer']}"
+    return {
+        "root": root,
+        "activations_train": act / "train",
+        "activations_heldout": act / "heldout",
+        "eval_cache": root / "data" / profile / "eval_cache",
+        "checkpoints": root / "checkpoints" / profile,
+        "results": root / "results",
+        "figures": root / "figures",
+    }
+
+
+def load_params(profile: str | None = None, path: str | Path | None = None) -> dict[str, Any]:
+    """Read ``params.yaml`` and resolve the active profile.
+
+    ``profile`` overrides the file's ``profile`` key (notebooks get it from papermill).
+    """
+    path = Path(path) if path is not None else repo_root() / "params.yaml"
+    if not path.exists():
+        raise ConfigError(f"{path} does not exist")
+    with open(path, encoding="utf-8") as fh:
+        raw = yaml.safe_load(fh)
+    name = profile or raw.get("profile")
+    profiles = raw.get("profiles", {})
+    if name not in profiles:
+        raise ConfigError(f"unknown profile {name!r}; params.yaml defines: {', '.join(profiles)}")
+    run = copy.deepcopy(profiles[name])
+    all_variants = raw.get("variants", {})
+    wanted = run.get("variants")  # a profile may train a subset
+    if wanted is None:
+        wanted = list(all_variants)
+    missing = [v for v in wanted if v not in all_variants]
+    if missing:
+        raise ConfigError(f"profile {name!r} names unknown variants {missing}; known: {', '.join(all_variants)}")
+    variants = {v: copy.deepcopy(all_variants[v]) for v in wanted}
+    return {
+        "profile": name,
+        "run": run,
+        "variants": variants,
+        "all_variants": all_variants,
+        "paths": _paths(path.parent, name, run),
+    }

@@ -1,0 +1,164 @@
+"""Reading and writing the residual stream through nnsight.
+
+``residuals`` runs the model only up to the hooked layer. ``spliced_kl_ce`` replaces the layer's
+output (at non-special positions) by a patch function and measures next-token KL and CE against the
+clean run, computing logits in token chunks from the final hidden state (one batch of fp32 logits
+over Gemma-3's 262k vocabulary would be gigabytes).
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor
+
+from .models import LoadedModel
+
+Patch = Callable[[Tensor], Tensor]
+"""Maps kept residual vectors ``x_ND`` (float32) to their replacement ``x'_ND``."""
+
+
+def special_mask(model_or_ids, tokens_NS: Tensor) -> Tensor:
+    """``keep_NS``: True where the token is not special (BOS/EOS/PAD...).
+
+    ``model_or_ids`` is a ``LoadedModel`` or an iterable of special token ids.
+    """
+    ids = model_or_ids.special_ids if isinstance(model_or_ids, LoadedModel) else list(model_or_ids)
+    if tokens_NS.ndim != 2:
+        raise ValueError(f"tokens must be (sequences, positions), got shape {tuple(tokens_NS.shape)}")
+    special = torch.tensor(sorted(set(int(i) for i in ids)), dtype=tokens_NS.dtype)
+    return ~torch.isin(tokens_NS, special)
+
+
+def _batches(n: int, batch_size: int) -> Iterator[slice]:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, n, batch_size):
+        yield slice(start, min(n, start + batch_size))
+
+
+@torch.inference_mode()
+def residuals_batch(model: LoadedModel, tokens_NS: Tensor, layer: int, attention_mask_NS: Tensor | None = None) -> Tensor:
+    """Residual output of ``layer`` for one batch, ``x_NSD`` in the model's dtype; stops after the layer."""
+    model.check_layer(layer)
+    lm = model.lm
+    kwargs = {} if attention_mask_NS is None else {"attention_mask": attention_mask_NS}
+    with lm.trace(tokens_NS, **kwargs) as tracer:
+        out = lm.model.layers[layer].output.save()
+        tracer.stop()
+    return out.detach()
+
+
+def residuals(
+    model: LoadedModel,
+    tokens_NS: Tensor,
+    layer: int,
+    *,
+    batch_size: int = 32,
+    attention_mask_NS: Tensor | None = None,
+    progress: bool = False,
+) -> Tensor:
+    """Residual output of ``layer`` for all sequences, ``x_NSD`` (model dtype), batched."""
+    from tqdm.auto import tqdm
+
+    chunks = []
+    slices = list(_batches(tokens_NS.shape[0], batch_size))
+    for sl in tqdm(slices, desc=f"residuals L{layer}", disable=not progress):
+        mask = None if attention_mask_NS is None else attention_mask_NS[sl]
+        chunks.append(residuals_batch(model, tokens_NS[sl], layer, mask))
+    return torch.cat(chunks)
+
+
+def _final_hidden(model: LoadedModel, tokens_NS: Tensor, layer: int, patch: Patch | None, keep_NS: Tensor, attention_mask_NS: Tensor | None) -> Tensor:
+    """Final-norm hidden states ``h_NSD`` with ``layer``'s output patched at kept positions."""
+    lm = model.lm
+    kwargs = {} if attention_mask_NS is None else {"attention_mask": attention_mask_NS}
+    with lm.trace(tokens_NS, **kwargs) as tracer:
+        if patch is not None:
+            x_NSD = lm.model.layers[layer].output
+            x_ND = x_NSD[keep_NS].float()
+            new_ND = patch(x_ND).to(x_NSD.dtype)
+            patched_NSD = x_NSD.clone()
+            patched_NSD[keep_NS] = new_ND
+            lm.model.layers[layer].output = patched_NSD
+        h = lm.model.norm.output.save()
+        tracer.stop()
+    return h.detach()
+
+
+def _logprobs(model: LoadedModel, h_TD: Tensor) -> Tensor:
+    """Log-softmax over the vocabulary for hidden states ``h_TD`` (float32)."""
+    hf = model.hf_model
+    logits_TV = hf.lm_head(h_TD.to(hf.lm_head.weight.dtype)).float()
+    cap = getattr(hf.config, "final_logit_softcapping", None)
+    if cap:
+        logits_TV = torch.tanh(logits_TV / cap) * cap
+    return torch.log_softmax(logits_TV, dim=-1)
+
+
+@torch.inference_mode()
+def spliced_kl_ce(
+    model: LoadedModel,
+    tokens_NS: Tensor,
+    layer: int,
+    patches: dict[str, Patch | None],
+    *,
+    batch_size: int = 8,
+    token_chunk: int = 256,
+    attention_mask_NS: Tensor | None = None,
+    progress: bool = False,
+) -> dict[str, dict[str, float]]:
+    """Next-token KL(p_clean ‖ p_patched) and CE for each named patch, plus the clean CE.
+
+    Special-token positions are never patched and never scored: KL is averaged over positions whose
+    input token is kept; CE over positions whose input and target tokens are both kept.
+    Returns ``{"clean": {"ce", "n_tokens"}, name: {"kl", "ce", "n_tokens"}, ...}``.
+    """
+    from tqdm.auto import tqdm
+
+    model.check_layer(layer)
+    if "clean" in patches:
+        raise ValueError("'clean' is reserved for the unpatched run")
+    keep_all_NS = special_mask(model, tokens_NS)
+    if attention_mask_NS is not None:
+        keep_all_NS &= attention_mask_NS.bool()
+    sums = {name: {"kl": 0.0, "ce": 0.0} for name in patches}
+    sums["clean"] = {"ce": 0.0}
+    n_kl = 0
+    n_ce = 0
+    for sl in tqdm(list(_batches(tokens_NS.shape[0], batch_size)), desc="splice", disable=not progress):
+        tok_NS = tokens_NS[sl]
+        keep_NS = keep_all_NS[sl]
+        mask = None if attention_mask_NS is None else attention_mask_NS[sl]
+        # prediction at position t is scored when input t is kept; CE also needs target t+1 kept
+        score_NS = keep_NS.clone()
+        score_NS[:, -1] = False
+        ce_NS = score_NS.clone()
+        ce_NS[:, :-1] &= keep_NS[:, 1:]
+        target_NS = torch.zeros_like(tok_NS)
+        target_NS[:, :-1] = tok_NS[:, 1:]
+        hidden = {"clean": _final_hidden(model, tok_NS, layer, None, keep_NS, mask)}
+        for name, patch in patches.items():
+            hidden[name] = _final_hidden(model, tok_NS, layer, patch, keep_NS, mask)
+        pos = score_NS.nonzero(as_tuple=False)
+        ce_flag = ce_NS[pos[:, 0], pos[:, 1]]
+        tgt = target_NS[pos[:, 0], pos[:, 1]]
+        for start in range(0, pos.shape[0], token_chunk):
+            p = pos[start : start + token_chunk]
+            flag = ce_flag[start : start + token_chunk]
+            t = tgt[start : start + token_chunk]
+            lp_clean = _logprobs(model, hidden["clean"][p[:, 0], p[:, 1]])
+            sums["clean"]["ce"] += float(-(lp_clean[flag].gather(1, t[flag, None])).sum())
+            p_clean = lp_clean.exp()
+            for name in patches:
+                lp = _logprobs(model, hidden[name][p[:, 0], p[:, 1]])
+                sums[name]["kl"] += float((p_clean * (lp_clean - lp)).sum())
+                sums[name]["ce"] += float(-(lp[flag].gather(1, t[flag, None])).sum())
+        n_kl += int(pos.shape[0])
+        n_ce += int(ce_flag.sum())
+    if n_kl == 0 or n_ce == 0:
+        raise ValueError("no non-special tokens to score: every position is BOS/EOS/PAD")
+    result: dict[str, dict[str, float]] = {"clean": {"ce": sums["clean"]["ce"] / n_ce, "n_tokens": n_ce}}
+    for name in patches:
+        result[name] = {"kl": sums[name]["kl"] / n_kl, "ce": sums[name]["ce"] / n_ce, "n_tokens": n_kl}
+    return result
