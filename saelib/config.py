@@ -1,9 +1,10 @@
 """``params.yaml`` → one resolved dict for the active profile.
 
 ``params.yaml`` holds ``profile`` (the active profile's name), ``profiles`` (one block per scale:
-smoke / default / paper) and ``variants`` (SAE configurations by name). Notebooks call
-``load_params()`` and read ``P["run"]`` (the active profile's block), ``P["variants"]`` (the variants
-that profile trains) and ``P["paths"]`` (where its files live).
+smoke / default / paper), ``sae_variants`` (SAE configurations by name) and ``run_variants`` (the
+names that ``dvc repro`` trains and evaluates; DVC's ``foreach`` needs a top-level list). Notebooks
+call ``load_params()`` and read ``P["run"]`` (the active profile's block), ``P["variants"]`` (the
+variants to run, name → definition) and ``P["paths"]`` (where the profile's files live).
 """
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ def repo_root() -> Path:
     raise ConfigError(f"no params.yaml in {here} or its parents; run from inside the repository")
 
 
-def _paths(root: Path, profile: str, run: dict) -> dict[str, Path]:
-    act = root / "data" / profile / f"{run['model']}_L{run['layer']}"
+def _paths(root: Path, profile: str) -> dict[str, Path]:
+    act = root / "data" / profile / "activations"
     return {
         "root": root,
         "activations_train": act / "train",
@@ -61,18 +62,18 @@ def load_params(profile: str | None = None, path: str | Path | None = None) -> d
     if name not in profiles:
         raise ConfigError(f"unknown profile {name!r}; params.yaml defines: {', '.join(profiles)}")
     run = copy.deepcopy(profiles[name])
-    all_variants = raw.get("variants", {})
-    wanted = run.get("variants")  # a profile may train a subset
+    all_variants = raw.get("sae_variants", {})
+    wanted = raw.get("run_variants")
     if wanted is None:
         wanted = list(all_variants)
     missing = [v for v in wanted if v not in all_variants]
     if missing:
-        raise ConfigError(f"profile {name!r} names unknown variants {missing}; known: {', '.join(all_variants)}")
+        raise ConfigError(f"run_variants names unknown SAE variants {missing}; known: {', '.join(all_variants)}")
     variants = {v: copy.deepcopy(all_variants[v]) for v in wanted}
     return {
         "profile": name,
         "run": run,
         "variants": variants,
         "all_variants": all_variants,
-        "paths": _paths(path.parent, name, run),
+        "paths": _paths(path.parent, name),
     }

@@ -52,7 +52,7 @@ class LoadedModel:
     """A language model wrapped in nnsight, plus what the evals need to know about it."""
 
     lm: object
-    """``nnsight.LanguageModel`` around the Hugging Face model."""
+    """``nnsight.TransformersModel`` (text-generation) around the Hugging Face model."""
     hf_model: nn.Module
     """The underlying ``transformers`` model (the same module nnsight wraps)."""
     tokenizer: object
@@ -148,11 +148,11 @@ def _gemma3_float_folder() -> Path:
 
 
 def _wrap(model: nn.Module, tokenizer, spec: ModelSpec) -> LoadedModel:
-    from nnsight import LanguageModel
+    from nnsight import TransformersModel
 
     model.eval()
     model.requires_grad_(False)
-    lm = LanguageModel(model, tokenizer=tokenizer)
+    lm = TransformersModel(model, tokenizer=tokenizer, task="text-generation")
     return LoadedModel(lm=lm, hf_model=model, tokenizer=tokenizer, spec=spec, special_ids=_special_ids(tokenizer))
 
 
