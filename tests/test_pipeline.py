@@ -1,0 +1,66 @@
+"""Smoke run of the whole DVC pipeline on the `smoke` profile, in a copy of the repository.
+
+This is the end-to-end test: real Gemma-3-270M, real corpus, every notebook through papermill,
+then a second `dvc repro` that must do nothing.
+"""
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _repo_files():
+    out = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    return [f for f in out if f and (ROOT / f).is_file()]
+
+
+@pytest.fixture(scope="module")
+def smoke_repo(tmp_path_factory):
+    dest = tmp_path_factory.mktemp("smoke") / "repo"
+    for rel in _repo_files():
+        if rel.startswith(("results/", "figures/")) or rel == "dvc.lock":
+            continue  # the committed default-profile outputs must be regenerated, not reused
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, target)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["profile"] = "smoke"
+    params["run_variants"] = params["profiles"]["smoke"]["test_variants"]
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    env = {k: v for k, v in os.environ.items() if k != "SAELIB_ROOT"}
+    env["HF_HUB_OFFLINE"] = "1"
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    dvc = str(Path(sys.executable).parent / "dvc")
+    first = subprocess.run([dvc, "repro"], cwd=dest, env=env, capture_output=True, text=True)
+    assert first.returncode == 0, f"dvc repro failed:\n{first.stdout[-6000:]}\n{first.stderr[-6000:]}"
+    second = subprocess.run([dvc, "repro"], cwd=dest, env=env, capture_output=True, text=True)
+    return dest, params, first, second
+
+
+@pytest.mark.slow
+def test_smoke_pipeline_writes_core_metrics(smoke_repo):
+    dest, params, _, _ = smoke_repo
+    for variant in params["run_variants"]:
+        core = json.loads((dest / "results" / "core" / f"{variant}.json").read_text())
+        for key in ("l0", "mse", "ev", "kl_div_score", "ce_loss_score", "frac_alive"):
+            assert math.isfinite(core[key]), (variant, key, core[key])
+        assert core["l0"] > 0
+        assert core["ev"] <= 1.0
+
+
+@pytest.mark.slow
+def test_smoke_pipeline_second_repro_is_noop(smoke_repo):
+    _, _, _, second = smoke_repo
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "Running stage" not in second.stdout, second.stdout[-3000:]
