@@ -1,0 +1,108 @@
+"""The train stage of the pipeline for one variant: train on the activation cache, evaluate core
+metrics on held-out text, write the small committed results and keep the SAE for later stages."""
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from .activations import ActivationCache
+from .evals.core import evaluate_core
+from .io import atomic_write_json, atomic_write_text
+from .models import LoadedModel, load_model
+from .penalties import make_penalty
+from .sae import load_sae, make_sae
+from .train import CHECKPOINT_NAME, read_log, train_sae
+from .variants import ResolvedVariant, resolve_variant
+
+CURVE_COLUMNS = ("step", "tokens", "lr", "loss", "mse", "auxk", "l1", "penalty", "penalty_raw", "penalty_over_mse",
+                 "coact_stat", "l0", "n_dead")
+
+
+def sae_dir(P: dict[str, Any], variant: str) -> Path:
+    """Folder of variant's trained SAE (SAELens layout)."""
+    return P["paths"]["checkpoints"] / variant / "sae"
+
+
+def load_variant_sae(P: dict[str, Any], variant: str):
+    """Load the trained SAE of ``variant``; a clear error names the stage that builds it."""
+    folder = sae_dir(P, variant)
+    if not (folder / "cfg.json").exists():
+        raise FileNotFoundError(f"no trained SAE for variant {variant!r} at {folder}; run `dvc repro train@{variant}`")
+    return load_sae(folder)
+
+
+def resolve(P: dict[str, Any], variant: str, model: LoadedModel | None = None) -> ResolvedVariant:
+    """Resolve ``variant`` for the active profile (needs only the model's width and name)."""
+    if variant not in P["all_variants"]:
+        raise KeyError(f"unknown SAE variant {variant!r}; params.yaml defines: {', '.join(P['all_variants'])}")
+    run = P["run"]
+    d_model = model.d_model if model is not None else ActivationCache(P["paths"]["activations_train"]).d_model
+    hook = model.hook_name(run["layer"]) if model is not None else f"blocks.{run['layer']}.hook_resid_post"
+    return resolve_variant(variant, P["all_variants"][variant], run, d_model=d_model, model_name=run["model"],
+                           hook_name=hook)
+
+
+def training_curve(records: list[dict[str, Any]], n_points: int = 200) -> pd.DataFrame:
+    """Down-sample the per-step log to about ``n_points`` rows (always keeping the last step)."""
+    if not records:
+        raise ValueError("empty training log")
+    stride = max(1, math.ceil(len(records) / n_points))
+    picked = records[::stride]
+    if picked[-1] is not records[-1]:
+        picked.append(records[-1])
+    frame = pd.DataFrame(picked)
+    return frame[[c for c in CURVE_COLUMNS if c in frame.columns]]
+
+
+def train_variant(P: dict[str, Any], variant: str, *, progress: bool = True) -> dict[str, Any]:
+    """Train ``variant`` and write ``results/core/<variant>.json`` and ``results/curves/<variant>.csv``."""
+    run = P["run"]
+    model = load_model(run["model"])
+    layer = model.check_layer(int(run["layer"]))
+    rv = resolve(P, variant, model)
+    cache = ActivationCache(P["paths"]["activations_train"], profile=P["profile"])
+    heldout = ActivationCache(P["paths"]["activations_heldout"], profile=P["profile"])
+    out_dir = P["paths"]["checkpoints"] / variant
+    sae = make_sae(rv.arch, rv.sae_cfg)
+    penalty = make_penalty(rv.penalty_cfg, rv.sae_cfg.d_sae, getattr(rv.sae_cfg, "k", 0)) if rv.penalty_cfg else None
+    result = train_sae(sae, cache, rv.train_cfg, penalty=penalty, out_dir=out_dir, resume=True, progress=progress)
+    records = read_log(out_dir)
+    curve = training_curve(records)
+
+    eval_cfg = run.get("core", {})
+    tokens = heldout.tokens()
+    core = evaluate_core(result.sae, model, tokens, layer, batch_size=int(eval_cfg.get("batch_size", 16)),
+                         n_kl_sequences=eval_cfg.get("n_kl_sequences"), progress=progress)
+    density = core.pop("feature_density_F")
+    summary = {
+        "variant": variant,
+        "profile": P["profile"],
+        "model": run["model"],
+        "layer": layer,
+        "arch": rv.arch,
+        "sae_cfg": rv.sae_cfg.to_dict(),
+        "train_cfg": rv.train_cfg.to_dict(),
+        "penalty_cfg": None if rv.penalty_cfg is None else {k: v for k, v in vars(rv.penalty_cfg).items()},
+        "params_entry": rv.entry,
+        "train_tokens": rv.train_cfg.n_steps * rv.train_cfg.batch_size,
+        "train_wall_time_s": result.summary.get("wall_time_s", result.wall_time_s),
+        "final_train": {k: v for k, v in records[-1].items() if isinstance(v, (int, float))},
+        "log_density_hist": torch.histc(torch.log10(density.clamp_min(1e-10)), bins=20, min=-10, max=0).tolist(),
+        **{k: (float(v) if isinstance(v, (int, float)) else v) for k, v in core.items()},
+    }
+    atomic_write_json(P["paths"]["results"] / "core" / f"{variant}.json", summary)
+    atomic_write_text(P["paths"]["results"] / "curves" / f"{variant}.csv", curve.to_csv(index=False))
+    ckpt = out_dir / CHECKPOINT_NAME
+    if ckpt.exists():  # the resumable state is only needed while training
+        ckpt.unlink()
+    return summary
+
+
+def clear_variant(P: dict[str, Any], variant: str) -> None:
+    """Delete a variant's checkpoint folder (forces retraining)."""
+    shutil.rmtree(P["paths"]["checkpoints"] / variant, ignore_errors=True)
