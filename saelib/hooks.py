@@ -69,7 +69,7 @@ def residuals(
     return torch.cat(chunks)
 
 
-def _final_hidden(model: LoadedModel, tokens_NS: Tensor, layer: int, patch: Patch | None, keep_NS: Tensor, attention_mask_NS: Tensor | None) -> Tensor:
+def final_hidden(model: LoadedModel, tokens_NS: Tensor, layer: int, patch: Patch | None, keep_NS: Tensor, attention_mask_NS: Tensor | None) -> Tensor:
     """Final-norm hidden states ``h_NSD`` with ``layer``'s output patched at kept positions."""
     lm = model.lm
     kwargs = {} if attention_mask_NS is None else {"attention_mask": attention_mask_NS}
@@ -86,7 +86,7 @@ def _final_hidden(model: LoadedModel, tokens_NS: Tensor, layer: int, patch: Patc
     return h.detach()
 
 
-def _logprobs(model: LoadedModel, h_TD: Tensor) -> Tensor:
+def logprobs(model: LoadedModel, h_TD: Tensor) -> Tensor:
     """Log-softmax over the vocabulary for hidden states ``h_TD`` (float32)."""
     hf = model.hf_model
     logits_TV = hf.lm_head(h_TD.to(hf.lm_head.weight.dtype)).float()
@@ -137,9 +137,9 @@ def spliced_kl_ce(
         ce_NS[:, :-1] &= keep_NS[:, 1:]
         target_NS = torch.zeros_like(tok_NS)
         target_NS[:, :-1] = tok_NS[:, 1:]
-        hidden = {"clean": _final_hidden(model, tok_NS, layer, None, keep_NS, mask)}
+        hidden = {"clean": final_hidden(model, tok_NS, layer, None, keep_NS, mask)}
         for name, patch in patches.items():
-            hidden[name] = _final_hidden(model, tok_NS, layer, patch, keep_NS, mask)
+            hidden[name] = final_hidden(model, tok_NS, layer, patch, keep_NS, mask)
         pos = score_NS.nonzero(as_tuple=False)
         ce_flag = ce_NS[pos[:, 0], pos[:, 1]]
         tgt = target_NS[pos[:, 0], pos[:, 1]]
@@ -147,11 +147,11 @@ def spliced_kl_ce(
             p = pos[start : start + token_chunk]
             flag = ce_flag[start : start + token_chunk]
             t = tgt[start : start + token_chunk]
-            lp_clean = _logprobs(model, hidden["clean"][p[:, 0], p[:, 1]])
+            lp_clean = logprobs(model, hidden["clean"][p[:, 0], p[:, 1]])
             sums["clean"]["ce"] += float(-(lp_clean[flag].gather(1, t[flag, None])).sum())
             p_clean = lp_clean.exp()
             for name in patches:
-                lp = _logprobs(model, hidden[name][p[:, 0], p[:, 1]])
+                lp = logprobs(model, hidden[name][p[:, 0], p[:, 1]])
                 sums[name]["kl"] += float((p_clean * (lp_clean - lp)).sum())
                 sums[name]["ce"] += float(-(lp[flag].gather(1, t[flag, None])).sum())
         n_kl += int(pos.shape[0])

@@ -147,7 +147,7 @@ def _gemma3_float_folder() -> Path:
     return target
 
 
-def _wrap(model: nn.Module, tokenizer, spec: ModelSpec) -> LoadedModel:
+def wrap_model(model: nn.Module, tokenizer, spec: ModelSpec) -> LoadedModel:
     from nnsight import TransformersModel
 
     model.eval()
@@ -162,7 +162,7 @@ def _load_gemma3_270m(spec: ModelSpec, dtype: torch.dtype) -> LoadedModel:
     folder = _gemma3_float_folder()
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
-    return _wrap(model, tokenizer, spec)
+    return wrap_model(model, tokenizer, spec)
 
 
 def _load_hub(spec: ModelSpec, dtype: torch.dtype) -> LoadedModel:
@@ -177,7 +177,7 @@ def _load_hub(spec: ModelSpec, dtype: torch.dtype) -> LoadedModel:
             f"{str(exc).splitlines()[0] if str(exc) else ''}. The paper profile needs network access to the hub "
             "and an accepted Gemma licence (huggingface-cli login); the offline default uses 'gemma-3-270m'."
         ) from exc
-    return _wrap(model, tokenizer, spec)
+    return wrap_model(model, tokenizer, spec)
 
 
 def _load_tiny(spec: ModelSpec, dtype: torch.dtype) -> LoadedModel:
@@ -202,7 +202,7 @@ def _load_tiny(spec: ModelSpec, dtype: torch.dtype) -> LoadedModel:
     )
     torch.manual_seed(0)
     model = Gemma3ForCausalLM(config).to(dtype)
-    return _wrap(model, tokenizer, spec)
+    return wrap_model(model, tokenizer, spec)
 
 
 _LOADERS: dict[str, Callable[[ModelSpec, torch.dtype], LoadedModel]] = {
