@@ -53,7 +53,7 @@ def test_smoke_pipeline_writes_core_metrics(smoke_repo):
     dest, params, _, _ = smoke_repo
     for variant in params["run_variants"]:
         core = json.loads((dest / "results" / "core" / f"{variant}.json").read_text())
-        for key in ("l0", "mse", "ev", "kl_div_score", "ce_loss_score", "frac_alive"):
+        for key in ("l0", "mse", "ev", "kl_score", "ce_score", "frac_alive"):
             assert math.isfinite(core[key]), (variant, key, core[key])
         assert core["l0"] > 0
         assert core["ev"] <= 1.0

@@ -1,0 +1,404 @@
+"""Train an SAE on cached activations: bf16 autocast, per-step JSON logs, atomic checkpoints, resume.
+
+One step (the original runs' order): unit-normalise the decoder rows → forward (+ penalty) → backward
+→ clip the gradient norm → remove each decoder-row gradient's component along its row → Adam.
+LR = ``2e-4 / sqrt(F / 2^14)`` unless given; constant, optional linear warmup, then linear decay to
+0 over the last ``lr_decay_frac`` of the steps. Dead latents (no firing for
+``dead_tokens_threshold`` tokens) feed the AuxK loss of TopK-style SAEs.
+
+Outputs in ``out_dir``: ``log.jsonl`` (one record per logged step), ``checkpoint.pt`` (model,
+optimizer, penalty state, step, data position, RNG, dead counters; written atomically),
+``sae/`` (SAELens layout) and ``train_summary.json``. A run that finds a compatible checkpoint
+continues from it and produces bit-identical results to an uninterrupted run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+import torch
+from torch import Tensor
+
+from .io import atomic_torch_save, atomic_write_json, atomic_write_text
+from .sae.base import BaseSAE, SAEOutput
+
+Penalty = Callable[[SAEOutput, BaseSAE, int], dict[str, Tensor]]
+"""``penalty(out, sae, step) -> {"penalty": term added to the loss, "penalty_raw": P, ...}``."""
+
+CHECKPOINT_NAME = "checkpoint.pt"
+LOG_NAME = "log.jsonl"
+SUMMARY_NAME = "train_summary.json"
+SAE_DIRNAME = "sae"
+_IGNORED_FOR_RESUME = ("log_every", "checkpoint_every")
+
+
+class ActivationSource(Protocol):
+    """What the trainer needs from an activation cache (``saelib.activations.ActivationCache``)."""
+
+    d_model: int
+    n_tokens: int
+
+    def iter_batches(self, batch_size: int, *, seed: int, shuffle: bool = True, drop_last: bool = True) -> Iterator[Tensor]:
+        ...
+
+
+@dataclass
+class TrainConfig:
+    """How to train (the SAE's own config says what to train)."""
+
+    total_tokens: int
+    """Training tokens; the run has ``total_tokens // batch_size`` steps (cycling the cache if needed)."""
+    batch_size: int = 2048
+    """Tokens per step (B)."""
+    lr: float | None = None
+    """Adam learning rate; ``None`` → ``2e-4 / sqrt(d_sae / 2**14)``."""
+    lr_warmup_steps: int = 0
+    """Linear LR warmup steps (0: none, as in the TopK runs)."""
+    lr_decay_frac: float = 1 / 8
+    """Fraction of steps at the end over which the LR decays linearly to 0."""
+    grad_clip: float = 1.0
+    """Max global gradient norm (``clip_grad_norm_``); ``0`` disables clipping."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """Adam β1, β2."""
+    adam_eps: float = 1e-8
+    """Adam ε."""
+    seed: int = 42
+    """Seed of the data order (epoch e shuffles with ``seed + e``) and of torch's global RNG."""
+    log_every: int = 1
+    """Write a ``log.jsonl`` record every this many steps (and at the last step)."""
+    checkpoint_every: int = 500
+    """Write ``checkpoint.pt`` every this many steps (and at the end)."""
+    dead_tokens_threshold: int = 10_000_000
+    """A latent is dead (enters AuxK) after this many training tokens without firing."""
+    autocast_bf16: bool = True
+    """Run the forward pass under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (AMX matmuls)."""
+    init_b_dec: bool = True
+    """Initialise ``b_dec`` (and data-dependent parameters) from the first batch (geometric median)."""
+    shuffle: bool = True
+    """Shuffle the cache's tokens (per epoch)."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.total_tokens < self.batch_size:
+            raise ValueError(f"total_tokens ({self.total_tokens}) is less than one batch ({self.batch_size})")
+        if not 0.0 <= self.lr_decay_frac <= 1.0:
+            raise ValueError(f"lr_decay_frac must be in [0, 1], got {self.lr_decay_frac}")
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.log_every < 1 or self.checkpoint_every < 1:
+            raise ValueError("log_every and checkpoint_every must be >= 1")
+        self.adam_betas = tuple(float(b) for b in self.adam_betas)  # type: ignore[assignment]
+
+    @property
+    def n_steps(self) -> int:
+        """Number of optimizer steps."""
+        return self.total_tokens // self.batch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["adam_betas"] = list(self.adam_betas)
+        return d
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term (or the gradient norm) became NaN/inf."""
+
+    def __init__(self, step: int, term: str, value: float):
+        self.step, self.term, self.value = step, term, value
+        super().__init__(f"training diverged: {term!r} = {value} at step {step} (0-based); "
+                         f"lower the learning rate or check the activations for NaN/inf")
+
+
+@dataclass
+class TrainResult:
+    """What ``train_sae`` returns."""
+
+    sae: BaseSAE
+    """The trained SAE (eval mode)."""
+    out_dir: Path
+    """Run folder."""
+    n_steps: int
+    """Steps in the run."""
+    final: dict[str, float]
+    """The last logged record."""
+    summary: dict[str, Any]
+    """Contents of ``train_summary.json``."""
+    resumed_from: int = 0
+    """Step the run continued from (0: fresh)."""
+    wall_time_s: float = 0.0
+    """Seconds spent in this call's training loop."""
+    log_path: Path = field(default_factory=Path)
+    sae_dir: Path = field(default_factory=Path)
+
+
+def default_lr(d_sae: int) -> float:
+    """``2e-4 / sqrt(F / 2^14)`` (1.886e-4 at F = 18432)."""
+    return 2e-4 / math.sqrt(d_sae / 2**14)
+
+
+def lr_at(step: int, n_steps: int, base_lr: float, *, warmup_steps: int = 0, decay_frac: float = 1 / 8) -> float:
+    """LR of 0-based ``step``: linear warmup ``(step+1)/warmup``, constant, then linear decay.
+
+    Decay starts at ``int(n_steps·(1 − decay_frac))`` (step 4271 of 4882 at 1/8) with factor
+    ``(n_steps − step) / (n_steps − start)``.
+    """
+    scale = 1.0
+    if warmup_steps > 0 and step < warmup_steps:
+        scale = (step + 1) / warmup_steps
+    start = int(n_steps * (1.0 - decay_frac))
+    if decay_frac > 0 and step >= start and n_steps > start:
+        scale *= (n_steps - step) / (n_steps - start)
+    return base_lr * scale
+
+
+def make_optimizer(sae: BaseSAE, cfg: TrainConfig, lr: float) -> torch.optim.Adam:
+    """Adam over all SAE parameters (fused CPU kernel when available)."""
+    params = list(sae.parameters())
+    try:
+        return torch.optim.Adam(params, lr=lr, betas=cfg.adam_betas, eps=cfg.adam_eps, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=lr, betas=cfg.adam_betas, eps=cfg.adam_eps, foreach=True)
+
+
+def active_latents(out: SAEOutput, d_sae: int) -> tuple[Tensor, Tensor]:
+    """``(fired_F, l0)``: which latents fired in the batch, and the mean active count per token."""
+    with torch.no_grad():
+        if out.idx_BK is not None and out.val_BK is not None:
+            live_BK = out.val_BK > 0
+            fired_F = torch.zeros(d_sae, dtype=torch.bool)
+            fired_F[out.idx_BK[live_BK]] = True
+            return fired_F, live_BK.sum(1).float().mean()
+        nz_BF = out.f_BF != 0
+        return nz_BF.any(0), nz_BF.sum(1).float().mean()
+
+
+def _first_bad(step: int, terms: dict[str, Tensor]) -> None:
+    vals = torch.stack([t.detach().float().reshape(()) for t in terms.values()])
+    if bool(torch.isfinite(vals).all()):
+        return
+    for name, v in zip(terms, vals.tolist()):
+        if not math.isfinite(v):
+            raise NonFiniteLossError(step, name, v)
+
+
+@dataclass
+class StepResult:
+    """Tensors of one training step (for logging)."""
+
+    out: SAEOutput
+    penalty: dict[str, Tensor]
+    loss: Tensor
+    grad_norm: Tensor
+
+
+def train_step(sae: BaseSAE, opt: torch.optim.Optimizer, x_BD: Tensor, *, step: int, lr: float, cfg: TrainConfig,
+               dead_mask_F: Tensor | None = None, penalty: Penalty | None = None) -> StepResult:
+    """One optimizer step in the original runs' order; raises ``NonFiniteLossError``."""
+    if sae.cfg.normalize_decoder:
+        sae.normalize_decoder_()
+    for group in opt.param_groups:
+        group["lr"] = lr
+    dense = bool(getattr(penalty, "needs_dense_latents", False))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
+        out = sae(x_BD, step=step, dead_mask_F=dead_mask_F, dense_latents=dense)
+        pen = penalty(out, sae, step) if penalty is not None else {}
+    loss = out.losses["loss"]
+    if pen:
+        if "penalty" not in pen:
+            raise KeyError(f"penalty must return a 'penalty' entry, got keys {sorted(pen)}")
+        loss = loss + pen["penalty"].float()
+    pen_terms = {k: v for k, v in pen.items() if isinstance(v, Tensor) and torch.is_floating_point(v)}
+    _first_bad(step, {**out.losses, **pen_terms, "total_loss": loss})
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for p in sae.parameters() if p.grad is not None]
+    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+    if not bool(torch.isfinite(grad_norm)):
+        raise NonFiniteLossError(step, "grad_norm", float(grad_norm))
+    if cfg.grad_clip > 0 and float(grad_norm) + 1e-6 > cfg.grad_clip:
+        # same arithmetic as clip_grad_norm_, minus its multiply-by-1.0 pass when nothing is clipped
+        torch.nn.utils.clip_grads_with_norm_(params, cfg.grad_clip, grad_norm, foreach=True)
+    if sae.cfg.normalize_decoder:
+        sae.remove_parallel_decoder_grad_()
+    opt.step()
+    sae.after_step_()
+    return StepResult(out, pen, loss, grad_norm)
+
+
+def _record(step: int, cfg: TrainConfig, lr: float, res: StepResult, l0: Tensor, n_dead: int, t0: float) -> dict[str, Any]:
+    rec: dict[str, Any] = {"step": step, "tokens": (step + 1) * cfg.batch_size, "lr": lr}
+    rec["loss"] = float(res.loss.detach())
+    for name, v in res.out.losses.items():
+        rec[name if name != "loss" else "sae_loss"] = float(v.detach())
+    for name, v in res.penalty.items():
+        rec[name] = float(v.detach()) if isinstance(v, Tensor) else float(v)
+    if "penalty" in res.penalty:
+        mse = rec.get("mse", float("nan"))
+        rec["penalty_over_mse"] = rec["penalty"] / mse if mse else float("nan")
+    rec["l0"] = float(l0)
+    rec["n_dead"] = n_dead
+    rec["grad_norm"] = float(res.grad_norm)
+    rec["time_s"] = round(time.perf_counter() - t0, 4)
+    return rec
+
+
+def _batches_from(cache: ActivationSource, cfg: TrainConfig, epoch: int, skip: int) -> Iterator[tuple[int, int, Tensor]]:
+    """``(epoch, index_in_epoch, x_BD)`` forever, starting at (epoch, skip)."""
+    while True:
+        it = cache.iter_batches(cfg.batch_size, seed=cfg.seed + epoch, shuffle=cfg.shuffle, drop_last=True)
+        n = 0
+        for i, x_BD in enumerate(it):
+            n += 1
+            if i < skip:
+                continue
+            yield epoch, i, x_BD
+        if n == 0:
+            raise ValueError(f"the activation cache yields no batch of {cfg.batch_size} tokens (it holds {cache.n_tokens})")
+        epoch, skip = epoch + 1, 0
+
+
+def _sae_state(sae: BaseSAE) -> dict[str, Any]:
+    return {"arch": sae.arch, "cfg": sae.cfg.to_dict(), "model": sae.state_dict()}
+
+
+def _check_resume(ckpt: dict[str, Any], sae: BaseSAE, cfg: TrainConfig, path: Path) -> None:
+    if ckpt["sae"]["arch"] != sae.arch:
+        raise ValueError(f"{path} was written for a {ckpt['sae']['arch']!r} SAE, not {sae.arch!r}; use resume=False or another out_dir")
+    saved_cfg = ckpt["sae"]["cfg"]
+    for name, value in sae.cfg.to_dict().items():
+        if value is not None and saved_cfg.get(name) != value:
+            raise ValueError(f"{path}: SAE config differs ({name}: checkpoint {saved_cfg.get(name)!r} vs now {value!r}); "
+                             f"use resume=False or another out_dir")
+    saved_train = {k: v for k, v in ckpt["train_cfg"].items() if k not in _IGNORED_FOR_RESUME}
+    now_train = {k: v for k, v in cfg.to_dict().items() if k not in _IGNORED_FOR_RESUME}
+    if saved_train != now_train:
+        diff = sorted(k for k in now_train if saved_train.get(k) != now_train[k])
+        raise ValueError(f"{path}: training config differs in {diff}; use resume=False or another out_dir")
+
+
+def _truncate_log(path: Path, before_step: int) -> None:
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+        if rec.get("step", before_step) < before_step:
+            keep.append(line)
+    atomic_write_text(path, "".join(s + "\n" for s in keep))
+
+
+def train_sae(sae: BaseSAE, cache: ActivationSource, cfg: TrainConfig, *, penalty: Penalty | None = None,
+              out_dir: str | Path, resume: bool = True, progress: bool = True) -> TrainResult:
+    """Train ``sae`` in place on ``cache``; see the module docstring for outputs and resume."""
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if int(cache.d_model) != sae.cfg.d_in:
+        raise ValueError(f"activation width {cache.d_model} does not match the SAE's d_in {sae.cfg.d_in}")
+    ckpt_path, log_path = out_dir / CHECKPOINT_NAME, out_dir / LOG_NAME
+    n_steps = cfg.n_steps
+    base_lr = cfg.lr if cfg.lr is not None else default_lr(sae.cfg.d_sae)
+    opt = make_optimizer(sae, cfg, base_lr)
+    since_fired_F = torch.zeros(sae.cfg.d_sae, dtype=torch.int64)
+    start, epoch, in_epoch = 0, 0, 0
+
+    if resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        _check_resume(ckpt, sae, cfg, ckpt_path)
+        sae.cfg = type(sae.cfg).from_dict(ckpt["sae"]["cfg"])
+        sae.load_state_dict(ckpt["sae"]["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        if penalty is not None and ckpt.get("penalty") is not None:
+            penalty.load_state_dict(ckpt["penalty"])  # type: ignore[attr-defined]
+        since_fired_F = ckpt["since_fired_F"]
+        start, epoch, in_epoch = ckpt["step"], ckpt["epoch"], ckpt["in_epoch"]
+        torch.set_rng_state(ckpt["rng"])
+        _truncate_log(log_path, start)
+    else:
+        torch.manual_seed(cfg.seed)
+        atomic_write_text(log_path, "")
+
+    def save_checkpoint(step: int) -> None:
+        atomic_torch_save(ckpt_path, {
+            "step": step, "epoch": epoch, "in_epoch": in_epoch, "sae": _sae_state(sae),
+            "optimizer": opt.state_dict(), "since_fired_F": since_fired_F.clone(),
+            "penalty": penalty.state_dict() if hasattr(penalty, "state_dict") else None,  # type: ignore[union-attr]
+            "rng": torch.get_rng_state(), "train_cfg": cfg.to_dict(),
+        })
+
+    sae.train()
+    if hasattr(penalty, "train"):
+        penalty.train()  # type: ignore[union-attr]
+    last: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    bar = tqdm(total=n_steps, initial=start, desc=f"train {sae.arch}", disable=not progress, unit="step")
+    batches = _batches_from(cache, cfg, epoch, in_epoch) if start < n_steps else iter(())
+    with open(log_path, "a", encoding="utf-8") as log:
+        for step in range(start, n_steps):
+            ep, i, x_BD = next(batches)
+            if step == 0 and cfg.init_b_dec:
+                sae.init_from_batch_(x_BD)
+            if x_BD.shape != (cfg.batch_size, sae.cfg.d_in):
+                raise ValueError(f"cache yielded a batch of shape {tuple(x_BD.shape)}, expected ({cfg.batch_size}, {sae.cfg.d_in})")
+            lr = lr_at(step, n_steps, base_lr, warmup_steps=cfg.lr_warmup_steps, decay_frac=cfg.lr_decay_frac)
+            dead_F = since_fired_F >= cfg.dead_tokens_threshold
+            res = train_step(sae, opt, x_BD, step=step, lr=lr, cfg=cfg, dead_mask_F=dead_F, penalty=penalty)
+            fired_F, l0 = active_latents(res.out, sae.cfg.d_sae)
+            since_fired_F += cfg.batch_size
+            since_fired_F[fired_F] = 0
+            epoch, in_epoch = (ep, i + 1)
+            if step % cfg.log_every == 0 or step == n_steps - 1:
+                last = _record(step, cfg, lr, res, l0, int(dead_F.sum()), t0)
+                log.write(json.dumps(last, allow_nan=True) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{last['loss']:.4g}", mse=f"{last.get('mse', float('nan')):.4g}", l0=f"{last['l0']:.1f}",
+                                dead=last["n_dead"], refresh=False)
+            bar.update(1)
+            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < n_steps:
+                save_checkpoint(step + 1)
+    bar.close()
+    wall = time.perf_counter() - t0
+    if start < n_steps:
+        save_checkpoint(n_steps)
+    if not last:
+        last = _last_record(log_path)
+    if sae.cfg.normalize_decoder:
+        sae.normalize_decoder_()
+    sae.eval()
+    sae_dir = sae.save(out_dir / SAE_DIRNAME)
+    trained = n_steps - start
+    summary = {
+        "arch": sae.arch, "sae_config": sae.cfg.to_dict(), "train_config": cfg.to_dict(), "base_lr": base_lr,
+        "n_steps": n_steps, "tokens": n_steps * cfg.batch_size, "resumed_from_step": start,
+        "wall_time_s": round(wall, 3), "tokens_per_s": (trained * cfg.batch_size / wall) if trained and wall > 0 else None,
+        "n_dead_final": int((since_fired_F >= cfg.dead_tokens_threshold).sum()),
+        "final": last, "penalty": type(penalty).__name__ if penalty is not None else None,
+    }
+    atomic_write_json(out_dir / SUMMARY_NAME, summary)
+    return TrainResult(sae=sae, out_dir=out_dir, n_steps=n_steps, final=last, summary=summary, resumed_from=start,
+                       wall_time_s=wall, log_path=log_path, sae_dir=sae_dir)
+
+
+def _last_record(log_path: Path) -> dict[str, Any]:
+    lines = [ln for ln in log_path.read_text(encoding="utf-8").splitlines() if ln.strip()] if log_path.exists() else []
+    return json.loads(lines[-1]) if lines else {}
+
+
+def read_log(out_dir: str | Path) -> list[dict[str, Any]]:
+    """All records of ``out_dir/log.jsonl``."""
+    path = Path(out_dir) / LOG_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"no training log at {path}")
+    return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]

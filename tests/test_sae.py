@@ -1,0 +1,367 @@
+"""SAE architectures: shapes, encode/decode consistency, TopK code and gradients against a naive
+reference, decoder constraints, geometric median, SAELens-format save/load."""
+import json
+import math
+
+import pytest
+import torch
+
+from saelib.sae import (
+    SAE_REGISTRY, BatchTopKConfig, JumpReLUConfig, ReLUConfig, SAEFormatError, TopKConfig, TopKSAE,
+    ReLUSAE, geometric_median, load_sae, make_sae,
+)
+from saelib.sae.jumprelu import JumpReLUFn, StepFn
+
+D, F, B = 16, 96, 48
+
+
+def _cfg(arch, **kw):
+    base = dict(d_in=D, d_sae=F, hook_name="model.layers.1", model_name="tiny")
+    if arch == "topk":
+        return TopKConfig(**base, k=5, **kw)
+    if arch == "batchtopk":
+        return BatchTopKConfig(**base, k=5, **kw)
+    if arch == "relu":
+        return ReLUConfig(**base, **kw)
+    return JumpReLUConfig(**base, target_l0=5, **kw)
+
+
+def _x(n=B, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, D, generator=g) * 2.0 + 0.5
+
+
+def _sae(arch, **kw):
+    sae = make_sae(arch, _cfg(arch, **kw))
+    sae.init_from_batch_(_x(seed=1))
+    return sae
+
+
+ARCHS = ["topk", "batchtopk", "relu", "jumprelu"]
+
+
+def test_registry_lists_archs_and_rejects_unknown():
+    assert set(SAE_REGISTRY) == set(ARCHS)
+    with pytest.raises(ValueError, match="known: .*batchtopk.*jumprelu.*relu.*topk"):
+        make_sae("gated", _cfg("relu"))
+    with pytest.raises(TypeError, match="TopKConfig"):
+        make_sae("topk", _cfg("relu"))
+    sae = make_sae("topk", {"d_in": D, "d_sae": F, "k": 3})
+    assert isinstance(sae, TopKSAE) and sae.cfg.k == 3
+
+
+def test_topk_backward_impl_auto_rule():
+    assert TopKConfig(d_in=640, d_sae=5120, k=28).sparse_backward  # k ≤ F/64
+    assert TopKConfig(d_in=640, d_sae=5120, k=80).sparse_backward
+    assert not TopKConfig(d_in=640, d_sae=5120, k=88).sparse_backward
+    assert not TopKConfig(d_in=2304, d_sae=18432, k=320).sparse_backward
+    with pytest.raises(ValueError, match="backward_impl"):
+        TopKConfig(d_in=D, d_sae=F, backward_impl="fast")
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="k must be"):
+        TopKConfig(d_in=D, d_sae=F, k=F + 1)
+    with pytest.raises(ValueError, match="dtype"):
+        ReLUConfig(d_in=D, d_sae=F, dtype="float8")
+    with pytest.raises(ValueError, match="sparsity_mode"):
+        JumpReLUConfig(d_in=D, d_sae=F, sparsity_mode="l2")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_shapes_and_forward_equals_decode_encode(arch):
+    sae = _sae(arch)
+    x = _x()
+    for training in (True, False):
+        sae.train(training)
+        with torch.no_grad():
+            out = sae(x, step=3)
+            f = sae.encode(x)
+            x_hat = sae.decode(f)
+        assert out.x_hat_BD.shape == (B, D) and out.x_hat_BD.dtype == torch.float32
+        assert out.f_BF.shape == (B, F) and f.shape == (B, F)
+        torch.testing.assert_close(out.f_BF.float(), f.float(), rtol=0, atol=0)
+        torch.testing.assert_close(out.x_hat_BD, x_hat, rtol=1e-5, atol=1e-5)
+        assert set(out.losses) >= {"mse", "loss"}
+        torch.testing.assert_close(out.losses["mse"], (x_hat - x).pow(2).sum(1).mean(), rtol=1e-5, atol=1e-5)
+    # leading dims are accepted by encode/decode
+    with torch.no_grad():
+        f3 = sae.encode(x.reshape(4, B // 4, D))
+        assert f3.shape == (4, B // 4, F)
+        assert sae.decode(f3).shape == (4, B // 4, D)
+    with pytest.raises(ValueError, match=f"\\(..., {D}\\)"):
+        sae.encode(torch.zeros(3, D + 1))
+
+
+def _naive_topk_loss(sae, x, dead_mask):
+    """Dense float64 reference of the TopK forward and loss (mse + aux_coef · normalised AuxK)."""
+    p = {n: t.detach().double().requires_grad_(True) for n, t in sae.named_parameters()}
+    pre = (x.double() - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
+    v, i = pre.relu().topk(sae.cfg.k, dim=1)
+    f = torch.zeros_like(pre).scatter(1, i, v)
+    x_hat = f @ p["W_dec"] + p["b_dec"]
+    mse = (x_hat - x.double()).pow(2).sum(1).mean()
+    loss = mse
+    if dead_mask is not None and dead_mask.any():
+        k_aux = min(sae.cfg.resolved_aux_k, int(dead_mask.sum()))
+        masked = torch.where(dead_mask[None], pre, torch.tensor(-math.inf, dtype=pre.dtype))
+        av, ai = masked.topk(k_aux, dim=1)
+        e_hat = torch.zeros_like(pre).scatter(1, ai, av.relu()) @ p["W_dec"]
+        e = (x.double() - x_hat).detach()
+        aux = (e_hat - e).pow(2).sum(1).mean() / (e - e.mean(0)).pow(2).sum(1).mean()
+        loss = loss + sae.cfg.aux_coef * aux
+    loss.backward()
+    return f, x_hat, loss, {n: t.grad for n, t in p.items()}
+
+
+@pytest.mark.parametrize("impl", ["sparse", "dense"])
+@pytest.mark.parametrize("with_dead", [False, True])
+def test_topk_matches_naive_reference_values_and_gradients(with_dead, impl):
+    sae = _sae("topk", backward_impl=impl)
+    assert sae.cfg.sparse_backward == (impl == "sparse")
+    x = _x()
+    dead = (torch.arange(F) % 3 == 0) if with_dead else None
+    out = sae(x, dead_mask_F=dead)
+    out.losses["loss"].backward()
+    f_ref, x_hat_ref, loss_ref, grads_ref = _naive_topk_loss(sae, x, dead)
+    assert ((out.f_BF != 0).sum(1) == sae.cfg.k).all()  # exactly k active per token
+    torch.testing.assert_close(out.f_BF.double(), f_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.x_hat_BD.double(), x_hat_ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out.losses["loss"].double(), loss_ref.detach(), rtol=1e-5, atol=1e-5)
+    if with_dead:
+        assert float(out.losses["auxk"].detach()) > 0
+    for name, param in sae.named_parameters():
+        torch.testing.assert_close(param.grad.double(), grads_ref[name], rtol=1e-4, atol=1e-4 * float(grads_ref[name].abs().max()))
+
+
+@pytest.mark.parametrize("impl", ["sparse", "dense"])
+def test_topk_bf16_autocast_close_to_fp32(impl):
+    sae = _sae("topk", backward_impl=impl)
+    x = _x()
+    with torch.no_grad():
+        ref = sae(x).x_hat_BD
+        ref_code = sae(x).idx_BK
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = sae(x.bfloat16())
+    assert out.x_hat_BD.dtype == torch.float32
+    rel = float((out.x_hat_BD - ref).norm() / ref.norm())
+    assert rel < 5e-2  # bf16 inputs/weights (3 significant digits) and a few top-k swaps
+    same = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(out.idx_BK, ref_code))
+    assert same >= 0.9 * ref_code.numel()
+
+
+def test_batchtopk_keeps_k_times_batch_and_tracks_threshold():
+    sae = _sae("batchtopk")
+    x = _x()
+    sae.train()
+    with torch.no_grad():
+        pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+        out = sae(x)
+    assert int((out.f_BF != 0).sum()) == sae.cfg.k * B
+    kth = pre.relu().flatten().topk(sae.cfg.k * B).values
+    torch.testing.assert_close(out.f_BF.flatten().sort().values[-sae.cfg.k * B:], kth.sort().values, rtol=1e-5, atol=1e-5)
+    # threshold EMA from 0: r · (smallest kept activation)
+    assert float(sae.threshold) == pytest.approx(sae.cfg.threshold_ema * float(kth.min()), rel=1e-5)
+    sae.eval()
+    with torch.no_grad():
+        f_eval = sae.encode(x)
+    thr = float(sae.threshold)
+    torch.testing.assert_close(f_eval, pre.relu() * (pre > thr), rtol=1e-5, atol=1e-5)
+
+
+def test_relu_l1_and_sparsity_warmup():
+    sae = _sae("relu", l1_warmup_steps=10)
+    x = _x()
+    with torch.no_grad():
+        f = ((x - sae.b_dec) @ sae.W_enc + sae.b_enc).relu()
+        for step, scale in ((0, 0.0), (4, 0.4), (10, 1.0), (50, 1.0), (None, 1.0)):
+            out = sae(x, step=step)
+            l1 = f.sum(1).mean()
+            torch.testing.assert_close(out.losses["l1"], l1, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(out.losses["loss"], out.losses["mse"] + 0.04 * scale * l1, rtol=1e-5, atol=1e-4)
+
+
+def test_jumprelu_ste_gradients_match_formula():
+    g = torch.Generator().manual_seed(3)
+    pre = torch.rand(40, 6, generator=g)
+    theta = torch.full((6,), 0.5, requires_grad=True)
+    eps = 0.2
+    in_window = ((pre - 0.5).abs() < eps / 2).double()
+    JumpReLUFn.apply(pre, theta, eps).sum().backward()
+    torch.testing.assert_close(theta.grad.double(), -(0.5 / eps) * in_window.sum(0), rtol=1e-6, atol=1e-6)
+    theta.grad = None
+    StepFn.apply(pre, theta, eps).sum().backward()
+    torch.testing.assert_close(theta.grad.double(), -(1 / eps) * in_window.sum(0), rtol=1e-6, atol=1e-6)
+    f = JumpReLUFn.apply(pre, theta.detach(), eps)
+    torch.testing.assert_close(f, pre * (pre > 0.5))
+
+
+def test_jumprelu_threshold_init_hits_target_l0_and_target_penalty():
+    sae = make_sae("jumprelu", _cfg("jumprelu"))
+    x = _x(n=200, seed=4)
+    sae.init_from_batch_(x)
+    assert sae.cfg.threshold_init > 0 and sae.cfg.bandwidth == sae.cfg.threshold_init
+    with torch.no_grad():
+        out = sae(x)
+    assert float(out.losses["l0"]) == pytest.approx(5.0, abs=0.05)
+    expected = (out.losses["l0"] / 5.0 - 1) ** 2
+    torch.testing.assert_close(out.losses["sparsity"], expected)
+    with torch.no_grad():
+        sae.threshold[:3] = -1.0
+    sae.after_step_()
+    assert float(sae.threshold.detach().min()) >= 0.0
+
+
+def test_geometric_median_matches_brute_force():
+    pts = torch.tensor([[0.0, 0.0], [4.0, 0.0], [0.0, 3.0], [1.0, 2.5], [3.0, 3.0]])
+    gm = geometric_median(pts).double()
+    xs = torch.linspace(0, 4, 801, dtype=torch.float64)
+    ys = torch.linspace(0, 3, 601, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(xs, ys, indexing="ij"), -1).reshape(-1, 2)
+    cost = torch.cdist(grid, pts.double()).sum(1)
+    best = grid[cost.argmin()]
+    assert float((gm - best).norm()) < 0.01
+    own_cost = float((pts.double() - gm).norm(dim=1).sum())
+    assert own_cost <= float(cost.min()) + 1e-9
+    # odd number of collinear points: the middle one (the mean, 11/3, is not)
+    line = torch.tensor([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0]])
+    torch.testing.assert_close(geometric_median(line), torch.tensor([1.0, 0.0]), rtol=0, atol=1e-4)
+
+
+def test_init_from_batch_sets_b_dec_to_geometric_median():
+    sae = make_sae("topk", _cfg("topk"))
+    x = _x(seed=7)
+    sae.init_from_batch_(x)
+    torch.testing.assert_close(sae.b_dec.detach(), geometric_median(x))
+
+
+def test_init_is_kaiming_uniform_with_tied_unit_decoder():
+    sae = make_sae("topk", _cfg("topk"))
+    bound = 1 / math.sqrt(D)
+    w_max = float(sae.W_enc.detach().abs().max())
+    assert 0.9 * bound < w_max <= bound
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(F))
+    torch.testing.assert_close(sae.W_dec.detach(), (sae.W_enc.T / sae.W_enc.T.norm(dim=1, keepdim=True)).detach())
+    assert float(sae.b_enc.detach().abs().max()) == 0.0
+    again = make_sae("topk", _cfg("topk"))
+    assert torch.equal(again.W_enc, sae.W_enc)  # seeded
+
+
+def test_decoder_gradient_projection_preserves_norm_to_first_order():
+    sae = _sae("topk")
+    sae.normalize_decoder_()
+    sae(_x()).losses["loss"].backward()
+    g_raw = sae.W_dec.grad.clone().double()
+    sae.remove_parallel_decoder_grad_()
+    g = sae.W_dec.grad.double()
+    w = sae.W_dec.detach().double()
+    assert float((g * w).sum(1).abs().max()) < 1e-6 * float(g_raw.abs().max())
+    eta = 1e-3
+    # ‖w − ηg⊥‖² = 1 + η²‖g⊥‖² (no first-order term); the raw gradient changes norms at first order
+    norm2 = w.pow(2).sum(1)
+    change = (w - eta * g).pow(2).sum(1) - norm2
+    second_order = eta**2 * g.pow(2).sum(1)
+    torch.testing.assert_close(change, second_order, rtol=1e-3, atol=1e-3 * float(second_order.max()))
+    raw_change = (w - eta * g_raw).pow(2).sum(1) - norm2
+    assert float(raw_change.abs().max()) > 100 * float(change.abs().max())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_save_load_round_trip_bit_identical(arch, tmp_path):
+    sae = _sae(arch)
+    sae.train()
+    sae(_x()).losses["loss"].backward()  # BatchTopK: moves the threshold off 0
+    sae.eval()
+    sae.save(tmp_path / "sae")
+    back = load_sae(tmp_path / "sae")
+    assert type(back) is type(sae) and back.cfg == sae.cfg
+    assert back.state_dict().keys() == sae.state_dict().keys()
+    for name, t in sae.state_dict().items():
+        assert torch.equal(back.state_dict()[name], t), name
+    x = _x(seed=9)
+    with torch.no_grad():
+        assert torch.equal(back.decode(back.encode(x)), sae.decode(sae.encode(x)))
+    assert type(sae).load(tmp_path / "sae").cfg == sae.cfg
+
+
+SAELENS_KEYS = {"architecture", "d_in", "d_sae", "dtype", "device", "apply_b_dec_to_input", "normalize_activations", "metadata"}
+
+
+@pytest.mark.parametrize("arch,sl_arch,extra", [("topk", "topk", {"threshold": False}), ("batchtopk", "jumprelu", {"threshold": True}),
+                                               ("relu", "standard", {"threshold": False}), ("jumprelu", "jumprelu", {"threshold": True})])
+def test_saved_folder_has_saelens_format(arch, sl_arch, extra, tmp_path):
+    from safetensors.torch import load_file
+
+    _sae(arch).save(tmp_path)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    assert SAELENS_KEYS <= set(cfg) and cfg["architecture"] == sl_arch
+    assert cfg["d_in"] == D and cfg["d_sae"] == F and cfg["apply_b_dec_to_input"] is True
+    assert cfg["normalize_activations"] == "none" and cfg["metadata"]["hook_name"] == "model.layers.1"
+    if sl_arch == "topk":
+        assert cfg["k"] == 5 and cfg["rescale_acts_by_decoder_norm"] is False
+    w = load_file(str(tmp_path / "sae_weights.safetensors"))
+    shapes = {"W_enc": (D, F), "b_enc": (F,), "W_dec": (F, D), "b_dec": (D,)}
+    if extra["threshold"]:
+        shapes["threshold"] = (F,)
+    assert {k: tuple(v.shape) for k, v in w.items()} == shapes
+
+
+def test_loads_plain_saelens_topk_folder(tmp_path):
+    """A folder written the way SAELens writes a TopK SAE (no saelib metadata) loads and encodes the same."""
+    from safetensors.torch import save_file
+
+    src = _sae("topk")
+    save_file({k: v.detach().contiguous() for k, v in src.state_dict().items()}, str(tmp_path / "sae_weights.safetensors"))
+    (tmp_path / "cfg.json").write_text(json.dumps({
+        "architecture": "topk", "d_in": D, "d_sae": F, "k": 5, "dtype": "float32", "device": "cpu",
+        "apply_b_dec_to_input": True, "normalize_activations": "none", "rescale_acts_by_decoder_norm": False,
+        "metadata": {"sae_lens_version": "6.5.0", "hook_name": "blocks.1.hook_resid_post", "model_name": "m"},
+    }))
+    back = load_sae(tmp_path)
+    assert isinstance(back, TopKSAE) and back.cfg.k == 5 and back.cfg.hook_name == "blocks.1.hook_resid_post"
+    x = _x(seed=2)
+    with torch.no_grad():
+        assert torch.equal(back.encode(x), src.encode(x))
+
+
+def test_load_errors_are_clear(tmp_path):
+    with pytest.raises(SAEFormatError, match="does not exist"):
+        load_sae(tmp_path / "missing")
+    _sae("topk").save(tmp_path / "a")
+    (tmp_path / "a" / "sae_weights.safetensors").unlink()
+    with pytest.raises(SAEFormatError, match="sae_weights.safetensors"):
+        load_sae(tmp_path / "a")
+    _sae("topk").save(tmp_path / "b")
+    with pytest.raises(SAEFormatError, match="not a ReLUSAE"):
+        ReLUSAE.load(tmp_path / "b")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ARCHS)
+def test_saelens_loads_our_sae_with_same_reconstruction(arch, tmp_path):
+    sae_lens = pytest.importorskip("sae_lens")
+    sae = _sae(arch)
+    sae.train()
+    sae(_x()).losses["loss"].backward()
+    sae.eval()
+    sae.save(tmp_path)
+    theirs = sae_lens.SAE.load_from_disk(str(tmp_path))
+    x = _x(seed=5)
+    with torch.no_grad():
+        ours = sae.decode(sae.encode(x))
+        recon = theirs.decode(theirs.encode(x))
+    torch.testing.assert_close(recon, ours, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,k", [((64, 512), 64), ((33, 1024), 100), ((8, 96), 5), ((5, 260), 65)])
+def test_fast_topk_is_exact(shape, k):
+    from saelib.sae.topk import fast_topk
+
+    g = torch.Generator().manual_seed(k)
+    pre = torch.randn(*shape, generator=g)
+    pre[0, :] = torch.arange(shape[1], dtype=torch.float32)  # all maxima in the last blocks
+    val, idx = fast_topk(pre, k)
+    ref = pre.topk(k, dim=1).values
+    torch.testing.assert_close(val.sort(1).values, ref.sort(1).values, rtol=0, atol=0)
+    torch.testing.assert_close(pre.gather(1, idx), val, rtol=0, atol=0)
+    assert all(len(set(row.tolist())) == k for row in idx)
