@@ -42,11 +42,12 @@ def residuals_batch(model: LoadedModel, tokens_NS: Tensor, layer: int, attention
     """Residual output of ``layer`` for one batch, ``x_NSD`` in the model's dtype; stops after the layer."""
     model.check_layer(layer)
     lm = model.lm
-    kwargs = {} if attention_mask_NS is None else {"attention_mask": attention_mask_NS}
-    with lm.trace(tokens_NS, **kwargs) as tracer:
+    device = model.hf_model.device
+    kwargs = {} if attention_mask_NS is None else {"attention_mask": attention_mask_NS.to(device)}
+    with lm.trace(tokens_NS.to(device), **kwargs) as tracer:
         out = lm.model.layers[layer].output.save()
         tracer.stop()
-    return out.detach()
+    return out.detach().cpu()
 
 
 def residuals(
@@ -72,8 +73,10 @@ def residuals(
 def final_hidden(model: LoadedModel, tokens_NS: Tensor, layer: int, patch: Patch | None, keep_NS: Tensor, attention_mask_NS: Tensor | None) -> Tensor:
     """Final-norm hidden states ``h_NSD`` with ``layer``'s output patched at kept positions."""
     lm = model.lm
-    kwargs = {} if attention_mask_NS is None else {"attention_mask": attention_mask_NS}
-    with lm.trace(tokens_NS, **kwargs) as tracer:
+    device = model.hf_model.device
+    keep_NS = keep_NS.to(device)
+    kwargs = {} if attention_mask_NS is None else {"attention_mask": attention_mask_NS.to(device)}
+    with lm.trace(tokens_NS.to(device), **kwargs) as tracer:
         if patch is not None:
             x_NSD = lm.model.layers[layer].output
             x_ND = x_NSD[keep_NS].float()

@@ -1,0 +1,135 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · Feature absorption (first-letter task)
+#
+# **Lower is better.** An absorption score of 0 means that, whenever the model's residual stream
+# says "this word starts with L", the SAE's own "starts with L" latent(s) fire. Absorption is when
+# those latents stay silent and a token-specific latent whose decoder row carries the letter
+# direction fires instead — the SAE has folded the letter into the token. Both papers we reproduce
+# described their absorption numbers as if higher were better; that is wrong, and every table and
+# figure here treats *lower* as better.
+#
+# Method (Chanin et al. 2024, as SAEBench computes it; see `saelib/evals/absorption.py`):
+# 1. Vocabulary: single tokens `▁[A-Za-z]{2,}`, split 80/20 by word.
+# 2. Prompts `" cat has the first letter: C"` (n-shot) ending with the query word; the residual at
+#    the SAE layer on the query word's token is read once per model/layer and cached.
+# 3. 26 one-vs-rest linear probes on the residual give each letter's ground-truth direction.
+# 4. Per SAE: k-sparse probing on the latents picks each letter's *split features* (k grows while
+#    test F1 improves by > 0.03).
+# 5. Scores:
+#    * **legacy** `mean_absorption_score` (early-2025 SAEBench, what both papers reported): among
+#      probe true positives on which the split features' k-sparse probe is silent, the fraction where
+#      a single latent with cos ≥ 0.025 to the probe supplies ≥ 40% of the probe projection;
+#    * **current** `mean_absorption_fraction_score` (partial absorption by up to 3 latents with
+#      cos ≥ 0.1) and `mean_full_absorption_score`, averaged over letters whose probe F1 > 0.6
+#      (SAEBench requires at least 20 such letters).
+#
+# Absorption only means something where the model knows the first letter, so the model's own
+# accuracy on the same prompts is reported next to the scores.
+
+# %% tags=["parameters"]
+profile = None
+
+# %%
+from saelib.config import load_params
+
+P = load_params(profile)
+P["profile"], P["run"]["model"], P["run"]["layer"], list(P["variants"])
+
+# %%
+import time
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from saelib.evals import absorption as ab
+from saelib.io import atomic_write_text
+from saelib.models import load_model
+from saelib.sae import load_sae
+
+cfg = ab.AbsorptionConfig.from_params(P["run"].get("absorption", {}))
+model = load_model(P["run"]["model"])
+layer = P["run"]["layer"]
+results_dir = P["paths"]["results"] / "absorption"
+cfg
+
+# %% [markdown]
+# ## Model side (once per model and layer, cached)
+# Residuals of every prompt at the query word, the model's own first-letter accuracy, and the
+# ground-truth letter probes. A second run reads them from `eval_cache`.
+
+# %%
+t0 = time.perf_counter()
+data = ab.prepare_absorption_data(model, layer, cfg, P["paths"]["eval_cache"], progress=True)
+print(f"model side ready in {time.perf_counter() - t0:.0f} s")
+print("example prompt:", repr(data.info["example_prompt"]))
+pd.Series({k: v for k, v in data.info.items() if k != "example_prompt"})
+
+# %% [markdown]
+# How often the model itself answers the first letter correctly (next token after the prompt), and
+# how well the linear probes read the letter from the residual on the held-out words.
+
+# %%
+n_good = data.n_letters_probe_f1(cfg.min_probe_f1)
+print(f"prompt accuracy (argmax over the vocabulary): {data.prompt_accuracy['prompt_accuracy']:.3f}; "
+      f"among the 26 letter tokens: {data.prompt_accuracy['prompt_accuracy_letters']:.3f} "
+      f"({data.prompt_accuracy['n_prompts']} test prompts)")
+print(f"letters with probe F1 > {cfg.min_probe_f1}: {n_good} (SAEBench needs {cfg.min_letters_for_eval})")
+data.probe_table.merge(data.accuracy_table, on="letter").round(3)
+
+# %% [markdown]
+# ## SAE side (every trained variant)
+
+# %%
+summaries, per_letter = {}, {}
+for variant in P["variants"]:
+    folder = P["paths"]["checkpoints"] / variant / "sae"
+    sae = load_sae(folder)
+    result = ab.evaluate_sae(sae, data, cfg)
+    ab.save_results(result, results_dir, variant, cfg,
+                    extra={"model": P["run"]["model"], "layer": layer, "profile": P["profile"], "model_side": data.info})
+    summaries[variant] = result.summary
+    per_letter[variant] = result.per_letter
+    print(f"{variant}: legacy {result.summary['mean_absorption_score']:.4f}, "
+          f"fraction {result.summary['mean_absorption_fraction_score']:.4f}, "
+          f"full {result.summary['mean_full_absorption_score']:.4f}, "
+          f"split {result.summary['mean_num_split_features']:.2f} ({result.summary['seconds_total']:.0f} s)")
+
+# %% [markdown]
+# Summary (lower absorption is better). `current_valid` is False when fewer than
+# `min_letters_for_eval` letters have a usable probe; then the current scores average over the
+# letters that do, and SAEBench itself would have refused to score.
+
+# %%
+cols = ["mean_absorption_score", "mean_absorption_fraction_score", "mean_full_absorption_score",
+        "mean_num_split_features", "mean_num_split_features_legacy", "n_letters_legacy", "n_letters_current",
+        "current_valid", "prompt_accuracy", "l0_on_test_prompts", "seconds_total"]
+table = pd.DataFrame(summaries).T[cols]
+atomic_write_text(results_dir / "summary.csv", table.to_csv())
+table
+
+# %%
+long = pd.concat([df.assign(variant=v) for v, df in per_letter.items()], ignore_index=True)
+fig, axes = plt.subplots(2, 1, figsize=(11, 6), sharex=True)
+sns.barplot(data=long, x="letter", y="mean_absorption_fraction", hue="variant", ax=axes[0])
+axes[0].set_ylabel("absorption fraction\n(lower is better)")
+sns.barplot(data=long, x="letter", y="num_split_features", hue="variant", ax=axes[1], legend=False)
+axes[1].set_ylabel("split features")
+fig.suptitle(f"First-letter absorption per letter — {P['run']['model']} layer {layer} (lower is better)")
+fig.tight_layout()
+
+# %% [markdown]
+# Per-letter tables are in `results/absorption/<variant>_per_letter.csv`; the full results (with the
+# config and the model-side numbers) in `results/absorption/<variant>.json`.
