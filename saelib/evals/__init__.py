@@ -1,4 +1,3 @@
-"""SAEBench-style evaluations. ``core``: reconstruction, sparsity and splice (KL/CE) metrics."""
-from .core import CoreAccumulator, ce_score, evaluate_core, feature_density, kl_score, reconstruction_metrics
+"""SAEBench-style evaluations, one module each: core, absorption, probing, scr, tpp, unlearning.
 
-__all__ = ["CoreAccumulator", "ce_score", "evaluate_core", "feature_density", "kl_score", "reconstruction_metrics"]
+Nothing is imported here, so a DVC stage depends only on the eval module it runs."""
