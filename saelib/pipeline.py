@@ -70,6 +70,8 @@ def train_variant(P: dict[str, Any], variant: str, *, progress: bool = True) -> 
     out_dir = P["paths"]["checkpoints"] / variant
     sae = make_sae(rv.arch, rv.sae_cfg)
     penalty = make_penalty(rv.penalty_cfg, rv.sae_cfg.d_sae, getattr(rv.sae_cfg, "k", 0)) if rv.penalty_cfg else None
+    if penalty is not None and rv.arch != "topk":
+        penalty.needs_dense_latents = True  # only TopK hands the penalty its (idx_BK, val_BK) active set
     result = train_sae(sae, cache, rv.train_cfg, penalty=penalty, out_dir=out_dir, resume=True, progress=progress)
     records = read_log(out_dir)
     curve = training_curve(records)
