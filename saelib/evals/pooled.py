@@ -1,0 +1,344 @@
+"""Model-side cache of per-token residuals for labelled texts, and mean-pooled SAE latents from it.
+
+Probing, SCR and TPP (SAEBench) read the residual stream at the SAE layer for each text (context
+128, truncated), drop special tokens (BOS/EOS/PAD) and average over the kept tokens. An SAE's
+encoder is non-linear, so its mean-pooled latents need the per-token residuals: the cache keeps
+them (bf16, kept tokens only, concatenated in row order, with ``offsets``) plus the mean-pooled
+residual ``xbar`` (float32). It depends only on model, layer, context and the texts, so it is built
+once and reused by every SAE; the file name carries a fingerprint of all of these.
+
+For ablations with the SAE error term kept, x' = x − Σ_{i∈S} f_i W_dec[i] per token (decode is
+affine), so the mean-pooled x' = x̄ − Σ_{i∈S} f̄_i W_dec[i]: mean-pooled latents are enough
+(:func:`ablate_pooled`; :func:`check_affine_decoder` verifies the assumption for an SAE).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..io import atomic_save_safetensors
+
+
+@dataclass
+class PooledConfig:
+    """How the model-side cache is built."""
+
+    context: int = 128
+    """Tokens per text including BOS (longer texts are truncated), as in SAEBench."""
+    batch_size: int = 32
+    """Texts per forward pass (texts are sorted by length so padding stays small)."""
+    sae_batch_tokens: int = 8192
+    """Tokens per SAE encode call when computing mean-pooled latents."""
+    autocast_bf16: bool = True
+    """Encode under CPU bf16 autocast (AMX); the pooled means are accumulated in float32."""
+
+
+class PooledActs:
+    """Per-token residuals of N texts (kept tokens only) and their means.
+
+    ``acts_TD`` (bf16, T kept tokens), ``offsets_N1`` (int64, N + 1; text n owns rows
+    ``offsets[n]:offsets[n+1]``), ``xbar_ND`` (float32 means), ``meta`` (dict)."""
+
+    def __init__(self, acts_TD: Tensor, offsets_N1: Tensor, xbar_ND: Tensor | None = None, meta: dict | None = None):
+        if acts_TD.ndim != 2:
+            raise ValueError(f"acts must be (tokens, d_model), got {tuple(acts_TD.shape)}")
+        if offsets_N1.ndim != 1 or int(offsets_N1[0]) != 0 or int(offsets_N1[-1]) != acts_TD.shape[0]:
+            raise ValueError("offsets must start at 0 and end at the number of tokens")
+        counts_N = offsets_N1[1:] - offsets_N1[:-1]
+        if bool((counts_N <= 0).any()):
+            raise ValueError("every text needs at least one kept (non-special) token")
+        self.acts_TD = acts_TD
+        self.offsets_N1 = offsets_N1.long()
+        self.meta = dict(meta or {})
+        self.xbar_ND = segment_mean(acts_TD, self.offsets_N1) if xbar_ND is None else xbar_ND.float()
+
+    @property
+    def n_examples(self) -> int:
+        return self.offsets_N1.shape[0] - 1
+
+    @property
+    def n_tokens(self) -> int:
+        return self.acts_TD.shape[0]
+
+    @property
+    def d_model(self) -> int:
+        return self.acts_TD.shape[1]
+
+    def counts(self) -> Tensor:
+        """Kept tokens per text (int64, N)."""
+        return self.offsets_N1[1:] - self.offsets_N1[:-1]
+
+    def save(self, path: str | Path) -> Path:
+        meta = {k: json.dumps(v) for k, v in self.meta.items()}
+        return atomic_save_safetensors(path, {"acts_TD": self.acts_TD, "offsets_N1": self.offsets_N1,
+                                              "xbar_ND": self.xbar_ND}, metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PooledActs":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"pooled activation cache {path} does not exist")
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as fh:
+            meta = {k: json.loads(v) for k, v in (fh.metadata() or {}).items()}
+        return cls(tensors["acts_TD"], tensors["offsets_N1"], tensors["xbar_ND"], meta)
+
+
+def segment_mean(x_TD: Tensor, offsets_N1: Tensor) -> Tensor:
+    """Float32 mean of each segment ``x[offsets[n]:offsets[n+1]]`` → ``(N, D)``."""
+    counts_N = (offsets_N1[1:] - offsets_N1[:-1]).long()
+    seg_T = torch.repeat_interleave(torch.arange(counts_N.shape[0]), counts_N)
+    out_ND = torch.zeros(counts_N.shape[0], x_TD.shape[1], dtype=torch.float32)
+    out_ND.index_add_(0, seg_T, x_TD.float())
+    return out_ND / counts_N[:, None].clamp_min(1).float()
+
+
+def texts_fingerprint(texts: Sequence[str], *, model: str, layer: int, context: int) -> str:
+    """sha256 over the model name, layer, context and every text (order matters)."""
+    h = hashlib.sha256(f"{model}\0{layer}\0{context}\0".encode())
+    for text in texts:
+        h.update(text.encode("utf-8"))
+        h.update(b"\0\1")
+    return h.hexdigest()
+
+
+def tokenize_texts(tokenizer, texts: Sequence[str], context: int) -> list[list[int]]:
+    """Token ids of each text with the tokenizer's special tokens (BOS), truncated to ``context``."""
+    if context < 2:
+        raise ValueError(f"context must be >= 2, got {context}")
+    return [list(ids) for ids in tokenizer(list(texts), truncation=True, max_length=context,
+                                           add_special_tokens=True)["input_ids"]]
+
+
+@torch.inference_mode()
+def build_pooled(model, texts: Sequence[str], layer: int, *, cfg: PooledConfig | None = None,
+                 progress: bool = False) -> PooledActs:
+    """Run ``model`` up to ``layer`` on every text and keep the non-special tokens' residuals.
+
+    Texts are sorted by token count and right-padded within a batch (causal attention: padding
+    after a text does not change its residuals)."""
+    from tqdm.auto import tqdm
+
+    from ..hooks import residuals_batch, special_mask
+
+    cfg = cfg or PooledConfig()
+    if not texts:
+        raise ValueError("no texts to encode")
+    model.check_layer(layer)
+    start = time.time()
+    ids = tokenize_texts(model.tokenizer, texts, cfg.context)
+    pad_id = model.tokenizer.pad_token_id
+    pad_id = 0 if pad_id is None else int(pad_id)
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    per_text: list[Tensor | None] = [None] * len(ids)
+    batches = [order[s:s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
+    for batch in tqdm(batches, desc=f"pooled L{layer}", disable=not progress):
+        width = max(len(ids[i]) for i in batch)
+        tokens_NS = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        attn_NS = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            tokens_NS[row, : len(ids[i])] = torch.tensor(ids[i])
+            attn_NS[row, : len(ids[i])] = 1
+        x_NSD = residuals_batch(model, tokens_NS, layer, attn_NS)
+        keep_NS = special_mask(model, tokens_NS) & attn_NS.bool()
+        for row, i in enumerate(batch):
+            kept = x_NSD[row][keep_NS[row]]
+            if kept.shape[0] == 0:
+                raise ValueError(f"text {i} has no non-special tokens: {texts[i][:60]!r}")
+            per_text[i] = kept.to(torch.bfloat16).clone()
+    counts = torch.tensor([t.shape[0] for t in per_text], dtype=torch.long)
+    offsets_N1 = torch.zeros(len(per_text) + 1, dtype=torch.long)
+    offsets_N1[1:] = torch.cumsum(counts, 0)
+    acts_TD = torch.cat(per_text)
+    meta = {"model": model.name, "layer": layer, "context": cfg.context, "n_examples": len(texts),
+            "n_tokens": int(acts_TD.shape[0]), "n_truncated": int(sum(len(x) >= cfg.context for x in ids)),
+            "build_seconds": round(time.time() - start, 2)}
+    return PooledActs(acts_TD, offsets_N1, None, meta)
+
+
+def cache_path(cache_dir: str | Path, *, model: str, layer: int, context: int, name: str, fingerprint: str) -> Path:
+    """``<cache_dir>/pooled/<model>-L<layer>-ctx<context>/<name>-<fingerprint[:16]>.safetensors``."""
+    return Path(cache_dir) / "pooled" / f"{model}-L{layer}-ctx{context}" / f"{name}-{fingerprint[:16]}.safetensors"
+
+
+def load_or_build(model: "object | Callable[[], object]", texts: Sequence[str], *, model_name: str, layer: int,
+                  cache_dir: str | Path, name: str, cfg: PooledConfig | None = None,
+                  progress: bool = False) -> PooledActs:
+    """The cached :class:`PooledActs` of ``texts`` (built and saved when missing).
+
+    ``model`` is a ``LoadedModel`` or a zero-argument function returning one, called only when the
+    cache has to be built."""
+    cfg = cfg or PooledConfig()
+    fp = texts_fingerprint(texts, model=model_name, layer=layer, context=cfg.context)
+    path = cache_path(cache_dir, model=model_name, layer=layer, context=cfg.context, name=name, fingerprint=fp)
+    if path.exists():
+        pooled = PooledActs.load(path)
+        if pooled.meta.get("fingerprint") == fp:
+            pooled.meta["cache_hit"] = True
+            return pooled
+    loaded = model() if callable(model) else model
+    if loaded.name != model_name:
+        raise ValueError(f"cache for {model_name!r} requested but the model is {loaded.name!r}")
+    pooled = build_pooled(loaded, texts, layer, cfg=cfg, progress=progress)
+    pooled.meta.update({"fingerprint": fp, "name": name})
+    pooled.save(path)
+    pooled.meta["cache_hit"] = False
+    return pooled
+
+
+@torch.no_grad()
+def pooled_latents(sae, pooled: PooledActs, *, rows: Sequence[int] | np.ndarray | None = None,
+                   cfg: PooledConfig | None = None) -> Tensor:
+    """Mean over kept tokens of ``sae.encode(x)`` for each text (float32 ``(N, F)``).
+
+    ``rows`` selects texts (all when None); the result follows that order."""
+    cfg = cfg or PooledConfig()
+    offsets = pooled.offsets_N1
+    rows_N = np.arange(pooled.n_examples) if rows is None else np.asarray(rows, dtype=np.int64)
+    if rows_N.size and (rows_N.min() < 0 or rows_N.max() >= pooled.n_examples):
+        raise IndexError(f"rows out of range for {pooled.n_examples} texts")
+    d_sae = int(sae.cfg.d_sae)
+    out_NF = torch.zeros(len(rows_N), d_sae, dtype=torch.float32)
+    starts = offsets[:-1][torch.as_tensor(rows_N)].tolist()
+    ends = offsets[1:][torch.as_tensor(rows_N)].tolist()
+    n = 0
+    while n < len(rows_N):
+        chunk, tokens = [], 0
+        while n < len(rows_N) and (not chunk or tokens + ends[n] - starts[n] <= cfg.sae_batch_tokens):
+            chunk.append(n)
+            tokens += ends[n] - starts[n]
+            n += 1
+        x_TD = torch.cat([pooled.acts_TD[starts[j]:ends[j]] for j in chunk]).float()
+        seg_T = torch.repeat_interleave(torch.arange(len(chunk)), torch.tensor([ends[j] - starts[j] for j in chunk]))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
+            f_TF = sae.encode(x_TD)
+        block = torch.zeros(len(chunk), d_sae, dtype=torch.float32)
+        block.index_add_(0, seg_T, f_TF.float())
+        out_NF[chunk[0]: chunk[-1] + 1] = block
+    counts = torch.tensor([e - s for s, e in zip(starts, ends)], dtype=torch.float32)
+    return out_NF / counts[:, None]
+
+
+def ablate_pooled(xbar_ND: Tensor, fbar_NF: Tensor, W_dec_FD: Tensor, latents: Sequence[int] | Tensor) -> Tensor:
+    """Mean-pooled residual after zero-ablating ``latents`` with the SAE error term kept:
+    ``x̄ − f̄[:, S] W_dec[S]`` (exact for an affine decoder)."""
+    idx = torch.as_tensor(latents, dtype=torch.long).reshape(-1)
+    if idx.numel() == 0:
+        return xbar_ND.float().clone()
+    if xbar_ND.shape[0] != fbar_NF.shape[0]:
+        raise ValueError(f"xbar has {xbar_ND.shape[0]} rows but fbar has {fbar_NF.shape[0]}")
+    return xbar_ND.float() - fbar_NF[:, idx].float() @ W_dec_FD[idx].float()
+
+
+@torch.no_grad()
+def check_affine_decoder(sae, f_NF: Tensor, *, rtol: float = 2e-2) -> float:
+    """Check ``decode(f) − decode(0) == f W_dec`` on ``f_NF``; returns the relative error and raises
+    ``ValueError`` above ``rtol`` (an SAE with a non-linear decoder cannot use :func:`ablate_pooled`)."""
+    f_NF = f_NF.float()
+    lhs = sae.decode(f_NF).float() - sae.decode(torch.zeros_like(f_NF)).float()
+    rhs = f_NF @ sae.W_dec.detach().float()
+    err = float((lhs - rhs).norm() / rhs.norm().clamp_min(1e-12))
+    if err > rtol:
+        raise ValueError(f"SAE decoder is not affine (relative error {err:.3g} > {rtol}); "
+                         "mean-pooled ablation needs decode(f) = f W_dec + b_dec")
+    return err
+
+
+# --------------------------------------------------------------------------------------------
+# labelled sources → cached pooled activations (shared by probing, SCR and TPP)
+# --------------------------------------------------------------------------------------------
+@dataclass
+class TaskDataConfig:
+    """Which records of each labelled source the evals use, and how they are encoded."""
+
+    n_train: int = 100
+    """Train records per stratum (class, or quadrant for two-attribute sources)."""
+    n_test: int = 50
+    """Test records per stratum."""
+    seed: int = 42
+    """Seed of the record sampling."""
+    data_dir: str | None = None
+    """Paper profile: root of local copies of the hub datasets (``<data_dir>/bias_in_bios/train.jsonl`` …,
+    see ``saelib.data.hub_tasks.HUB_LOCAL_NAMES``); None reads the hub."""
+    pooled: PooledConfig = field(default_factory=PooledConfig)
+    """Encoding settings."""
+
+    @classmethod
+    def from_params(cls, block: dict | None) -> "TaskDataConfig":
+        """From a ``params.yaml`` block ``{n_train, n_test, seed, data_dir, context, batch_size,
+        sae_batch_tokens}``; unknown keys raise."""
+        block = dict(block or {})
+        pooled_keys = {f.name for f in fields(PooledConfig)}
+        own = {f.name for f in fields(cls)} - {"pooled"}
+        unknown = sorted(set(block) - pooled_keys - own)
+        if unknown:
+            raise ValueError(f"unknown task-data settings {unknown}; known: {sorted(own | pooled_keys)}")
+        pooled = PooledConfig(**{k: v for k, v in block.items() if k in pooled_keys})
+        return cls(**{k: v for k, v in block.items() if k in own}, pooled=pooled)
+
+
+@dataclass
+class SourceData:
+    """A labelled source, its rows and their cached activations."""
+
+    name: str
+    """Source name."""
+    ds: object
+    """``datasets.Dataset`` (``text``, ``split``, label columns); row i ↔ cache row i."""
+    pooled: PooledActs
+    """Per-token and mean-pooled residuals of ``ds["text"]``."""
+
+
+def load_source_data(source: str, cfg: TaskDataConfig, *, model, model_name: str, layer: int,
+                     cache_dir: str | Path, scr_task=None, q_train: int | None = None, q_test: int | None = None,
+                     progress: bool = False) -> SourceData:
+    """Load a labelled source and its pooled cache (built on first use).
+
+    For a hub SCR task (``scr_task`` given and the source is a hub one) the rows come from
+    :func:`saelib.data.hub_tasks.load_scr_source` with quadrant size ``q_train``/``q_test``;
+    otherwise from :func:`saelib.data.tasks.load_source` with ``cfg.n_train``/``cfg.n_test`` per stratum.
+    Raises ``TaskUnavailable`` for a missing optional source."""
+    from ..data.hub_tasks import HUB_SOURCES, load_scr_source, local_dir
+    from ..data.tasks import load_source
+
+    if source in HUB_SOURCES:
+        data_dir = local_dir(source, cfg.data_dir)
+        if scr_task is not None:
+            ds = load_scr_source(scr_task, q_train=q_train or cfg.n_train // 2, q_test=q_test or cfg.n_test // 2,
+                                 seed=cfg.seed, data_dir=data_dir)
+            name = f"{source}-{scr_task.name}"
+        else:
+            ds = load_source(source, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed, data_dir=data_dir)
+            name = source
+    else:
+        n_train, n_test = cfg.n_train, cfg.n_test
+        if scr_task is not None and q_train is not None:
+            n_train, n_test = 2 * q_train, 2 * (q_test or cfg.n_test // 2)
+        ds = load_source(source, n_train=n_train, n_test=n_test, seed=cfg.seed)
+        name = source
+    pooled = load_or_build(model, list(ds["text"]), model_name=model_name, layer=layer, cache_dir=cache_dir,
+                           name=name, cfg=cfg.pooled, progress=progress)
+    return SourceData(name, ds, pooled)
+
+
+def sae_config_dict(sae) -> dict:
+    """The SAE's config as a JSON-able dict (``cfg.to_dict()`` or its sizes)."""
+    cfg = getattr(sae, "cfg", None)
+    if cfg is not None and hasattr(cfg, "to_dict"):
+        return cfg.to_dict()
+    return {"d_in": int(getattr(cfg, "d_in", sae.W_dec.shape[1])), "d_sae": int(getattr(cfg, "d_sae", sae.W_dec.shape[0]))}
+
+
+__all__ = ["TaskDataConfig", "SourceData", "load_source_data", "sae_config_dict", "PooledConfig", "PooledActs", "segment_mean", "texts_fingerprint", "tokenize_texts", "build_pooled",
+           "cache_path", "load_or_build", "pooled_latents", "ablate_pooled", "check_affine_decoder"]

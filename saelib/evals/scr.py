@@ -1,0 +1,421 @@
+"""SCR: spurious correlation removal (SAEBench, "SHIFT" in its first version).
+
+A task has two binary attributes A (SAEBench's column 1, e.g. profession) and B (column 2, e.g.
+gender) with four quadrants. Per split, with q = quadrant size:
+
+- biased set: 2q of (A+, B+) against 2q of (A−, B−);
+- balanced A set: q of (A+, B+) and q of (A+, B−) against q of (A−, B+) and q of (A−, B−);
+- balanced B set: q of (A+, B+) and q of (A−, B+) against q of (A+, B−) and q of (A−, B−).
+
+Model side (once): linear probes on mean-pooled residuals for the three train sets
+(:func:`~saelib.evals.probing.train_torch_probe`), and their clean test accuracies, including the
+biased probe on the balanced A and B test sets.
+
+Per SAE: the effect of latent i on the probe of attribute K is
+|(mean f̄_i on K+ − mean f̄_i on K−) · (w_K · W_dec[i])| on K's balanced train set. Direction 1
+ablates the top-n B latents (non-zero effects only) and re-tests the biased probe on the balanced A
+test set; direction 2 ablates A latents and tests on B. Ablation keeps the SAE error term, so
+x̄' = x̄ − Σ f̄_i W_dec[i]. Score S_n = (acc_ablated − acc_biased) / (acc_oracle − acc_biased)
+(0 when the denominator < 0.001), where acc_oracle is the attribute's own probe on its test set.
+``scr_metric_threshold_n`` takes the direction whose biased-probe accuracy is lower (ties: dir1).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from .pooled import SourceData, TaskDataConfig
+
+from .pooled import ablate_pooled
+from .probing import LinearProbe, ProbeTrainConfig, train_torch_probe
+
+N_VALUES = (2, 5, 10, 20, 50, 100, 500)
+"""SAEBench's numbers of ablated latents."""
+
+
+@dataclass
+class ScrConfig:
+    """SCR settings (SAEBench defaults)."""
+
+    n_values: tuple[int, ...] = N_VALUES
+    """Numbers of top latents to ablate."""
+    probe: ProbeTrainConfig = field(default_factory=ProbeTrainConfig)
+    """Probe training."""
+    min_denominator: float = 0.001
+    """S_n is 0 when acc_oracle − acc_biased is below this."""
+
+
+@dataclass
+class ScrSets:
+    """Row indices (into the pooled cache) and labels of the three SCR sets in each split."""
+
+    rows: dict[str, dict[str, np.ndarray]]
+    """``rows[split][key]`` for key in ("biased", "a", "b")."""
+    labels: dict[str, dict[str, np.ndarray]]
+    """``labels[split][key]``: 1 for the positive side."""
+    q: dict[str, int]
+    """Quadrant size per split."""
+
+
+_SET_IDS = {"biased": 0, "a": 1, "b": 2}
+
+
+def make_scr_sets(quadrants: dict[str, dict[str, np.ndarray]], *, seed: int = 0) -> ScrSets:
+    """Build the biased and balanced sets from ``quadrants[split][{"pp","pn","np","nn"}]`` row indices
+    (first letter A, second B; p = positive). q = the largest size all sets allow."""
+    rows: dict[str, dict[str, np.ndarray]] = {}
+    labels: dict[str, dict[str, np.ndarray]] = {}
+    qs = {}
+    for split, quad in quadrants.items():
+        missing = {"pp", "pn", "np", "nn"} - set(quad)
+        if missing:
+            raise ValueError(f"{split}: quadrants {sorted(missing)} missing")
+        q = min(len(quad["pn"]), len(quad["np"]), len(quad["pp"]) // 2, len(quad["nn"]) // 2)
+        if q < 1:
+            raise ValueError(f"{split}: quadrants too small for SCR: { {k: len(v) for k, v in quad.items()} }")
+        pp, pn, np_, nn = (np.asarray(quad[k]) for k in ("pp", "pn", "np", "nn"))
+        sets = {
+            "biased": (pp[: 2 * q], nn[: 2 * q]),
+            "a": (np.concatenate([pp[:q], pn[:q]]), np.concatenate([np_[:q], nn[:q]])),
+            "b": (np.concatenate([pp[:q], np_[:q]]), np.concatenate([pn[:q], nn[:q]])),
+        }
+        rows[split], labels[split] = {}, {}
+        for key, (pos, neg) in sets.items():
+            idx = np.concatenate([pos, neg])
+            y = np.concatenate([np.ones(len(pos), np.int64), np.zeros(len(neg), np.int64)])
+            perm = np.random.default_rng([seed, len(idx), _SET_IDS[key]]).permutation(len(idx))
+            rows[split][key], labels[split][key] = idx[perm], y[perm]
+        qs[split] = q
+    return ScrSets(rows, labels, qs)
+
+
+@dataclass
+class ScrModelSide:
+    """Probes and clean accuracies of one SCR task (independent of the SAE)."""
+
+    sets: ScrSets
+    probes: dict[str, LinearProbe]
+    """``"biased"``, ``"a"``, ``"b"``."""
+    clean: dict[str, float]
+    """Test accuracies: ``"biased"``, ``"a"``, ``"b"`` (each probe on its own set),
+    ``"biased_on_a"``, ``"biased_on_b"``."""
+
+
+def scr_model_side(xbar_ND: Tensor, sets: ScrSets, cfg: ScrConfig | None = None) -> ScrModelSide:
+    """Train the three probes on the mean-pooled residuals and record clean test accuracies."""
+    cfg = cfg or ScrConfig()
+    probes, clean = {}, {}
+    for key in ("biased", "a", "b"):
+        tr, te = sets.rows["train"][key], sets.rows["test"][key]
+        probe, _ = train_torch_probe(xbar_ND[tr], sets.labels["train"][key], xbar_ND[te], sets.labels["test"][key], cfg.probe)
+        probes[key] = probe
+        clean[key] = probe.accuracy(xbar_ND[te], sets.labels["test"][key])
+    for key in ("a", "b"):
+        te = sets.rows["test"][key]
+        clean[f"biased_on_{key}"] = probes["biased"].accuracy(xbar_ND[te], sets.labels["test"][key])
+    return ScrModelSide(sets, probes, clean)
+
+
+def latent_effects(fbar_NF: Tensor, y_N: np.ndarray, probe_weight_D: Tensor, W_dec_FD: Tensor, *,
+                   absolute: bool = True, clamp_positive: bool = False) -> Tensor:
+    """Effect of each latent on a probe: (mean f̄ on y=1 − mean on y=0) · (w · W_dec[i]).
+
+    SCR takes the absolute value; TPP clamps the mean difference at 0 and keeps the sign."""
+    y = torch.as_tensor(np.asarray(y_N))
+    if fbar_NF.shape[0] != y.shape[0]:
+        raise ValueError(f"{fbar_NF.shape[0]} latent rows but {y.shape[0]} labels")
+    diff_F = fbar_NF[y == 1].float().mean(0) - fbar_NF[y == 0].float().mean(0)
+    if clamp_positive:
+        diff_F = diff_F.clamp_min(0.0)
+    effect_F = diff_F * (W_dec_FD.float() @ probe_weight_D.float())
+    return effect_F.abs() if absolute else effect_F
+
+
+def top_n_latents(effects_F: Tensor, n: int) -> Tensor:
+    """Indices of the ``n`` largest effects among the non-zero ones (fewer when fewer are non-zero)."""
+    if n > effects_F.numel():
+        raise ValueError(f"cannot ablate {n} latents of an SAE with {effects_F.numel()}")
+    nonzero = int((effects_F != 0).sum())
+    k = min(n, nonzero)
+    if k == 0:
+        return torch.zeros(0, dtype=torch.long)
+    return torch.topk(effects_F, k).indices
+
+
+def scr_score(acc_ablated: float, acc_biased: float, acc_oracle: float, *, min_denominator: float = 0.001) -> float:
+    """Normalised SCR score (acc_ablated − acc_biased) / (acc_oracle − acc_biased); 0 when the
+    denominator is below ``min_denominator``."""
+    denom = acc_oracle - acc_biased
+    if denom < min_denominator:
+        return 0.0
+    return (acc_ablated - acc_biased) / denom
+
+
+DIRECTIONS = {1: ("b", "a"), 2: ("a", "b")}
+"""Direction → (attribute whose latents are ablated, attribute whose test set is evaluated)."""
+
+
+def ablation_accuracies(side: ScrModelSide, xbar_ND: Tensor, fbar_NF: Tensor, W_dec_FD: Tensor,
+                        latents: Tensor | Sequence[int], *, direction: int) -> dict[str, float]:
+    """Accuracies after ablating ``latents`` in direction 1 (B latents, A test set) or 2: the biased
+    probe on the evaluated set, that attribute's own probe on it, and the ablated attribute's probe
+    on its own test set."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be 1 or 2, got {direction}")
+    ablate_key, eval_key = DIRECTIONS[direction]
+    sets = side.sets
+    te, y_te = sets.rows["test"][eval_key], sets.labels["test"][eval_key]
+    other, y_other = sets.rows["test"][ablate_key], sets.labels["test"][ablate_key]
+    x_abl = ablate_pooled(xbar_ND[te], fbar_NF[te], W_dec_FD, latents)
+    x_other = ablate_pooled(xbar_ND[other], fbar_NF[other], W_dec_FD, latents)
+    return {"biased_probe_acc": side.probes["biased"].accuracy(x_abl, y_te),
+            f"{eval_key}_probe_acc": side.probes[eval_key].accuracy(x_abl, y_te),
+            f"{ablate_key}_probe_acc": side.probes[ablate_key].accuracy(x_other, y_other)}
+
+
+def scr_for_sae(side: ScrModelSide, xbar_ND: Tensor, fbar_NF: Tensor, W_dec_FD: Tensor,
+                cfg: ScrConfig | None = None) -> dict:
+    """SCR metrics of one SAE on one task.
+
+    ``xbar_ND`` / ``fbar_NF`` are indexed by the rows in ``side.sets`` (mean-pooled residuals and
+    latents of the same texts). Returns ``{"metrics": {scr_dir1_threshold_n, scr_dir2_threshold_n,
+    scr_metric_threshold_n}, "details": {...}}``."""
+    cfg = cfg or ScrConfig()
+    sets = side.sets
+    eff = {key: latent_effects(fbar_NF[sets.rows["train"][key]], sets.labels["train"][key],
+                               side.probes[key].weight_D, W_dec_FD) for key in ("a", "b")}
+    metrics: dict[str, float] = {}
+    details: dict[str, dict] = {"clean": dict(side.clean), "ablated": {}, "latents": {}}
+    # dir1: ablate B latents, biased probe on A data; dir2: ablate A latents, biased probe on B data
+    directions = DIRECTIONS
+    lower_dir = 1 if side.clean["biased_on_a"] <= side.clean["biased_on_b"] else 2
+    for d, (ablate_key, eval_key) in directions.items():
+        for n in cfg.n_values:
+            idx = top_n_latents(eff[ablate_key], n)
+            res = ablation_accuracies(side, xbar_ND, fbar_NF, W_dec_FD, idx, direction=d)
+            score = scr_score(res["biased_probe_acc"], side.clean[f"biased_on_{eval_key}"], side.clean[eval_key],
+                              min_denominator=cfg.min_denominator)
+            metrics[f"scr_dir{d}_threshold_{n}"] = score
+            if d == lower_dir:
+                metrics[f"scr_metric_threshold_{n}"] = score
+            details["ablated"][f"dir{d}_n{n}"] = {**res, "n_ablated": int(idx.numel())}
+            details["latents"][f"dir{d}_n{n}"] = idx.tolist()[:20]
+    details["metric_direction"] = lower_dir
+    return {"metrics": dict(sorted(metrics.items(), key=lambda kv: _key_order(kv[0]))), "details": details}
+
+
+def _key_order(key: str) -> tuple:
+    kind, _, n = key.rpartition("_")
+    return (kind, int(n))
+
+
+def scr_all_rows(sets: ScrSets) -> np.ndarray:
+    """Every row index the SCR sets use (train and test), sorted and unique."""
+    return np.unique(np.concatenate([r for split in sets.rows.values() for r in split.values()]))
+
+
+# --------------------------------------------------------------------------------------------
+# the eval over tasks and SAEs
+# --------------------------------------------------------------------------------------------
+EVAL_TYPE_ID = "scr"
+OFFLINE_SCR_TASKS = ("reviews_domain_sentiment",)
+"""Default (offline) SCR tasks."""
+
+
+@dataclass
+class ScrEvalConfig:
+    """Tasks, SCR settings and data sizes of the SCR eval."""
+
+    tasks: tuple[str, ...] = OFFLINE_SCR_TASKS
+    """SCR task names (``saelib.data.tasks.SCR_TASKS`` / ``hub_tasks.HUB_SCR_TASKS``)."""
+    scr: ScrConfig = field(default_factory=ScrConfig)
+    """Probe and ablation settings."""
+    q_train: int | None = None
+    """Quadrant size in the train split (None: ``data.n_train // 2``, so offline sources share the probing cache)."""
+    q_test: int | None = None
+    """Quadrant size in the test split (None: ``data.n_test // 2``)."""
+    data: "TaskDataConfig" = None  # type: ignore[assignment]
+    """Record counts and encoding (``P["run"]["tasks"]``)."""
+
+    def __post_init__(self) -> None:
+        from .pooled import TaskDataConfig
+
+        if self.data is None:
+            self.data = TaskDataConfig()
+        self.tasks = tuple(self.tasks)
+
+    @classmethod
+    def from_params(cls, run: dict) -> "ScrEvalConfig":
+        """From ``run["tasks"]`` (data) and ``run["scr"]`` (``tasks``, ``n_values``, ``q_train``,
+        ``q_test``, ``min_denominator`` and probe settings ``epochs``, ``lr``, ``batch_size``,
+        ``l1_penalty``, ``select_on_test``, ``normalize_inputs``, ``seed``)."""
+        from .pooled import TaskDataConfig
+
+        block = dict(run.get("scr") or {})
+        tasks = tuple(block.pop("tasks", OFFLINE_SCR_TASKS))
+        q_train, q_test = block.pop("q_train", None), block.pop("q_test", None)
+        scr_kwargs = {}
+        if "n_values" in block:
+            scr_kwargs["n_values"] = tuple(int(n) for n in block.pop("n_values"))
+        if "min_denominator" in block:
+            scr_kwargs["min_denominator"] = float(block.pop("min_denominator"))
+        probe_keys = {f.name for f in fields(ProbeTrainConfig)}
+        unknown = sorted(set(block) - probe_keys)
+        if unknown:
+            raise ValueError(f"unknown scr settings {unknown}; known: tasks, n_values, q_train, q_test, "
+                             f"min_denominator, {', '.join(sorted(probe_keys))}")
+        return cls(tasks=tasks, scr=ScrConfig(probe=ProbeTrainConfig(**block), **scr_kwargs),
+                   q_train=q_train, q_test=q_test, data=TaskDataConfig.from_params(run.get("tasks")))
+
+
+@dataclass
+class ScrTaskData:
+    """One SCR task: its source data and model side."""
+
+    source: "SourceData"
+    side: ScrModelSide
+    quadrant_counts: dict[str, dict[str, int]]
+    """Rows per split and quadrant in the source (before cutting to q)."""
+
+
+@dataclass
+class ScrPrep:
+    cfg: ScrEvalConfig
+    tasks: dict[str, ScrTaskData]
+    skipped: list[str]
+    seconds: dict[str, float]
+
+
+def prepare_scr(cfg: ScrEvalConfig, *, model, model_name: str, layer: int, cache_dir, progress: bool = False) -> ScrPrep:
+    """Load every SCR task's source and cache, build the sets and train the probes."""
+    import time
+
+    from ..data.tasks import TaskUnavailable, get_scr_task, scr_quadrants
+    from .pooled import load_source_data
+
+    tasks: dict[str, ScrTaskData] = {}
+    skipped: list[str] = []
+    seconds: dict[str, float] = {}
+    for name in cfg.tasks:
+        task = get_scr_task(name)
+        start = time.time()
+        try:
+            src = load_source_data(task.source, cfg.data, model=model, model_name=model_name, layer=layer,
+                                   cache_dir=cache_dir, scr_task=task, q_train=cfg.q_train, q_test=cfg.q_test,
+                                   progress=progress)
+            quads = scr_quadrants(src.ds, task)
+        except TaskUnavailable as exc:
+            skipped.append(str(exc))
+            print(str(exc))
+            continue
+        counts = {s: {k: int(len(v)) for k, v in qd.items()} for s, qd in quads.items()}
+        sets = make_scr_sets(quads, seed=cfg.data.seed)
+        side = scr_model_side(src.pooled.xbar_ND, sets, cfg.scr)
+        tasks[name] = ScrTaskData(src, side, counts)
+        seconds[name] = round(time.time() - start, 2)
+    return ScrPrep(cfg, tasks, skipped, seconds)
+
+
+def scr_sae(prep: ScrPrep, sae, *, fbar_cache: dict | None = None) -> dict:
+    """SCR of one SAE on every prepared task: ``{"per_task": {task: metrics}, "details": {...}, "seconds"}``.
+
+    ``fbar_cache`` (source name → mean-pooled latents) lets TPP reuse latents of shared sources."""
+    import time
+
+    from .pooled import check_affine_decoder, pooled_latents
+
+    start = time.time()
+    fbar_cache = {} if fbar_cache is None else fbar_cache
+    W_dec_FD = sae.W_dec.detach().float()
+    per_task, details = {}, {}
+    for name, td in prep.tasks.items():
+        if td.source.name not in fbar_cache:
+            fbar_cache[td.source.name] = pooled_latents(sae, td.source.pooled, cfg=prep.cfg.data.pooled)
+        fbar = fbar_cache[td.source.name]
+        check_affine_decoder(sae, fbar[:8])
+        res = scr_for_sae(td.side, td.source.pooled.xbar_ND, fbar, W_dec_FD, prep.cfg.scr)
+        per_task[name] = res["metrics"]
+        details[name] = {**res["details"], "quadrant_counts": td.quadrant_counts, "q": td.side.sets.q}
+    return {"per_task": per_task, "details": details, "seconds": round(time.time() - start, 2)}
+
+
+def scr_output(prep: ScrPrep, result: dict, *, variant: str, sae_cfg: dict | None = None, extra: dict | None = None) -> dict:
+    """SAEBench-shaped JSON for SCR (``eval_result_metrics = {"scr_metrics": {...}}``, averaged over tasks)."""
+    from dataclasses import asdict
+
+    from .probing import average_over_tasks
+
+    data = asdict(prep.cfg.data)
+    pooled = data.pop("pooled")
+    return {
+        "eval_type_id": EVAL_TYPE_ID,
+        "variant": variant,
+        "eval_config": {"tasks": list(prep.tasks), "n_values": list(prep.cfg.scr.n_values),
+                        "min_denominator": prep.cfg.scr.min_denominator, **asdict(prep.cfg.scr.probe),
+                        "q_train": prep.cfg.q_train, "q_test": prep.cfg.q_test, **data,
+                        "context_length": pooled["context"]},
+        "eval_result_metrics": {"scr_metrics": average_over_tasks(result["per_task"])},
+        "eval_result_details": [{"dataset_name": f"{name}_results", **m} for name, m in result["per_task"].items()],
+        "eval_result_unstructured": result["details"],
+        "skipped_tasks": list(prep.skipped),
+        "eval_seconds": result["seconds"],
+        "sae_cfg_dict": sae_cfg or {},
+        **(extra or {}),
+    }
+
+
+def clean_table(prep: ScrPrep):
+    """Per task: q, quadrant counts and the clean probe accuracies (pandas)."""
+    import pandas as pd
+
+    rows = []
+    for name, td in prep.tasks.items():
+        quads = {f"{s}_{q}": n for s, d in td.quadrant_counts.items() for q, n in d.items()}
+        rows.append({"task": name, "q_train": td.side.sets.q["train"], "q_test": td.side.sets.q["test"],
+                     **quads, **{f"acc_{k}": round(v, 4) for k, v in td.side.clean.items()},
+                     "cache_build_s": td.source.pooled.meta.get("build_seconds")})
+    return pd.DataFrame(rows)
+
+
+def save_scr_results(prep: ScrPrep, result: dict, out_dir, variant: str, *, sae_cfg: dict | None = None,
+                     extra: dict | None = None):
+    """Write ``<out_dir>/<variant>.json`` (SAEBench-shaped) and ``<out_dir>/<variant>_per_task.csv``."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from ..io import atomic_write_json, atomic_write_text
+
+    out_dir = Path(out_dir)
+    payload = scr_output(prep, result, variant=variant, sae_cfg=sae_cfg, extra=extra)
+    json_path = atomic_write_json(out_dir / f"{variant}.json", payload)
+    table = pd.DataFrame(result["per_task"]).T.rename_axis("task").reset_index()
+    csv_path = atomic_write_text(out_dir / f"{variant}_per_task.csv", table.to_csv(index=False))
+    return json_path, csv_path
+
+
+def n_curve(per_task: dict[str, dict[str, float]]):
+    """Long table (pandas) of every ``<name>_threshold_<n>[_<suffix>]`` metric averaged over tasks:
+    columns ``metric`` (e.g. ``scr_dir1``, ``scr_metric``, ``tpp_total_metric``), ``n``, ``value``."""
+    import re
+
+    import pandas as pd
+
+    from .probing import average_over_tasks
+
+    rows = []
+    for key, value in average_over_tasks(per_task).items():
+        m = re.fullmatch(r"(.+)_threshold_(\d+)(?:_(.+))?", key)
+        if m:
+            rows.append({"metric": m.group(1) + (f"_{m.group(3)}" if m.group(3) else ""), "n": int(m.group(2)),
+                         "value": value})
+    return pd.DataFrame(rows).sort_values(["metric", "n"]).reset_index(drop=True)
+
+
+__all__ = ["n_curve", "clean_table", "save_scr_results", "ablation_accuracies", "DIRECTIONS", "ScrEvalConfig", "ScrPrep", "prepare_scr", "scr_sae", "scr_output", "OFFLINE_SCR_TASKS", "ScrConfig", "ScrSets", "ScrModelSide", "N_VALUES", "make_scr_sets", "scr_model_side", "latent_effects",
+           "top_n_latents", "scr_score", "scr_for_sae", "scr_all_rows"]
