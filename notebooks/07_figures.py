@@ -1,0 +1,170 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 07 · Figures and the claims ledger
+#
+# The last stage. It reads **only `results/**`** (the JSON each eval stage wrote) and writes
+# `figures/*.png|pdf`, `results/tables/*.csv|md`, `results/claims_ledger.csv`, and the "Results"
+# block of `README.md`. Any subset of variants may have been run: a missing one shows as "not run"
+# in its figure panel and ledger row.
+#
+# **Absorption is lower-is-better.** Both papers described higher absorption scores as improvements.
+# Every axis below names its metric and the direction of better (↓ / ↑), and the ledger judges
+# absorption claims with lower = better.
+#
+# ## Uncertainty
+# * A variant's value is the mean over its seeds (`<name>`, `<name>_s1`, `<name>_s2` …); its 95%
+#   interval is Student-t with n − 1 degrees of freedom (bars: mean; whiskers: CI; dots: seeds).
+# * A difference between two variants: Welch's t interval when both have ≥ 2 seeds. Otherwise the
+#   metric's **run-to-run SD** — the within-group SD pooled over every seeded group present — gives
+#   se = s·√(1/n_a + 1/n_b) with the pooled degrees of freedom. With no seeded group at all, there is
+#   no interval and the ledger says "(no CI)".
+# * Baseline bands: the baseline's mean ± 95% CI (from its seeds, or from the pooled SD).
+
+# %% tags=["parameters"]
+profile = None
+update_readme = True
+
+# %%
+from saelib.config import load_params
+
+P = load_params(profile)
+P["profile"], P["run"]["model"], P["run"]["layer"], list(P["variants"])
+
+# %%
+import subprocess
+import sys
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from saelib import claims, figures
+from saelib.io import atomic_write_json, atomic_write_text
+from saelib.plotting import save_figure, set_style
+from saelib.results import load_results
+
+set_style()
+pd.set_option("display.max_colwidth", 80)
+results_dir = P["paths"]["results"]
+figures_dir = P["paths"]["figures"]
+tables_dir = results_dir / "tables"
+results = load_results(results_dir, variants=list(P["variants"]), profile=P["profile"])
+missing = [v for v in P["variants"] if not results.has(v)]
+print(f"{len(results.variants)} variants with results; run_variants without any result (shown as 'not run'): {missing}")
+for line in results.skipped:
+    print("skipped:", line)
+results.meta[["k", "d_sae", "penalty_kind", "penalty_reading", "penalty_lam", "evals"]]
+
+# %% [markdown]
+# ## Scale of these results
+
+# %%
+scale = {k: (v.item() if hasattr(v, "item") else v) for k, v in results.scale().items()}
+scale["profile"] = scale.get("profile") or P["profile"]
+atomic_write_json(tables_dir / "scale.json", scale)
+scale
+
+# %%
+figures.write_table(figures.key_metrics_table(results), tables_dir / "all_variants")
+figures.key_metrics_table(results).round(4)
+
+# %% [markdown]
+# ## Headline rows: mean ± 95% CI over seeds
+# Each penalty beside the same TopK SAE without it (CompeteSAE's k = 100·d/2304, orthogonality's
+# k = 320·d/2304), plus the ReLU + L1 SAE both papers called "standard".
+
+# %%
+headline = figures.headline_table(results)
+figures.write_table(headline, tables_dir / "headline")
+save_figure(figures.fig_headline(results), figures_dir / "headline_seeds")
+headline.pivot(index="group", columns="metric", values="mean").round(4)
+
+# %% [markdown]
+# ## Did the penalty help? Effect against the no-penalty twin, next to the run-to-run spread
+# `effect_over_seed_sd` is the change in units of the metric's run-to-run SD: an effect of a
+# fraction of one SD is seed noise whatever its sign.
+
+# %%
+effects = figures.effects_table(results)
+figures.write_table(effects, tables_dir / "effects")
+save_figure(figures.fig_effects(results), figures_dir / "effects")
+effects[["variant", "baseline", "metric", "better", "diff", "diff_lo", "diff_hi", "rel_change_pct", "seed_sd",
+         "effect_over_seed_sd"]].round(4)
+
+# %% [markdown]
+# ## Paper 000 (CompeteSAE)
+# Table 1 at our scale — "full" is CompeteSAE run 6 as run, "no warmup" the same without the
+# λ ramp, "no competition" the TopK SAE with the same k and no penalty, "reduced dict" half the width.
+# `paper_value` is what the paper printed (the spec traced most of those numbers to other runs).
+
+# %%
+table1 = figures.table1_competesae(results)
+figures.write_table(table1, tables_dir / "table1_competesae")
+save_figure(figures.fig_competesae_table1(results), figures_dir / "competesae_table1")
+table1.pivot(index="configuration", columns="metric", values="mean").round(4)
+
+# %%
+save_figure(figures.fig_competesae_absorption(results), figures_dir / "competesae_absorption")
+
+# %% [markdown]
+# ## Paper 004 (sparsity-guided orthogonality): Figures 1–4
+# The paper's four figures were empty; these are the same panels from our runs (runs 1–4 ordered by
+# increasing λ, run 5 wider, then the paper's prose reading).
+
+# %%
+for stem, build in [("ortho_fig1_absorption", figures.fig_ortho_absorption), ("ortho_fig2_scr", figures.fig_ortho_scr),
+                    ("ortho_fig3_reconstruction", figures.fig_ortho_reconstruction),
+                    ("ortho_fig4_probing", figures.fig_ortho_probing)]:
+    save_figure(build(results), figures_dir / stem)
+
+# %% [markdown]
+# ## Penalty strength sweep
+# Every penalised variant whose settings equal a reference run's except λ, against λ ÷ the
+# reference λ (log axis). References: CompeteSAE run 6 and the prose reading; orthogonality run 4
+# and the prose reading. The band is the same-k TopK SAE without penalty.
+
+# %%
+sweep = figures.sweep_table(results)
+figures.write_table(sweep, tables_dir / "lambda_sweep")
+save_figure(figures.fig_lambda_sweep(results), figures_dir / "lambda_sweep")
+sweep.pivot_table(index=["penalty", "reading", "lam_mult"], columns="metric", values="mean").round(4)
+
+# %% [markdown]
+# ## Claims ledger
+# One row per numbered claim of both papers (`saelib/claims.py`), each traced to a row of
+# `shared/spec/original_runs.md`. The same rule judges the original runs' recorded numbers
+# ("original_verdict") and ours ("verdict"):
+
+# %%
+print(claims.VERDICT_RULE)
+
+# %%
+ledger = claims.build_ledger(results)
+atomic_write_text(results_dir / "claims_ledger.csv", ledger.to_csv(index=False))
+figures.write_table(claims.ledger_display(ledger), tables_dir / "claims_ledger")
+ledger.groupby(["paper", "verdict"]).size().unstack(fill_value=0)
+
+# %%
+claims.ledger_display(ledger)
+
+# %% [markdown]
+# ## README
+# The README's "Results" block is regenerated from the files written above (never by hand).
+
+# %%
+if update_readme:
+    done = subprocess.run([sys.executable, str(P["paths"]["root"] / "scripts" / "update_readme_results.py"),
+                           "--root", str(P["paths"]["root"])], capture_output=True, text=True)
+    print(done.stdout, done.stderr)
+    done.check_returncode()
+plt.close("all")

@@ -1,0 +1,181 @@
+"""Regenerate README.md's "Results" block from results/ and figures/ (never edit that block by hand).
+
+    python scripts/update_readme_results.py [--root .] [--check]
+
+Reads ``results/claims_ledger.csv``, ``results/tables/effects.csv``, ``results/tables/scale.json``
+(all written by ``notebooks/07_figures.py``) and the figures in ``figures/``, renders markdown, and
+replaces everything between ``<!-- results:start -->`` and ``<!-- results:end -->`` in README.md (a
+"## Results" section with both markers is appended when the README has none). ``--check`` exits 1
+when the README is out of date instead of writing it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a plain script from a checkout without `pip install -e .`
+    sys.path.insert(0, str(ROOT))
+
+from saelib.claims import VERDICTS, ledger_display  # noqa: E402
+from saelib.figures import md_table  # noqa: E402
+from saelib.io import atomic_write_text  # noqa: E402
+
+START = "<!-- results:start -->"
+END = "<!-- results:end -->"
+
+FIGURES = (
+    ("effects", "Did each penalty help? Change vs the same TopK SAE without the penalty, with 95% CIs"),
+    ("headline_seeds", "Headline variants: mean ± 95% CI over seeds"),
+    ("competesae_absorption", "Paper 000: absorption by variant (lower is better)"),
+    ("competesae_table1", "Paper 000: Table 1 ablations"),
+    ("ortho_fig1_absorption", "Paper 004 Fig. 1: absorption by configuration (lower is better)"),
+    ("ortho_fig2_scr", "Paper 004 Fig. 2: SCR at n = 2 and 20"),
+    ("ortho_fig3_reconstruction", "Paper 004 Fig. 3: MSE and cosine similarity"),
+    ("ortho_fig4_probing", "Paper 004 Fig. 4: sparse probing top-1 and top-20"),
+    ("lambda_sweep", "Penalty strength sweep (λ ÷ paper's λ, log axis)"),
+)
+"""Figure stems (under figures/) in README order, with captions."""
+
+PAPER_PROFILE = """\
+To run the same notebooks at the papers' scale (Gemma-2-2B layer 12, d = 2304, F = 18,432, 10M
+training tokens per SAE, SAEBench's hub datasets, WMDP unlearning with gemma-2-2b-it), use a
+machine with a CUDA GPU and Hugging Face access to the gated Gemma-2 models and WMDP:
+
+```bash
+huggingface-cli login                      # Gemma-2 and WMDP are gated on the hub
+sed -i 's/^profile: .*/profile: paper/' params.yaml
+HF_HUB_OFFLINE=0 dvc repro                 # every stage, then this README block is regenerated
+```
+
+`run_variants` in `params.yaml` picks which SAEs are trained; add `topk_s1`, `topk_s2`,
+`compete_run6_s1`, `compete_run6_s2`, `ortho_run4_s1`, `ortho_run4_s2` for seed intervals."""
+
+
+def _fmt_scale(scale: dict) -> str:
+    tok = scale.get("train_tokens")
+    tok_txt = f"{int(tok):,}" if isinstance(tok, (int, float)) else str(tok)
+    parts = [f"model **{scale.get('model')}**", f"layer **{scale.get('layer')}**"]
+    if scale.get("d_in"):
+        parts.append(f"d = {scale['d_in']}")
+    if scale.get("d_sae"):
+        parts.append(f"SAE width F = {scale['d_sae']}")
+    parts.append(f"**{tok_txt} training tokens per SAE**")
+    return ", ".join(parts) + f" (profile `{scale.get('profile')}`)"
+
+
+def effect_sentences(effects: pd.DataFrame, metric: str = "mean_absorption_score") -> list[str]:
+    """One plain sentence per penalised variant: did it lower (= improve) absorption vs its twin?"""
+    out = []
+    for _, r in effects[effects["metric"] == metric].iterrows():
+        has_ci = not (pd.isna(r["diff_lo"]) or pd.isna(r["diff_hi"]))
+        if has_ci and r["diff_hi"] < 0:
+            answer = "**yes** — lower absorption (better), the 95% CI excludes 0"
+        elif has_ci and r["diff_lo"] > 0:
+            answer = "**no** — higher absorption (worse), the 95% CI excludes 0"
+        elif has_ci:
+            answer = "**no detectable change** — the 95% CI includes 0"
+        else:
+            answer = ("lower (better)" if r["diff"] < 0 else "higher (worse)" if r["diff"] > 0 else "unchanged") + \
+                     ", single run, no CI"
+        ci = f", 95% CI [{r['diff_lo']:+.4f}, {r['diff_hi']:+.4f}]" if has_ci else ""
+        sd = f"; run-to-run SD {r['seed_sd']:.4f}" if not pd.isna(r["seed_sd"]) else ""
+        out.append(f"- `{r['variant']}` ({r['penalty']}, {str(r['reading']).replace('_', ' ')}, λ = {r['lam']:g}) vs "
+                   f"`{r['baseline']}`: {r['baseline_mean'] + r['diff']:.4f} vs {r['baseline_mean']:.4f} "
+                   f"(Δ {r['diff']:+.4f}{ci}{sd}) → {answer}.")
+    return out
+
+
+def render_results_section(root: str | Path) -> str:
+    """The markdown that goes between the README markers, built from results/ and figures/ only."""
+    root = Path(root)
+    ledger_path = root / "results" / "claims_ledger.csv"
+    if not ledger_path.exists():
+        raise FileNotFoundError(f"{ledger_path} does not exist: run notebooks/07_figures.py (dvc repro) first")
+    ledger = pd.read_csv(ledger_path, keep_default_na=False, na_values=[""])
+    for col in ledger.columns:
+        if ledger[col].dtype == object:
+            ledger[col] = ledger[col].fillna("")
+    scale = json.loads((root / "results" / "tables" / "scale.json").read_text())
+    effects_path = root / "results" / "tables" / "effects.csv"
+    effects = pd.read_csv(effects_path) if effects_path.exists() else pd.DataFrame(columns=["metric"])
+
+    lines = [
+        "_Generated by `notebooks/07_figures.py` through `scripts/update_readme_results.py` from `results/` — "
+        "do not edit this block by hand; `dvc repro` rewrites it._",
+        "",
+        f"**Scale of these numbers:** {_fmt_scale(scale)}. The papers used Gemma-2-2B layer 12, F = 18,432 and "
+        "5–10M tokens: compare directions of change, not absolute values.",
+        "",
+        "**Absorption is lower-is-better.** Both papers present higher absorption scores as improvements; every "
+        "figure axis and ledger verdict here uses the correct direction.",
+        "",
+        "### Did the penalties reduce absorption?",
+        "",
+    ]
+    sentences = effect_sentences(effects)
+    lines += sentences if sentences else ["- No penalised SAE with a no-penalty twin was run at this profile."]
+    counts = ledger.groupby(["paper", "verdict"]).size().unstack(fill_value=0)
+    counts = counts.reindex(columns=[v for v in VERDICTS if v in counts.columns])
+    lines += ["", "### Claims ledger", "",
+              f"{len(ledger)} claims (`results/claims_ledger.csv`, all columns there). The verdict rule is in "
+              "`saelib/claims.py` (`VERDICT_RULE`) and printed in `notebooks/07_figures.py`. \"Original runs\" applies "
+              "the same rule to the original Gemma-2-2B runs' recorded numbers (`shared/spec/original_runs.md`); "
+              "\"(no CI)\" marks a single-run comparison.", "",
+              md_table(counts.reset_index()), md_table(ledger_display(ledger)), "### Figures", ""]
+    for stem, caption in FIGURES:
+        if (root / "figures" / f"{stem}.png").exists():
+            lines += [f"**{caption}** (`figures/{stem}.png`, `.pdf`)", "", f"![{caption}](figures/{stem}.png)", ""]
+    lines += ["Tables behind the figures: `results/tables/*.csv` (and `.md`).", "",
+              "### Running the paper profile", "", PAPER_PROFILE]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def replace_block(text: str, block: str) -> str:
+    """``text`` with the content between the markers replaced by ``block`` (section appended if absent)."""
+    n_start, n_end = text.count(START), text.count(END)
+    if n_start == 0 and n_end == 0:
+        return text.rstrip("\n") + f"\n\n## Results\n\n{START}\n{block}{END}\n"
+    if n_start != 1 or n_end != 1:
+        raise ValueError(f"README must contain exactly one {START} and one {END} (found {n_start} and {n_end})")
+    i, j = text.index(START), text.index(END)
+    if j < i:
+        raise ValueError(f"{END} comes before {START} in the README")
+    return text[: i + len(START)] + "\n" + block + text[j:]
+
+
+def update_readme(readme: str | Path, block: str) -> bool:
+    """Write ``block`` into ``readme`` between the markers (atomically). Returns True if it changed."""
+    readme = Path(readme)
+    if not readme.exists():
+        raise FileNotFoundError(f"{readme} does not exist")
+    old = readme.read_text(encoding="utf-8")
+    new = replace_block(old, block)
+    if new != old:
+        atomic_write_text(readme, new)
+    return new != old
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default=".", help="repository root (holds README.md, results/, figures/)")
+    parser.add_argument("--check", action="store_true", help="exit 1 if README.md is out of date; write nothing")
+    args = parser.parse_args(argv)
+    root = Path(args.root)
+    block = render_results_section(root)
+    readme = root / "README.md"
+    if args.check:
+        stale = replace_block(readme.read_text(encoding="utf-8"), block) != readme.read_text(encoding="utf-8")
+        print("README.md results block is " + ("out of date" if stale else "up to date"))
+        return 1 if stale else 0
+    changed = update_readme(readme, block)
+    print(f"README.md results block {'updated' if changed else 'already up to date'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,435 @@
+"""Results loading, seed statistics, figures, tables, ledger and README block on a synthetic results/
+folder shaped exactly like the eval stages' output (core, absorption, scr + tpp, probing, unlearning).
+
+The synthetic numbers have a known structure (see ``TRUTH``), so the verdicts and intervals can be
+checked by hand: CompeteSAE run 6 has *higher* absorption than its no-penalty twin (→ contradicted),
+orthogonality run 4 lower than TopK (→ supported), absorption falls with λ over ortho runs 1–4.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from saelib import claims, figures  # noqa: E402
+from saelib.results import diff_ci, load_results, mean_ci, pooled_sd, seed_base  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED_SD = {"mean_absorption_score": 0.001, "mse": 1.0, "kl_score": 0.002, "scr_metric_threshold_2": 0.005,
+           "sae_top_1_test_accuracy": 0.004}
+"""Synthetic run-to-run spread: seed s of a group is base + (s − 1)·SD (s = 0, 1, 2)."""
+
+# variant: (k, penalty (kind, reading, lam, ramp) or None, {metric: base value})
+TRUTH = {
+    "topk": (9, None, {"mean_absorption_score": 0.020, "mse": 100.0, "kl_score": 0.95, "scr_metric_threshold_2": 0.10,
+                       "sae_top_1_test_accuracy": 0.70}),
+    "topk_k100": (3, None, {"mean_absorption_score": 0.040, "mse": 200.0, "kl_score": 0.90,
+                            "scr_metric_threshold_2": 0.08, "sae_top_1_test_accuracy": 0.65}),
+    "relu_l1": (None, None, {"mean_absorption_score": 0.005, "mse": 10.0, "kl_score": 0.99, "scr_metric_threshold_2": 0.02,
+                             "sae_top_1_test_accuracy": 0.60}),
+    "compete_run6": (3, ("competition", "as_run", 0.01, 400), {"mean_absorption_score": 0.050, "mse": 210.0,
+                                                              "kl_score": 0.89, "scr_metric_threshold_2": 0.09,
+                                                              "sae_top_1_test_accuracy": 0.66}),
+    "compete_no_warmup": (3, ("competition", "as_run", 0.01, 0), {"mean_absorption_score": 0.060, "mse": 205.0,
+                                                                 "kl_score": 0.89, "scr_metric_threshold_2": 0.085,
+                                                                 "sae_top_1_test_accuracy": 0.66}),
+    "sweep_compete_run_x1e2": (3, ("competition", "as_run", 1.0, 400), {"mean_absorption_score": 0.045, "mse": 220.0,
+                                                                       "kl_score": 0.88, "scr_metric_threshold_2": 0.09,
+                                                                       "sae_top_1_test_accuracy": 0.64}),
+    "sweep_compete_run_x1e4": (3, ("competition", "as_run", 100.0, 400), {"mean_absorption_score": 0.030, "mse": 400.0,
+                                                                         "kl_score": 0.70, "scr_metric_threshold_2": 0.05,
+                                                                         "sae_top_1_test_accuracy": 0.60}),
+    "ortho_run4": (9, ("orthogonality", "as_run", 0.075, 0), {"mean_absorption_score": 0.010, "mse": 101.0,
+                                                             "kl_score": 0.95, "scr_metric_threshold_2": 0.12,
+                                                             "sae_top_1_test_accuracy": 0.72}),
+    "ortho_run1": (9, ("orthogonality", "as_run", 0.01, 0), {"mean_absorption_score": 0.030, "mse": 100.0,
+                                                            "kl_score": 0.95, "scr_metric_threshold_2": 0.11,
+                                                            "sae_top_1_test_accuracy": 0.71}),
+    "ortho_run3": (9, ("orthogonality", "as_run", 0.05, 0), {"mean_absorption_score": 0.020, "mse": 100.5,
+                                                            "kl_score": 0.95, "scr_metric_threshold_2": 0.115,
+                                                            "sae_top_1_test_accuracy": 0.71}),
+    "ortho_run2": (9, ("orthogonality", "as_run", 0.1, 0), {"mean_absorption_score": 0.015, "mse": 102.0,
+                                                           "kl_score": 0.95, "scr_metric_threshold_2": 0.13,
+                                                           "sae_top_1_test_accuracy": 0.73}),
+    "ortho_described": (9, ("orthogonality", "as_described", 0.075, 200), {"mean_absorption_score": 0.021, "mse": 100.0,
+                                                                           "kl_score": 0.95, "scr_metric_threshold_2": 0.10,
+                                                                           "sae_top_1_test_accuracy": 0.70}),
+    "sweep_ortho_desc_x1e-2": (9, ("orthogonality", "as_described", 0.00075, 200),
+                               {"mean_absorption_score": 0.020, "mse": 100.0, "kl_score": 0.95,
+                                "scr_metric_threshold_2": 0.10, "sae_top_1_test_accuracy": 0.70}),
+}
+SEEDED = ("topk", "compete_run6", "ortho_run4")
+"""Groups written with three seeds (<name>, <name>_s1, <name>_s2)."""
+
+
+def _write(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def write_synthetic_results(results: Path, profile: str = "smoke") -> list[str]:
+    """Write a results/ tree like the eval stages do; returns the variant names written."""
+    names = []
+    for base, (k, pen, vals) in TRUTH.items():
+        for s in (range(3) if base in SEEDED else [1]):
+            name = base if s == 1 else f"{base}_s{1 if s == 0 else 2}"  # _s1 = base − SD, _s2 = base + SD
+            off = {m: (s - 1) * SEED_SD.get(m, 0.0) for m in vals}
+            v = {m: x + off[m] for m, x in vals.items()}
+            names.append(name)
+            pen_cfg = None if pen is None else {"kind": pen[0], "reading": pen[1], "lam": pen[2], "ramp_steps": pen[3],
+                                                "tau": 0.6 if pen[0] == "competition" else None}
+            _write(results / "core" / f"{name}.json", {
+                "variant": name, "profile": profile, "model": "gemma-3-270m", "layer": 8,
+                "arch": "relu" if k is None else "topk",
+                "sae_cfg": {"d_in": 64, "d_sae": 512, "k": k, "seed": 42 if s == 1 else s},
+                "penalty_cfg": pen_cfg, "params_entry": {"arch": "topk"}, "train_tokens": 32768,
+                "train_wall_time_s": 10.0 * (1.1 if pen else 1.0), "l0": float(k or 300), "l1": 5.0,
+                "mse": v["mse"], "mse_legacy": v["mse"] * 64, "ev": 1 - v["mse"] / 2000, "ev_legacy": 1 - v["mse"] / 1900,
+                "cossim": 1 - v["mse"] / 20000, "kl_score": v["kl_score"], "ce_score": v["kl_score"] - 0.01,
+                "frac_alive": 0.99, "log_density_hist": [1.0, 2.0]})
+            letters = [{"letter": c, "absorption_rate": v["mean_absorption_score"] * (1 + i / 10), "legacy_included": True,
+                        "num_split_features": 1} for i, c in enumerate("abc")]
+            _write(results / "absorption" / f"{name}.json", {
+                "eval_type_id": "absorption_first_letter", "variant": name, "lower_is_better": True, "profile": profile,
+                "eval_result_metrics": {"mean": {"mean_absorption_score": v["mean_absorption_score"]}},
+                "summary": {"mean_absorption_score": v["mean_absorption_score"],
+                            "mean_absorption_fraction_score": 3 * v["mean_absorption_score"],
+                            "mean_full_absorption_score": v["mean_absorption_score"], "mean_num_split_features": 1.2,
+                            "current_valid": True},
+                "eval_result_details": letters})
+            scr = {f"scr_{w}_threshold_{n}": v["scr_metric_threshold_2"] * (1 + n / 100)
+                   for w in ("metric", "dir1", "dir2") for n in (2, 5, 10, 20, 50, 100, 500)}
+            _write(results / "scr" / f"{name}.json", {"eval_type_id": "scr", "variant": name, "profile": profile,
+                                                      "eval_result_metrics": {"scr_metrics": scr}})
+            _write(results / "scr" / f"{name}_tpp.json", {
+                "eval_type_id": "tpp", "variant": name, "profile": profile,
+                "eval_result_metrics": {"tpp_metrics": {"tpp_threshold_20_total_metric": 0.3}}})
+            sae = {f"sae_top_{kk}_test_accuracy": min(0.99, v["sae_top_1_test_accuracy"] + 0.03 * i)
+                   for i, kk in enumerate((1, 2, 5, 10, 20, 50))}
+            sae["sae_test_accuracy"] = 0.95
+            llm = {"llm_top_1_test_accuracy": 0.6, "llm_top_20_test_accuracy": 0.8, "llm_test_accuracy": 0.97}
+            _write(results / "probing" / f"{name}.json", {
+                "eval_type_id": "sparse_probing", "variant": name, "profile": profile,
+                "eval_result_metrics": {"llm": llm, "sae": sae},
+                "eval_result_details": [{"dataset_name": "movie_sentiment", "sae_test_accuracy": 0.9 + v["kl_score"] / 100},
+                                        {"dataset_name": "bbc_topic", "sae_test_accuracy": 0.5}]})
+            _write(results / "unlearning" / f"{name}.json", {
+                "eval_type_id": "unlearning", "variant": name, "metric": "offline", "model": "gemma-3-270m", "layer": 8,
+                "eval_result_metrics": {"unlearning": {"unlearning_score": 0.1 if pen else 0.05}}})
+    (results / "absorption" / "summary.csv").write_text("x\n1\n")  # other files in the folders are ignored
+    return names
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    names = write_synthetic_results(root / "results")
+    return root, names, load_results(root / "results")
+
+
+# ------------------------------------------------------------------------------------------------
+# statistics against scipy references
+# ------------------------------------------------------------------------------------------------
+def test_mean_ci_matches_scipy_t_interval():
+    x = [1.0, 2.0, 3.0, 4.0]
+    s = mean_ci(x)
+    lo, hi = stats.t.interval(0.95, 3, loc=np.mean(x), scale=stats.sem(x))
+    assert s["n"] == 4 and s["mean"] == pytest.approx(2.5)
+    assert s["mean"] - s["ci"] == pytest.approx(lo) and s["mean"] + s["ci"] == pytest.approx(hi)
+    assert math.isnan(mean_ci([3.0])["ci"]) and mean_ci([])["n"] == 0
+
+
+def test_diff_ci_welch_matches_scipy_and_pooled_fallback():
+    a, b = [1.0, 2.0, 3.5], [4.0, 6.0, 8.0, 9.0]
+    d = diff_ci(a, b)
+    ref = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert d.method == "welch" and d.diff == pytest.approx(np.mean(a) - np.mean(b))
+    assert (d.lo, d.hi) == (pytest.approx(ref.low), pytest.approx(ref.high))
+    # one single run: the borrowed run-to-run SD gives se = s·sqrt(1/3 + 1/1) with its df
+    p = diff_ci([5.0, 6.0, 7.0], [4.0], noise_sd=2.0, noise_df=6)
+    half = stats.t.ppf(0.975, 6) * 2.0 * math.sqrt(1 / 3 + 1)
+    assert p.method == "pooled seed SD" and (p.lo, p.hi) == (pytest.approx(2 - half), pytest.approx(2 + half))
+    assert diff_ci([1.0], [2.0]).method == "none" and not diff_ci([1.0], [2.0]).has_ci
+
+
+def test_pooled_sd_is_within_group_sd():
+    sd, df = pooled_sd([[1.0, 3.0], [10.0, 12.0, 14.0], [7.0]])
+    # SS = 2 + 8 = 10 over df = 1 + 2
+    assert df == 3 and sd == pytest.approx(math.sqrt(10 / 3))
+
+
+# ------------------------------------------------------------------------------------------------
+# loading
+# ------------------------------------------------------------------------------------------------
+def test_load_results_reads_every_family(synthetic):
+    _, names, r = synthetic
+    assert sorted(r.variants) == sorted(names)
+    assert r.value("topk", "mean_absorption_score") == pytest.approx(0.020)
+    assert r.value("topk_s2", "mean_absorption_score") == pytest.approx(0.021)
+    assert r.value("ortho_run4", "scr_metric_threshold_2") == pytest.approx(0.12 * 1.02)
+    assert r.value("ortho_run4", "tpp_threshold_20_total_metric") == pytest.approx(0.3)  # _tpp.json read as TPP
+    assert "ortho_run4_tpp" not in r.variants
+    assert r.value("relu_l1", "unlearning_score") == pytest.approx(0.05)
+    assert r.value("topk", "max_letter_absorption_rate") == pytest.approx(0.020 * 1.2)
+    assert r.value("topk", "probe_gap_top20_top1") == pytest.approx(0.12)
+    # per-task restriction: only tasks whose name matches
+    assert r.value("topk", "sae_test_accuracy@sentiment") == pytest.approx(0.9 + 0.95 / 100)
+    assert math.isnan(r.value("topk", "sae_test_accuracy@europarl"))
+
+
+def test_seed_groups_and_stats(synthetic):
+    _, _, r = synthetic
+    assert sorted(r.group_members("topk")) == ["topk", "topk_s1", "topk_s2"]
+    assert r.group_members("topk_k100") == ["topk_k100"]
+    assert sorted(r.seed_groups()) == sorted(SEEDED)
+    s = r.stat("compete_run6", "mean_absorption_score")
+    assert s["n"] == 3 and s["mean"] == pytest.approx(0.050) and s["sd"] == pytest.approx(0.001)
+    sd, df = r.noise("mean_absorption_score")
+    assert df == 6 and sd == pytest.approx(0.001)
+    assert seed_base("compete_run6_s2") == "compete_run6" and seed_base("sweep_ortho_desc_x1e-2") == "sweep_ortho_desc_x1e-2"
+
+
+def test_profile_filter_skips_other_scales(tmp_path):
+    write_synthetic_results(tmp_path / "results", profile="default")
+    with pytest.warns(UserWarning, match="skipped"):
+        r = load_results(tmp_path / "results", profile="smoke")
+    assert r.variants == [] and len(r.skipped) > 0
+    only = load_results(tmp_path / "results", variants=["topk", "topk_s2", "relu_l1", "jumprelu"], profile="default")
+    assert sorted(only.variants) == ["relu_l1", "topk", "topk_s2"]  # unlisted seeds and stale variants ignored
+    assert only.stat("topk", "mse")["n"] == 2
+    assert not only.has("ortho_run4")
+
+
+def test_missing_results_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run the eval stages"):
+        load_results(tmp_path / "nope")
+
+
+def test_malformed_file_names_the_missing_key(tmp_path):
+    _write(tmp_path / "results" / "unlearning" / "topk.json", {"eval_result_metrics": {}})
+    with pytest.raises(ValueError, match="unlearning"):
+        load_results(tmp_path / "results")
+
+
+# ------------------------------------------------------------------------------------------------
+# figures and tables
+# ------------------------------------------------------------------------------------------------
+def _texts(fig) -> str:
+    out = [fig._suptitle.get_text() if fig._suptitle else ""]
+    for ax in fig.axes:
+        out += [ax.get_ylabel(), ax.get_xlabel()] + [ax.get_title(loc=w) for w in ("left", "center", "right")]
+        out += [t.get_text() for t in ax.texts]
+        out += [t.get_text() for t in ax.get_xticklabels()]
+    return "\n".join(out)
+
+
+FIGURE_EXPECTATIONS = {
+    # builder: strings its labels, titles and texts must contain
+    "fig_competesae_absorption": ["lower is better", "not\nrun", "TopK k=3\n(no competition)", "L0=300"],
+    "fig_competesae_table1": ["KL score", "not\nrun", "Table 1"],
+    "fig_ortho_absorption": ["absorption (legacy score", "lower is better", "not\nrun", "Ortho run 4\nλ=0.075"],
+    "fig_ortho_scr": ["SCR, n = 2", "SCR, n = 20", "higher is better"],
+    "fig_ortho_reconstruction": ["MSE per element", "cosine similarity", "lower is better", "higher is better"],
+    "fig_ortho_probing": ["top-1", "top-20", "higher is better"],
+    "fig_lambda_sweep": ["λ ÷ paper's λ (log scale)", "competition penalty", "orthogonality penalty"],
+    "fig_headline": ["gemma-3-270m, layer 8", "mean ± 95% CI over seeds"],
+    "fig_effects": ["penalty better (lower)", "penalty better (higher)", "+25.0%"],
+}
+
+
+@pytest.mark.parametrize("builder", sorted(FIGURE_EXPECTATIONS))
+def test_figure_builds_labels_direction_and_marks_missing(builder, synthetic, tmp_path):
+    from saelib.plotting import save_figure
+
+    _, _, r = synthetic
+    fig = getattr(figures, builder)(r)
+    text = _texts(fig)
+    written = save_figure(fig, tmp_path / builder)
+    plt.close(fig)
+    assert [p.suffix for p in written] == [".png", ".pdf"]
+    assert all(p.stat().st_size > 5000 for p in written)
+    for expected in FIGURE_EXPECTATIONS[builder]:
+        assert expected in text, (builder, expected)
+
+
+def test_figures_survive_an_empty_results_folder(tmp_path):
+    (tmp_path / "results").mkdir()
+    r = load_results(tmp_path / "results")
+    for builder in FIGURE_EXPECTATIONS:
+        plt.close(getattr(figures, builder)(r))
+    L = claims.build_ledger(r)
+    assert set(L["verdict"]) == {claims.NOT_RUN, claims.NOT_TESTABLE}
+
+
+def test_every_value_axis_names_metric_and_direction(synthetic):
+    _, _, r = synthetic
+    for build in (figures.fig_ortho_absorption, figures.fig_ortho_scr, figures.fig_ortho_reconstruction,
+                  figures.fig_ortho_probing, figures.fig_headline, figures.fig_competesae_table1,
+                  figures.fig_lambda_sweep):
+        fig = build(r)
+        for ax in fig.axes:
+            if ax.get_visible() and ax.get_ylabel():
+                assert "is better" in ax.get_ylabel(), (build.__name__, ax.get_ylabel())
+        plt.close(fig)
+
+
+def test_sweep_groups_by_penalty_settings_except_lambda(synthetic):
+    _, _, r = synthetic
+    t = figures.sweep_table(r, ["mean_absorption_score"])
+    comp = t[(t["penalty"] == "competition") & (t["reading"] == "as_run")]
+    # compete_no_warmup differs in ramp_steps, so it is not a sweep point
+    assert list(comp["variant"]) == ["compete_run6", "sweep_compete_run_x1e2", "sweep_compete_run_x1e4"]
+    assert list(comp["lam_mult"]) == pytest.approx([1.0, 100.0, 10000.0])
+    assert set(comp["baseline"]) == {"topk_k100"}
+    ortho = t[(t["penalty"] == "orthogonality") & (t["reading"] == "as_run")]
+    assert list(ortho["variant"]) == ["ortho_run1", "ortho_run3", "ortho_run4", "ortho_run2"]
+    assert t[t["variant"] == "compete_run6"]["n"].item() == 3
+
+
+def test_effects_table_uses_no_penalty_twin(synthetic):
+    _, _, r = synthetic
+    e = figures.effects_table(r).set_index(["variant", "metric"])
+    row = e.loc[("compete_run6", "mean_absorption_score")]
+    assert row["baseline"] == "topk_k100" and row["diff"] == pytest.approx(0.010)
+    half = stats.t.ppf(0.975, 6) * 0.001 * math.sqrt(1 / 3 + 1)
+    assert (row["diff_lo"], row["diff_hi"]) == (pytest.approx(0.010 - half), pytest.approx(0.010 + half))
+    assert row["effect_over_seed_sd"] == pytest.approx(10.0)
+    assert e.loc[("ortho_run4", "mean_absorption_score")]["baseline"] == "topk"
+    assert e.loc[("ortho_run4", "mean_absorption_score")]["ci_method"] == "welch"
+
+
+def test_table1_and_headline_tables(synthetic, tmp_path):
+    _, _, r = synthetic
+    t1 = figures.table1_competesae(r).set_index(["configuration", "metric"])
+    assert t1.loc[("Full model", "mean_absorption_score"), "mean"] == pytest.approx(0.050)
+    assert t1.loc[("Full model", "kl_score"), "paper_value"] == pytest.approx(0.991)
+    assert t1.loc[("Reduced dict size", "kl_score"), "n_seeds"] == 0  # not run
+    h = figures.headline_table(r).set_index(["group", "metric"])
+    assert h.loc[("topk", "mse"), "n"] == 3 and h.loc[("topk", "mse"), "sd"] == pytest.approx(1.0)
+    paths = figures.write_table(h.reset_index(), tmp_path / "headline")
+    md = paths[1].read_text()
+    assert md.startswith("| group | metric |") and "topk" in md
+
+
+# ------------------------------------------------------------------------------------------------
+# ledger on synthetic results (verdicts checkable by hand from TRUTH)
+# ------------------------------------------------------------------------------------------------
+def test_ledger_verdicts_on_synthetic_results(synthetic):
+    _, _, r = synthetic
+    L = claims.build_ledger(r).set_index("claim_id")
+    assert len(L) == len(claims.CLAIMS)
+    # CompeteSAE absorption 0.050 (3 seeds) vs its twin 0.040: worse, CI excludes 0
+    row = L.loc["000-s6.4-competition-absorption"]
+    assert row["verdict"] == claims.CONTRADICTED and row["ci_method"] == "pooled seed SD"
+    assert row["our_value"] == pytest.approx(0.050) and row["our_baseline"] == pytest.approx(0.040)
+    # orthogonality run 4 0.010 vs TopK 0.020, both seeded → Welch → supported
+    assert L.loc["004-abstract-absorption", "verdict"] == claims.SUPPORTED
+    assert L.loc["004-abstract-absorption", "original_verdict"] == claims.CONTRADICTED
+    # absorption over ortho runs 1-4 (λ .01,.05,.075,.1 → .030,.020,.010,.015): ρ = -0.8, lower is better
+    assert L.loc["004-fig1-alpha-trend", "our_value"] == pytest.approx(-0.8)
+    assert L.loc["004-fig1-alpha-trend", "verdict"] == claims.SUPPORTED
+    # ortho_run5 / compete_reduced_dict / jumprelu were not run
+    for cid in ("004-s6.2-run5-absorption", "000-table1-reduced-kl", "000-s2-jumprelu-mse"):
+        assert L.loc[cid, "verdict"] == claims.NOT_RUN, cid
+    # "best of" with ortho_run5 missing: run 4 (0.010) beats runs 1-3 → supported
+    assert L.loc["004-fig1-run4-best-absorption", "verdict"] == claims.SUPPORTED
+    # all-variants claim with one variant missing still judged on those run: all SCR values beat TopK
+    assert L.loc["004-fig2-all-scr", "pairs_run"] == "8/10"
+    assert L.loc["000-s3-r082", "verdict"] == claims.NOT_TESTABLE
+    # overhead: 10% wall-time overhead ≤ 20% bound
+    assert L.loc["000-s6.5-overhead", "our_value"] == pytest.approx(0.10)
+    assert L.loc["000-s6.5-overhead", "verdict"] == claims.SUPPORTED
+    assert set(L["verdict"]) <= set(claims.VERDICTS)
+
+
+# ------------------------------------------------------------------------------------------------
+# README block
+# ------------------------------------------------------------------------------------------------
+def _readme_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("update_readme_results", ROOT / "scripts" / "update_readme_results.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_readme_block_replaced_between_markers_only():
+    m = _readme_module()
+    text = f"# T\nintro\n\n## Results\n{m.START}\nold numbers\n{m.END}\n\n## After\nkept\n"
+    new = m.replace_block(text, "new numbers\n")
+    assert "old numbers" not in new and "new numbers" in new
+    assert new.startswith("# T\nintro") and new.endswith("## After\nkept\n")
+    assert m.replace_block(new, "new numbers\n") == new  # idempotent
+    appended = m.replace_block("# T\n", "x\n")
+    assert appended == f"# T\n\n## Results\n\n{m.START}\nx\n{m.END}\n"
+    with pytest.raises(ValueError, match="exactly one"):
+        m.replace_block(text + m.START, "x")
+    with pytest.raises(ValueError, match="before"):
+        m.replace_block(f"{m.END}\n{m.START}\n", "x")
+
+
+def test_effect_sentences_answer_the_question():
+    import pandas as pd
+
+    m = _readme_module()
+    eff = pd.DataFrame([
+        {"variant": "a", "baseline": "b", "penalty": "competition", "reading": "as_run", "lam": 0.01,
+         "metric": "mean_absorption_score", "baseline_mean": 0.04, "diff": 0.01, "diff_lo": 0.005, "diff_hi": 0.015,
+         "seed_sd": 0.001},
+        {"variant": "c", "baseline": "d", "penalty": "orthogonality", "reading": "as_run", "lam": 0.075,
+         "metric": "mean_absorption_score", "baseline_mean": 0.02, "diff": -0.001, "diff_lo": -0.003, "diff_hi": 0.001,
+         "seed_sd": 0.001}])
+    s = m.effect_sentences(eff)
+    assert "**no** — higher absorption (worse)" in s[0] and "0.0500 vs 0.0400" in s[0]
+    assert "**no detectable change**" in s[1]
+
+
+# ------------------------------------------------------------------------------------------------
+# the notebook itself, through papermill, on a synthetic smoke-profile results folder
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_figures_notebook_runs_on_smoke_results(tmp_path, monkeypatch):
+    from saelib.runner import run_notebook
+
+    root = tmp_path / "repo"
+    names = write_synthetic_results(root / "results", profile="smoke")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["profile"] = "smoke"
+    params["run_variants"] = [n for n in dict.fromkeys(seed_base(n) for n in names)] + ["ortho_run5", "jumprelu"]
+    params["run_variants"] += [n for n in names if n not in params["run_variants"]]
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / "README.md").write_text("# repo\n\n## Results\n<!-- results:start -->\nstale\n<!-- results:end -->\n\n## Tail\n")
+    (root / "scripts").mkdir()
+    shutil.copy2(ROOT / "scripts" / "update_readme_results.py", root / "scripts")
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("SAELIB_ROOT", str(root))
+    run_notebook(ROOT / "notebooks" / "07_figures.py", {"profile": "smoke"}, out_dir=root / "executed")
+    for stem in ("effects", "headline_seeds", "competesae_absorption", "competesae_table1", "ortho_fig1_absorption",
+                 "ortho_fig2_scr", "ortho_fig3_reconstruction", "ortho_fig4_probing", "lambda_sweep"):
+        for ext in ("png", "pdf"):
+            assert (root / "figures" / f"{stem}.{ext}").stat().st_size > 5000, (stem, ext)
+    for stem in ("headline", "effects", "table1_competesae", "lambda_sweep", "all_variants", "claims_ledger"):
+        assert (root / "results" / "tables" / f"{stem}.csv").exists() and (root / "results" / "tables" / f"{stem}.md").exists()
+    import pandas as pd
+
+    ledger = pd.read_csv(root / "results" / "claims_ledger.csv")
+    assert list(ledger["claim_id"]) == claims.claim_ids()
+    readme = (root / "README.md").read_text()
+    assert "stale" not in readme and readme.endswith("## Tail\n")
+    assert "model **gemma-3-270m**, layer **8**" in readme and "32,768 training tokens per SAE" in readme
+    assert "`compete_run6` (competition, as run, λ = 0.01) vs `topk_k100`" in readme
+    assert "**no** — higher absorption (worse)" in readme  # compete_run6 0.050 vs twin 0.040
+    assert "![Paper 004 Fig. 1" in readme and "profile: paper" in readme
+    assert os.path.exists(root / "executed" / "07_figures.ipynb")
