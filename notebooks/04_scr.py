@@ -100,6 +100,21 @@ for name, td in scr_prep.tasks.items():
 # %%
 scr.clean_table(scr_prep)
 
+# %% [markdown]
+# How far S_n can move in each direction: from the biased probe's accuracy on the re-tested
+# attribute (S = 0) to the oracle probe's (S = 1). If the biased probe is at chance (0.5) on the
+# attribute it should have *removed*, it never used that attribute. Ablating latents cannot then
+# raise its accuracy, and S_n stays near 0 for every SAE. Likewise, if the oracle is close to chance,
+# the attribute is barely readable at this layer and sample size.
+#
+# In the offline review task, domain (movie vs food) is read perfectly from the pooled residual, but
+# sentiment much less so. A biased probe therefore leans almost entirely on domain. Check the table
+# below before reading the SAE comparison. Where the gap is small, SCR differences between variants
+# are noise, and the figures and ledger report them as such.
+
+# %%
+scr.headroom_table(scr_prep).round(3)
+
 # %%
 pd.DataFrame({name: side.clean for name, (src, side) in tpp_prep.tasks.items()}).round(3)
 

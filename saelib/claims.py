@@ -643,6 +643,13 @@ def evaluate_claim(claim: Claim, source: _Source) -> Evaluation:
         pairs_total=len(pairs))
 
 
+def _text(value) -> str:
+    """A ledger cell as text: "" for missing values (None, NaN from a CSV round trip)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)
+
+
 def _fmt(x: float, ci: float = math.nan, digits: int = 4) -> str:
     if x is None or not math.isfinite(x):
         return ""
@@ -738,8 +745,8 @@ def ledger_display(ledger: pd.DataFrame) -> pd.DataFrame:
         out.append({
             "id": r["claim_id"], "claim": r["claim"], "paper says": r["paper_value"],
             "metric (better)": f"{r['metric']} ({r['better']})",
-            "compared": (f"{r['variant']} vs {r['baseline']}" if r["baseline"] else r["variant"])
-            + (f"; decided by {r['binding_pair']}" if r["binding_pair"] else ""),
+            "compared": (f"{r['variant']} vs {r['baseline']}" if _text(r["baseline"]) else _text(r["variant"]))
+            + (f"; decided by {r['binding_pair']}" if _text(r["binding_pair"]) else ""),
             "original runs": f"{orig} → {r['original_verdict']}" if orig else r["original_verdict"],
             "ours": ours, "verdict": r["verdict"] + (" (no CI)" if r["evidence"] == "single run, no CI" else ""),
         })

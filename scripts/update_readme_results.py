@@ -2,8 +2,9 @@
 
     python scripts/update_readme_results.py [--root .] [--check]
 
-Reads ``results/claims_ledger.csv``, ``results/tables/effects.csv``, ``results/tables/scale.json``
-(all written by ``notebooks/07_figures.py``) and the figures in ``figures/``, renders markdown, and
+Reads ``results/claims_ledger.csv`` and ``results/tables/{effects,headline}.csv``, ``scale.json`` (all
+written by ``notebooks/07_figures.py``), ``results/probing/summary.csv`` (the residual baselines) and
+the figures in ``figures/``, renders markdown, and
 replaces everything between ``<!-- results:start -->`` and ``<!-- results:end -->`` in README.md (a
 "## Results" section with both markers is appended when the README has none). ``--check`` exits 1
 when the README is out of date instead of writing it.
@@ -24,6 +25,7 @@ if str(ROOT) not in sys.path:  # run as a plain script from a checkout without `
 from saelib.claims import VERDICTS, ledger_display  # noqa: E402
 from saelib.figures import md_table  # noqa: E402
 from saelib.io import atomic_write_text  # noqa: E402
+from saelib.results import direction, label  # noqa: E402
 
 START = "<!-- results:start -->"
 END = "<!-- results:end -->"
@@ -47,13 +49,13 @@ training tokens per SAE, SAEBench's hub datasets, WMDP unlearning with gemma-2-2
 machine with a CUDA GPU and Hugging Face access to the gated Gemma-2 models and WMDP:
 
 ```bash
-huggingface-cli login                      # Gemma-2 and WMDP are gated on the hub
+hf auth login                              # Gemma-2 and WMDP are gated on the hub
 sed -i 's/^profile: .*/profile: paper/' params.yaml
 HF_HUB_OFFLINE=0 dvc repro                 # every stage, then this README block is regenerated
 ```
 
-`run_variants` in `params.yaml` picks which SAEs are trained; add `topk_s1`, `topk_s2`,
-`compete_run6_s1`, `compete_run6_s2`, `ortho_run4_s1`, `ortho_run4_s2` for seed intervals."""
+`run_variants` in `params.yaml` picks which SAEs are trained and evaluated (the committed list,
+seeds and λ sweep included, is the default run's; shorten it for a first paper-scale pass)."""
 
 
 def _fmt_scale(scale: dict) -> str:
@@ -90,6 +92,42 @@ def effect_sentences(effects: pd.DataFrame, metric: str = "mean_absorption_score
     return out
 
 
+def headline_lines(headline: pd.DataFrame) -> list[str]:
+    """The headline variants × metrics as one markdown table: mean ± 95% CI half-width over seeds
+    (``n`` seeds), or the single value marked ``(1 run)``."""
+    if headline.empty:
+        return ["- No headline variant was run at this profile."]
+    cells = {}
+    for _, r in headline.iterrows():
+        if pd.isna(r["mean"]):
+            continue  # no result for this metric: shown as "not run"
+        if r["n"] > 1 and not pd.isna(r["ci"]):
+            text = f"{r['mean']:.4g} ± {r['ci']:.2g} (n = {int(r['n'])})"
+        else:
+            text = f"{r['mean']:.4g} (1 run)"
+        cells.setdefault(r["group"], {})[r["metric"]] = text
+    metrics = list(dict.fromkeys(headline["metric"]))
+    arrows = {"lower": "↓", "higher": "↑", None: ""}
+    header = ["variant"] + [f"{label(m)} {arrows[direction(m)]}".strip() for m in metrics]
+    rows = [[f"`{g}`"] + [cells.get(g, {}).get(m, "not run") for m in metrics] for g in dict.fromkeys(headline["group"])]
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    return out
+
+
+def probing_baseline_line(summary: pd.DataFrame) -> str:
+    """The residual-stream probing baselines (the same for every SAE) beside the TopK SAE's."""
+    if summary.empty or "llm_top_1_test_accuracy" not in summary:
+        return ""
+    llm1, llm_all = summary["llm_top_1_test_accuracy"].iloc[0], summary["llm_test_accuracy"].iloc[0]
+    text = (f"Sparse-probing baselines on the residual stream (mean over tasks): best single residual dimension "
+            f"{llm1:.3f}, full residual {llm_all:.3f}")
+    if "topk" in summary.index:
+        text += (f"; the TopK SAE's best single latent {summary.loc['topk', 'sae_top_1_test_accuracy']:.3f}, "
+                 f"all latents {summary.loc['topk', 'sae_test_accuracy']:.3f}")
+    return text + "."
+
+
 def render_results_section(root: str | Path) -> str:
     """The markdown that goes between the README markers, built from results/ and figures/ only."""
     root = Path(root)
@@ -119,12 +157,21 @@ def render_results_section(root: str | Path) -> str:
     ]
     sentences = effect_sentences(effects)
     lines += sentences if sentences else ["- No penalised SAE with a no-penalty twin was run at this profile."]
+    headline_path = root / "results" / "tables" / "headline.csv"
+    headline = pd.read_csv(headline_path) if headline_path.exists() else pd.DataFrame()
+    lines += ["", "### Headline variants", "",
+              "Mean ± 95% CI half-width over seeds (t interval); arrows give the better direction.", ""]
+    lines += headline_lines(headline)
+    probing_path = root / "results" / "probing" / "summary.csv"
+    if probing_path.exists():
+        baseline = probing_baseline_line(pd.read_csv(probing_path, index_col=0))
+        lines += ["", baseline] if baseline else []
     counts = ledger.groupby(["paper", "verdict"]).size().unstack(fill_value=0)
     counts = counts.reindex(columns=[v for v in VERDICTS if v in counts.columns])
     lines += ["", "### Claims ledger", "",
               f"{len(ledger)} claims (`results/claims_ledger.csv`, all columns there). The verdict rule is in "
               "`saelib/claims.py` (`VERDICT_RULE`) and printed in `notebooks/07_figures.py`. \"Original runs\" applies "
-              "the same rule to the original Gemma-2-2B runs' recorded numbers (`shared/spec/original_runs.md`); "
+              "the same rule to the original Gemma-2-2B runs' recorded numbers (`docs/spec/original_runs.md`); "
               "\"(no CI)\" marks a single-run comparison.", "",
               md_table(counts.reset_index()), md_table(ledger_display(ledger)), "### Figures", ""]
     for stem, caption in FIGURES:

@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 from scipy import stats  # noqa: E402
@@ -396,6 +397,25 @@ def test_effect_sentences_answer_the_question():
     assert "**no detectable change**" in s[1]
 
 
+def test_headline_table_and_probing_baseline_lines():
+    m = _readme_module()
+    head = pd.DataFrame([
+        {"group": "topk", "metric": "mean_absorption_score", "n": 3, "mean": 0.02, "ci": 0.004},
+        {"group": "topk", "metric": "kl_score", "n": 3, "mean": 0.95, "ci": 0.01},
+        {"group": "relu_l1", "metric": "mean_absorption_score", "n": 1, "mean": 0.005, "ci": float("nan")},
+        {"group": "relu_l1", "metric": "kl_score", "n": 0, "mean": float("nan"), "ci": float("nan")}])
+    lines = m.headline_lines(head)
+    assert lines[0].startswith("| variant | ") and "↓" in lines[0] and "↑" in lines[0]
+    assert lines[2] == "| `topk` | 0.02 ± 0.004 (n = 3) | 0.95 ± 0.01 (n = 3) |"
+    assert lines[3] == "| `relu_l1` | 0.005 (1 run) | not run |"
+    assert m.headline_lines(pd.DataFrame()) == ["- No headline variant was run at this profile."]
+    summary = pd.DataFrame({"llm_top_1_test_accuracy": [0.6, 0.6], "llm_test_accuracy": [0.9, 0.9],
+                            "sae_top_1_test_accuracy": [0.61, 0.7], "sae_test_accuracy": [0.85, 0.8]},
+                           index=["topk", "relu_l1"])
+    line = m.probing_baseline_line(summary)
+    assert "single residual dimension 0.600, full residual 0.900" in line and "best single latent 0.610" in line
+
+
 # ------------------------------------------------------------------------------------------------
 # the notebook itself, through papermill, on a synthetic smoke-profile results folder
 # ------------------------------------------------------------------------------------------------
@@ -433,3 +453,17 @@ def test_figures_notebook_runs_on_smoke_results(tmp_path, monkeypatch):
     assert "**no** — higher absorption (worse)" in readme  # compete_run6 0.050 vs twin 0.040
     assert "![Paper 004 Fig. 1" in readme and "profile: paper" in readme
     assert os.path.exists(root / "executed" / "07_figures.ipynb")
+
+
+def test_ledger_display_survives_a_csv_round_trip(synthetic, tmp_path):
+    """The README table is rendered from the CSV, where empty cells come back as NaN."""
+    _, _, r = synthetic
+    L = claims.build_ledger(r)
+    L.to_csv(tmp_path / "ledger.csv", index=False)
+    back = pd.read_csv(tmp_path / "ledger.csv", keep_default_na=False, na_values=[""])
+    shown = claims.ledger_display(back).set_index("id")
+    assert "nan" not in " ".join(shown["compared"])
+    single = L.set_index("claim_id").loc["004-abstract-absorption"]
+    assert shown.loc["004-abstract-absorption", "compared"] == f"{single['variant']} vs {single['baseline']}"
+    multi = L[L["binding_pair"].astype(bool)]
+    assert len(multi) > 0 and all("decided by" in shown.loc[c, "compared"] for c in multi["claim_id"])

@@ -64,3 +64,31 @@ def test_smoke_pipeline_second_repro_is_noop(smoke_repo):
     _, _, _, second = smoke_repo
     assert second.returncode == 0, second.stderr[-3000:]
     assert "Running stage" not in second.stdout, second.stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_smoke_pipeline_writes_every_eval_and_the_ledger(smoke_repo):
+    from saelib import claims
+    from saelib.results import read_absorption, read_probing, read_scr, read_unlearning
+
+    dest, params, _, _ = smoke_repo
+    res = dest / "results"
+    smoke = params["profiles"]["smoke"]
+    for variant in params["run_variants"]:
+        absorption = read_absorption(res / "absorption" / f"{variant}.json")
+        assert 0.0 <= absorption["mean_absorption_score"] <= 1.0, variant
+        scr = read_scr(res / "scr" / f"{variant}.json")
+        for n in smoke["scr"]["n_values"]:
+            assert math.isfinite(scr[f"scr_metric_threshold_{n}"]), (variant, n)
+        tpp = read_scr(res / "scr" / f"{variant}_tpp.json")
+        assert all(math.isfinite(tpp[f"tpp_threshold_{n}_total_metric"]) for n in smoke["tpp"]["n_values"])
+        probing, per_task = read_probing(res / "probing" / f"{variant}.json")
+        for key in ("sae_top_1_test_accuracy", "llm_top_1_test_accuracy", "sae_test_accuracy", "llm_test_accuracy"):
+            assert 0.0 <= probing[key] <= 1.0, (variant, key)
+        assert set(per_task["task"]) == set(smoke["probing"]["tasks"])
+        assert math.isfinite(read_unlearning(res / "unlearning" / f"{variant}.json")["unlearning_score"])
+    import pandas as pd
+
+    ledger = pd.read_csv(res / "claims_ledger.csv")
+    assert sorted(ledger["claim_id"]) == sorted(claims.claim_ids())
+    assert (dest / "figures" / "effects.png").stat().st_size > 5000

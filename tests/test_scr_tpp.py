@@ -7,7 +7,7 @@ from saelib.evals.probing import ProbeTrainConfig
 from saelib.evals.pooled import PooledActs, PooledConfig, ablate_pooled, check_affine_decoder, pooled_latents
 from saelib.evals.scr import (ScrConfig, ScrEvalConfig, ablation_accuracies, latent_effects, make_scr_sets,
                               scr_for_sae, scr_model_side, scr_score, top_n_latents)
-from saelib.evals.tpp import TppConfig, tpp_for_sae, tpp_model_side
+from saelib.evals.tpp import TppConfig, TppEvalConfig, tpp_for_sae, tpp_model_side
 from saelib.sae import TopKConfig, make_sae
 
 
@@ -146,3 +146,50 @@ def test_scr_config_from_params():
     assert cfg.scr.n_values == (2, 5) and cfg.scr.probe.epochs == 3 and cfg.q_train == 10 and cfg.data.n_train == 40
     with pytest.raises(ValueError, match="unknown scr settings"):
         ScrEvalConfig.from_params({"scr": {"epoch": 3}})
+
+
+def test_tpp_config_from_params_routes_each_key():
+    cfg = TppEvalConfig.from_params({"tpp": {"tasks": ["bbc_topic"], "n_values": [3], "seed": 5, "lr": 0.01}})
+    assert cfg.tasks == ("bbc_topic",)
+    assert cfg.tpp.n_values == (3,) and cfg.tpp.seed == 5 and cfg.tpp.probe.lr == 0.01
+    assert cfg.data.n_train == 100  # the default data block
+    with pytest.raises(ValueError, match=r"unknown tpp settings \['min_denominator'\]"):
+        TppEvalConfig.from_params({"tpp": {"min_denominator": 0.1}})  # an SCR-only key
+
+
+def test_params_block_split_and_tuples():
+    from dataclasses import dataclass
+
+    from saelib.params_block import from_block, split_block
+
+    parts = split_block({"a": [1, 2], "b": 3, "c": "x"}, {"g1": {"a"}, "g2": {"b", "c"}, "g3": {"z"}}, what="demo")
+    assert parts == {"g1": {"a": (1, 2)}, "g2": {"b": 3, "c": "x"}, "g3": {}}
+    with pytest.raises(ValueError, match=r"unknown demo settings \['q'\]; known: a, b, c, z"):
+        split_block({"q": 1}, {"g1": {"a"}, "g2": {"b", "c"}, "g3": {"z"}}, what="demo")
+
+    @dataclass
+    class Demo:
+        xs: tuple[int, ...] = ()
+        y: float = 1.0
+
+    assert from_block(Demo, {"xs": [4, 5]}, what="demo") == Demo(xs=(4, 5))
+    assert from_block(Demo, None, what="demo") == Demo()
+    with pytest.raises(ValueError, match="unknown demo settings"):
+        from_block(Demo, {"z": 1}, what="demo")
+
+
+def test_headroom_table_reads_the_clean_accuracies():
+    from types import SimpleNamespace
+
+    from saelib.evals.scr import headroom_table
+
+    quads, fbar, xbar, W_dec = _planted_scr()
+    sets = make_scr_sets(quads, seed=0)
+    side = scr_model_side(xbar, sets, ScrConfig(n_values=(1,), probe=ProbeTrainConfig(min_steps=0)))
+    prep = SimpleNamespace(tasks={"planted": SimpleNamespace(side=side)})
+    t = headroom_table(prep).set_index("direction")
+    c = side.clean
+    # dir1 ablates B latents and re-tests on A, where the B-following biased probe is near chance
+    assert t.loc["dir1", "gap"] == pytest.approx(c["a"] - c["biased_on_a"]) and t.loc["dir1", "gap"] > 0.3
+    assert t.loc["dir2", "gap"] == pytest.approx(c["b"] - c["biased_on_b"]) and abs(t.loc["dir2", "gap"]) < 0.05
+    assert t["is_scr_metric"].tolist() == [True, False]

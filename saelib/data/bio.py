@@ -264,7 +264,7 @@ def _hub_dataset(repo: str, config: str | None, split: str):
         raise HubDatasetUnavailableError(
             f"could not load {repo}{'/' + config if config else ''} ({split}) from the Hugging Face hub: "
             f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}. The paper profile needs the "
-            "hub (and, for WMDP, an accepted dataset licence: huggingface-cli login), or pass a local copy."
+            "hub (and, for WMDP, an accepted dataset licence: `hf auth login`), or pass a local copy."
         ) from exc
 
 

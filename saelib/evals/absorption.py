@@ -23,7 +23,6 @@ SAE side (per SAE, from the cached residuals):
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -148,12 +147,9 @@ class AbsorptionConfig:
     @classmethod
     def from_params(cls, params: dict[str, Any] | None) -> "AbsorptionConfig":
         """Build from a ``params.yaml`` block (``P["run"].get("absorption", {})``); unknown keys raise."""
-        params = dict(params or {})
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(params) - names)
-        if unknown:
-            raise ValueError(f"unknown absorption settings {unknown}; known: {', '.join(sorted(names))}")
-        return cls(**params)
+        from ..params_block import from_block
+
+        return from_block(cls, params, what="absorption")
 
     def prompt_settings(self) -> dict[str, Any]:
         """The fields that decide the prompts (and hence the cached residuals)."""

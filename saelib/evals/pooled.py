@@ -289,6 +289,22 @@ class TaskDataConfig:
 
 
 @dataclass
+class TaskEvalConfig:
+    """What sparse probing, SCR and TPP share: which tasks, and how their records are drawn and encoded.
+    Each eval subclasses it with its own default task list and its own settings block."""
+
+    tasks: tuple[str, ...] = ()
+    """Task names (offline: ``saelib.data.tasks``; paper profile: ``saelib.data.hub_tasks``)."""
+    data: TaskDataConfig = field(default_factory=TaskDataConfig)
+    """Record counts and encoding (``P["run"]["tasks"]``)."""
+
+    def __post_init__(self) -> None:
+        if self.data is None:
+            self.data = TaskDataConfig()
+        self.tasks = tuple(self.tasks)
+
+
+@dataclass
 class SourceData:
     """A labelled source, its rows and their cached activations."""
 

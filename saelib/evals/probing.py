@@ -20,15 +20,17 @@ from contextlib import contextmanager
 import hashlib
 import math
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .pooled import TaskDataConfig, TaskEvalConfig
+
 if TYPE_CHECKING:
-    from .pooled import SourceData, TaskDataConfig
+    from .pooled import SourceData
 
 
 @dataclass
@@ -313,38 +315,23 @@ EVAL_TYPE_ID = "sparse_probing"
 
 
 @dataclass
-class ProbingEvalConfig:
+class ProbingEvalConfig(TaskEvalConfig):
     """Tasks, probing settings and data sizes of the sparse-probing eval."""
 
     tasks: tuple[str, ...] = OFFLINE_PROBING_TASKS
     """Probing task names (``saelib.data.tasks.PROBING_TASKS`` / ``hub_tasks.HUB_PROBING_TASKS``)."""
     probing: ProbingConfig = field(default_factory=ProbingConfig)
     """Probe settings."""
-    data: "TaskDataConfig" = None  # type: ignore[assignment]
-    """Record counts and encoding (``P["run"]["tasks"]``)."""
-
-    def __post_init__(self) -> None:
-        from .pooled import TaskDataConfig
-
-        if self.data is None:
-            self.data = TaskDataConfig()
-        self.tasks = tuple(self.tasks)
 
     @classmethod
     def from_params(cls, run: dict) -> "ProbingEvalConfig":
         """From the active profile block: ``run["tasks"]`` (data) and ``run["probing"]`` (``tasks``,
-        ``k_values``, ``include_all``, ``C``, ``max_iter``, ``seed``)."""
-        from .pooled import TaskDataConfig
+        ``k_values``, ``include_all``, ``C``, ``max_iter``, ``seed``, ``normalize``)."""
+        from ..params_block import field_names, split_block
 
-        block = dict(run.get("probing") or {})
-        tasks = tuple(block.pop("tasks", OFFLINE_PROBING_TASKS))
-        known = {f.name for f in fields(ProbingConfig)}
-        unknown = sorted(set(block) - known)
-        if unknown:
-            raise ValueError(f"unknown probing settings {unknown}; known: tasks, {', '.join(sorted(known))}")
-        if "k_values" in block:
-            block["k_values"] = tuple(int(k) for k in block["k_values"])
-        return cls(tasks=tasks, probing=ProbingConfig(**block), data=TaskDataConfig.from_params(run.get("tasks")))
+        parts = split_block(run.get("probing"), {"eval": {"tasks"}, "probing": field_names(ProbingConfig)}, what="probing")
+        return cls(**parts["eval"], probing=ProbingConfig(**parts["probing"]),
+                   data=TaskDataConfig.from_params(run.get("tasks")))
 
 
 @dataclass

@@ -21,7 +21,7 @@ x̄' = x̄ − Σ f̄_i W_dec[i]. Score S_n = (acc_ablated − acc_biased) / (ac
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -29,9 +29,9 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from .pooled import SourceData, TaskDataConfig
+    from .pooled import SourceData
 
-from .pooled import ablate_pooled
+from .pooled import TaskDataConfig, TaskEvalConfig, ablate_pooled
 from .probing import LinearProbe, ProbeTrainConfig, train_torch_probe
 
 N_VALUES = (2, 5, 10, 20, 50, 100, 500)
@@ -39,13 +39,31 @@ N_VALUES = (2, 5, 10, 20, 50, 100, 500)
 
 
 @dataclass
-class ScrConfig:
-    """SCR settings (SAEBench defaults)."""
+class AblationProbeConfig:
+    """What SCR and TPP share: how many latents to ablate, and how their probes are trained."""
 
     n_values: tuple[int, ...] = N_VALUES
     """Numbers of top latents to ablate."""
     probe: ProbeTrainConfig = field(default_factory=ProbeTrainConfig)
     """Probe training."""
+
+    @classmethod
+    def from_block(cls, block: dict | None, *, what: str, outer: set[str] = frozenset()):
+        """Split a params block into this config (own fields, and probe fields at the top level) and
+        the keys in ``outer`` (returned as a dict for the caller's config). Unknown keys raise."""
+        from ..params_block import field_names, split_block
+
+        own = field_names(cls) - {"probe"}
+        parts = split_block(block, {"outer": outer, "own": own, "probe": field_names(ProbeTrainConfig)}, what=what)
+        if "n_values" in parts["own"]:
+            parts["own"]["n_values"] = tuple(int(n) for n in parts["own"]["n_values"])
+        return cls(probe=ProbeTrainConfig(**parts["probe"]), **parts["own"]), parts["outer"]
+
+
+@dataclass
+class ScrConfig(AblationProbeConfig):
+    """SCR settings (SAEBench defaults)."""
+
     min_denominator: float = 0.001
     """S_n is 0 when acc_oracle − acc_biased is below this."""
 
@@ -228,7 +246,7 @@ OFFLINE_SCR_TASKS = ("reviews_domain_sentiment",)
 
 
 @dataclass
-class ScrEvalConfig:
+class ScrEvalConfig(TaskEvalConfig):
     """Tasks, SCR settings and data sizes of the SCR eval."""
 
     tasks: tuple[str, ...] = OFFLINE_SCR_TASKS
@@ -239,38 +257,14 @@ class ScrEvalConfig:
     """Quadrant size in the train split (None: ``data.n_train // 2``, so offline sources share the probing cache)."""
     q_test: int | None = None
     """Quadrant size in the test split (None: ``data.n_test // 2``)."""
-    data: "TaskDataConfig" = None  # type: ignore[assignment]
-    """Record counts and encoding (``P["run"]["tasks"]``)."""
-
-    def __post_init__(self) -> None:
-        from .pooled import TaskDataConfig
-
-        if self.data is None:
-            self.data = TaskDataConfig()
-        self.tasks = tuple(self.tasks)
 
     @classmethod
     def from_params(cls, run: dict) -> "ScrEvalConfig":
         """From ``run["tasks"]`` (data) and ``run["scr"]`` (``tasks``, ``n_values``, ``q_train``,
         ``q_test``, ``min_denominator`` and probe settings ``epochs``, ``lr``, ``batch_size``,
-        ``l1_penalty``, ``select_on_test``, ``normalize_inputs``, ``seed``)."""
-        from .pooled import TaskDataConfig
-
-        block = dict(run.get("scr") or {})
-        tasks = tuple(block.pop("tasks", OFFLINE_SCR_TASKS))
-        q_train, q_test = block.pop("q_train", None), block.pop("q_test", None)
-        scr_kwargs = {}
-        if "n_values" in block:
-            scr_kwargs["n_values"] = tuple(int(n) for n in block.pop("n_values"))
-        if "min_denominator" in block:
-            scr_kwargs["min_denominator"] = float(block.pop("min_denominator"))
-        probe_keys = {f.name for f in fields(ProbeTrainConfig)}
-        unknown = sorted(set(block) - probe_keys)
-        if unknown:
-            raise ValueError(f"unknown scr settings {unknown}; known: tasks, n_values, q_train, q_test, "
-                             f"min_denominator, {', '.join(sorted(probe_keys))}")
-        return cls(tasks=tasks, scr=ScrConfig(probe=ProbeTrainConfig(**block), **scr_kwargs),
-                   q_train=q_train, q_test=q_test, data=TaskDataConfig.from_params(run.get("tasks")))
+        ``l1_penalty``, ``min_steps``, ``select_on_test``, ``normalize_inputs``, ``seed``)."""
+        scr, outer = ScrConfig.from_block(run.get("scr"), what="scr", outer={"tasks", "q_train", "q_test"})
+        return cls(**outer, scr=scr, data=TaskDataConfig.from_params(run.get("tasks")))
 
 
 @dataclass
@@ -382,6 +376,26 @@ def clean_table(prep: ScrPrep):
     return pd.DataFrame(rows)
 
 
+def headroom_table(prep: ScrPrep):
+    """Per task and direction, what S_n can move between: the biased probe's clean accuracy on the
+    re-tested attribute (S = 0) and the oracle probe's (S = 1), their gap (S_n's denominator), and
+    which direction ``scr_metric`` reports. A gap near 0, or an oracle near chance, leaves S_n no room
+    for any SAE; a biased probe at chance on the other attribute has learnt nothing of it to remove."""
+    import pandas as pd
+
+    rows = []
+    for name, td in prep.tasks.items():
+        clean = td.side.clean
+        metric_dir = 1 if clean["biased_on_a"] <= clean["biased_on_b"] else 2
+        for d, (ablate_key, eval_key) in DIRECTIONS.items():
+            rows.append({"task": name, "direction": f"dir{d}", "ablates": f"{ablate_key.upper()} latents",
+                         "tested_on": eval_key.upper(), "acc_biased (S=0)": clean[f"biased_on_{eval_key}"],
+                         "acc_oracle (S=1)": clean[eval_key],
+                         "gap": clean[eval_key] - clean[f"biased_on_{eval_key}"],
+                         "is_scr_metric": d == metric_dir})
+    return pd.DataFrame(rows)
+
+
 def save_scr_results(prep: ScrPrep, result: dict, out_dir, variant: str, *, sae_cfg: dict | None = None,
                      extra: dict | None = None):
     """Write ``<out_dir>/<variant>.json`` (SAEBench-shaped) and ``<out_dir>/<variant>_per_task.csv``."""
@@ -417,5 +431,5 @@ def n_curve(per_task: dict[str, dict[str, float]]):
     return pd.DataFrame(rows).sort_values(["metric", "n"]).reset_index(drop=True)
 
 
-__all__ = ["n_curve", "clean_table", "save_scr_results", "ablation_accuracies", "DIRECTIONS", "ScrEvalConfig", "ScrPrep", "prepare_scr", "scr_sae", "scr_output", "OFFLINE_SCR_TASKS", "ScrConfig", "ScrSets", "ScrModelSide", "N_VALUES", "make_scr_sets", "scr_model_side", "latent_effects",
+__all__ = ["n_curve", "clean_table", "headroom_table", "save_scr_results", "ablation_accuracies", "DIRECTIONS", "ScrEvalConfig", "ScrPrep", "prepare_scr", "scr_sae", "scr_output", "OFFLINE_SCR_TASKS", "ScrConfig", "ScrSets", "ScrModelSide", "N_VALUES", "make_scr_sets", "scr_model_side", "latent_effects",
            "top_n_latents", "scr_score", "scr_for_sae", "scr_all_rows"]

@@ -15,28 +15,24 @@ each averaged over classes under SAEBench's keys ``tpp_threshold_{n}_total_metri
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from .pooled import SourceData, TaskDataConfig
+    from .pooled import SourceData
 
-from .pooled import ablate_pooled
-from .probing import LinearProbe, ProbeTrainConfig, one_vs_rest, train_torch_probe
-from .scr import N_VALUES, latent_effects, top_n_latents
+from .pooled import TaskDataConfig, TaskEvalConfig, ablate_pooled
+from .probing import LinearProbe, one_vs_rest, train_torch_probe
+from .scr import AblationProbeConfig, latent_effects, top_n_latents
 
 
 @dataclass
-class TppConfig:
+class TppConfig(AblationProbeConfig):
     """TPP settings (SAEBench defaults)."""
 
-    n_values: tuple[int, ...] = N_VALUES
-    """Numbers of top latents to ablate."""
-    probe: ProbeTrainConfig = field(default_factory=ProbeTrainConfig)
-    """Probe training."""
     seed: int = 42
     """Seed of the negative sampling of each class's binary set."""
 
@@ -110,42 +106,20 @@ OFFLINE_TPP_TASKS = ("bbc_topic",)
 
 
 @dataclass
-class TppEvalConfig:
+class TppEvalConfig(TaskEvalConfig):
     """Tasks, TPP settings and data sizes."""
 
     tasks: tuple[str, ...] = OFFLINE_TPP_TASKS
     """Multi-class probing task names."""
     tpp: TppConfig = field(default_factory=TppConfig)
     """Probe and ablation settings."""
-    data: "TaskDataConfig" = None  # type: ignore[assignment]
-    """Record counts and encoding (``P["run"]["tasks"]``)."""
-
-    def __post_init__(self) -> None:
-        from .pooled import TaskDataConfig
-
-        if self.data is None:
-            self.data = TaskDataConfig()
-        self.tasks = tuple(self.tasks)
 
     @classmethod
     def from_params(cls, run: dict) -> "TppEvalConfig":
         """From ``run["tasks"]`` (data) and ``run["tpp"]`` (``tasks``, ``n_values``, ``seed`` and the
         probe settings of ``ProbeTrainConfig``)."""
-        from .pooled import TaskDataConfig
-
-        block = dict(run.get("tpp") or {})
-        tasks = tuple(block.pop("tasks", OFFLINE_TPP_TASKS))
-        kwargs = {}
-        if "n_values" in block:
-            kwargs["n_values"] = tuple(int(n) for n in block.pop("n_values"))
-        if "seed" in block:
-            kwargs["seed"] = int(block.pop("seed"))
-        probe_keys = {f.name for f in fields(ProbeTrainConfig)}
-        unknown = sorted(set(block) - probe_keys)
-        if unknown:
-            raise ValueError(f"unknown tpp settings {unknown}; known: tasks, n_values, seed, {', '.join(sorted(probe_keys))}")
-        return cls(tasks=tasks, tpp=TppConfig(probe=ProbeTrainConfig(**block), **kwargs),
-                   data=TaskDataConfig.from_params(run.get("tasks")))
+        tpp, outer = TppConfig.from_block(run.get("tpp"), what="tpp", outer={"tasks"})
+        return cls(**outer, tpp=tpp, data=TaskDataConfig.from_params(run.get("tasks")))
 
 
 @dataclass

@@ -128,15 +128,14 @@ class UnlearningConfig:
     @classmethod
     def from_params(cls, params: Mapping[str, Any] | None) -> "UnlearningConfig":
         """Build from a ``params.yaml`` block (lists become tuples); unknown keys are an error."""
-        params = dict(params or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"unknown unlearning settings {unknown}; known: {sorted(known)}")
-        for key, value in params.items():
-            if isinstance(value, list):
-                params[key] = tuple(math.inf if v in ("inf", ".inf") else v for v in value)
-        return cls(**params)
+        from ..params_block import from_block
+
+        cfg = from_block(cls, params, what="unlearning")
+        for f in fields(cfg):  # YAML has no infinity literal that survives every loader: accept "inf"
+            value = getattr(cfg, f.name)
+            if isinstance(value, tuple):
+                setattr(cfg, f.name, tuple(math.inf if v in ("inf", ".inf") else v for v in value))
+        return cfg
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly copy (infinite budgets as the string ``"inf"``)."""
