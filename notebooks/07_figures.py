@@ -128,6 +128,16 @@ for stem, build in [("ortho_fig1_absorption", figures.fig_ortho_absorption), ("o
     save_figure(build(results), figures_dir / stem)
 
 # %% [markdown]
+# **Reading the SCR panels at the default profile.** The offline SCR tasks pair review domain with
+# sentiment, and text genre (news vs exam question) with topic. In both, the biased probe leans so
+# heavily on the louder attribute (domain, genre) that it scores chance on a set balanced for the
+# other one (`04_scr`'s headroom table). SCR then asks whether ablating at most 500 latents removes
+# the loud attribute. For these SAEs it does not, with or without a penalty, so S_n stays close to 0
+# and the SCR verdicts in the ledger mostly come out "within noise". That is a finding about these
+# SAEs on these tasks. It says nothing either way about the papers' Bias-in-Bios numbers; the `paper`
+# profile runs SAEBench's SCR tasks.
+
+# %% [markdown]
 # ## Penalty strength sweep
 # Every penalised variant whose settings equal a reference run's except λ, against λ ÷ the
 # reference λ (log axis). References: CompeteSAE run 6 and the prose reading; orthogonality run 4
@@ -142,7 +152,7 @@ sweep.pivot_table(index=["penalty", "reading", "lam_mult"], columns="metric", va
 # %% [markdown]
 # ## Claims ledger
 # One row per numbered claim of both papers (`saelib/claims.py`), each traced to a row of
-# `shared/spec/original_runs.md`. The same rule judges the original runs' recorded numbers
+# `docs/spec/original_runs.md`. The same rule judges the original runs' recorded numbers
 # ("original_verdict") and ours ("verdict"):
 
 # %%

@@ -2,7 +2,7 @@
 
 Each :class:`Claim` is one numbered claim of paper 000 (CompeteSAE) or paper 004 (sparsity-guided
 orthogonality): what it says, the number the paper printed, which of our SAE variants it compares,
-the metric and which way that metric is better, and where ``shared/spec/original_runs.md`` traced it
+the metric and which way that metric is better, and where ``docs/spec/original_runs.md`` (a copy of ``shared/spec/``) traced it
 (``spec_quote`` is a verbatim piece of that spec row; a test checks it).
 
 The verdict is computed, never typed: :func:`verdict` applies one rule to a measured difference,
@@ -149,7 +149,7 @@ def combine_verdicts(verdicts: Iterable[str]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# The original runs (shared/spec/original_runs.md, tables "HO" and "SO"), keyed like our results
+# The original runs (docs/spec/original_runs.md, tables "HO" and "SO"), keyed like our results
 # ------------------------------------------------------------------------------------------------
 _ORIG_COLS = ("l0", "ev_legacy", "mse_legacy", "cossim", "kl_score", "ce_score", "mean_absorption_score",
               "mean_num_split_features", "scr_dir1_threshold_2", "scr_dir1_threshold_20", "scr_metric_threshold_2",

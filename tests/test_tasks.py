@@ -214,3 +214,18 @@ def test_hub_scr_source_quadrant_sizes():
 def test_hub_offline_raises_hub_unavailable():
     with pytest.raises(HubUnavailableError, match="fancyzhx/ag_news"):
         tasks.load_source("ag_news", n_train=1, n_test=1)
+
+
+def test_news_exam_source_crosses_genre_and_topic():
+    recs = tasks.read_news_exam()
+    counts = Counter((r["genre"], r["topic"]) for r in recs)
+    # BBC business 510 / sport 511 files before de-duplication; MMLU macroeconomics 390, prehistory 324
+    assert counts[("exam", "economy")] == 390 and counts[("exam", "other")] == 324
+    assert 500 <= counts[("news", "economy")] <= 510 and 500 <= counts[("news", "other")] <= 511
+    ds = tasks.load_source("news_exam", n_train=5, n_test=3, seed=0)
+    table = tasks.quadrant_counts(ds, tasks.SCR_TASKS["news_exam_genre_topic"])
+    assert (table.values == np.array([[5, 3]] * 4)).all()
+    quads = tasks.scr_quadrants(ds, tasks.SCR_TASKS["news_exam_genre_topic"])
+    news_econ = set(np.asarray(ds["text"])[quads["train"]["pp"]])
+    bbc_business = {r["text"] for r in tasks.read_bbc() if r["label"] == "business"}
+    assert news_econ <= bbc_business

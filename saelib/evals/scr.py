@@ -241,7 +241,7 @@ def scr_all_rows(sets: ScrSets) -> np.ndarray:
 # the eval over tasks and SAEs
 # --------------------------------------------------------------------------------------------
 EVAL_TYPE_ID = "scr"
-OFFLINE_SCR_TASKS = ("reviews_domain_sentiment",)
+OFFLINE_SCR_TASKS = ("reviews_domain_sentiment", "news_exam_genre_topic")
 """Default (offline) SCR tasks."""
 
 
