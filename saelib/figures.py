@@ -181,8 +181,16 @@ def _scale_note(results: Results) -> str:
 
 
 def _finish(fig, title: str, results: Results) -> plt.Figure:
-    fig.suptitle(f"{title}\n{_scale_note(results)}", fontsize=11)
+    title_artist = fig.suptitle(f"{title}\n{_scale_note(results)}", fontsize=11)
     fig.tight_layout()
+    # tight_layout does not always leave room for the two-line title: move the panels down until the
+    # top row (titles included) clears it
+    renderer = fig.canvas.get_renderer()
+    title_bottom = title_artist.get_window_extent(renderer).y0
+    panel_top = max((ax.get_tightbbox(renderer).y1 for ax in fig.axes if ax.get_visible()), default=0.0)
+    overlap = (panel_top - title_bottom) / fig.bbox.height
+    if overlap > -0.002:
+        fig.subplots_adjust(top=fig.subplotpars.top - overlap - 0.004)
     return fig
 
 
