@@ -23,6 +23,7 @@ from saelib.penalties import (
     ramp_alpha,
     resolve_config,
 )
+from saelib.penalties.reference import reference_penalty_terms
 
 
 class _Out(NamedTuple):
@@ -41,37 +42,38 @@ class _Sae:
 
 
 # ------------------------------------------------------------------------------ dense reference
-def ref_penalty(idx, val, F, *, kind, k, tau=0.6, normalise="mean", include_diagonal=True,
-                target="activations", W_dec=None, ema_prev=None, decay=0.99):
-    """Naive dense reference with F x F matrices, following the original code: binary masks,
-    intersections = MᵀM, ``/(count + 1e-8)``; D = fᵀf / B. Returns (P, new EMA or None, W, n)."""
+def ref_penalty(idx, val, F, **kw):
+    """The package's dense F x F reference (saelib.penalties.reference, the spec's equations):
+    (P, new EMA or None, W, n)."""
+    if "W_dec" in kw:
+        kw["W_dec_FD"] = kw.pop("W_dec")
+    t = reference_penalty_terms(idx, val, F, **kw)
+    return t.value, t.ema, t.weights, t.counts
+
+
+def original_code_penalty(idx, val, F, *, kind, k, tau=0.6):
+    """The original runs' code path, written independently of the reference: binary masks,
+    intersections = MᵀM, ``/(count + 1e-8)``, D = fᵀf / B, mean over F² with the diagonal."""
     B = idx.shape[0]
     f = torch.zeros(B, F + 1, dtype=torch.float64).scatter(1, idx, val.double())[:, :F]
     M = torch.zeros(B, F + 1, dtype=torch.float64).scatter(1, idx, 1.0)[:, :F]
     n = M.T @ M
     counts = n.diag()
-    E = None
     if kind == "orthogonality":
         W = n / (torch.minimum(counts[:, None], counts[None, :]) + 1e-8)
-    elif ema_prev is None:  # HO code: intersections / counts_i / (k/F), threshold, max with transpose
+    else:
         c = n / (counts[:, None] + 1e-8) / (k / F)
         c = torch.where(c > tau, c, 0.0)
         W = torch.maximum(c, c.T)
-    else:  # as described: c_ij = P(i|j) F/k through an EMA, then threshold and max
-        c = n / (counts[None, :] + 1e-8) * (F / k)
-        E = decay * ema_prev + (1 - decay) * c
-        Et = torch.where(E > tau, E, 0.0)
-        W = torch.maximum(Et, Et.T) * (n > 0)
-    if target == "activations":
-        T = f.T @ f / B
-    else:
-        Wn = torch.nn.functional.normalize(W_dec.double(), dim=1)
-        T = (Wn @ Wn.T) * (n > 0)
-    terms = W * T**2
-    if not include_diagonal:
-        terms = terms - torch.diag(terms.diag())
-    norm = 1.0 / F**2 if normalise == "mean" else 1.0
-    return terms.sum() * norm, E, W, n
+    return (W * (f.T @ f / B) ** 2).sum() / F**2
+
+
+@pytest.mark.parametrize("kind", ["orthogonality", "competition"])
+def test_reference_matches_the_original_code(kind):
+    idx, v = topk_batch(30, 40, 5, seed=11)
+    got = ref_penalty(idx, v, 40, kind=kind, k=5)[0]
+    want = original_code_penalty(idx, v, 40, kind=kind, k=5)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
 
 
 def topk_batch(B, F, K, seed, pad_frac=0.0):

@@ -200,6 +200,46 @@ class GatherEncode(torch.autograd.Function):
         return grad_x, grad_W, grad_benc, grad_bdec, None, None
 
 
+class GatherEncodeExact(torch.autograd.Function):
+    """Second, fp32 route to the chosen pre-activations ``pre[b, idx_bk]`` for terms other than the
+    reconstruction (co-activation penalties, their L1 term) on the dense backward.
+
+    Forward returns ``pre_BK`` (already computed, no graph) in fp32. Backward keeps the term's
+    gradient apart from the MSE gradient until it reaches the fp32 parameters, so a gradient many
+    orders of magnitude below the MSE's is not rounded away by a bf16 sum: ``∂b_enc`` and ``∂b_dec``
+    are fp32 scatter-adds over the B·k entries; ``∂W_enc = xcᵀ G`` with ``G`` the (B, F) scatter of
+    the gradient, one matmul in the compute dtype (bf16 under autocast: each entry of *this term's*
+    gradient carries bf16's 2⁻⁹ relative error, which a cosine ≥ 0.99 test bounds).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x_BD: Tensor, W_enc_DF: Tensor, b_enc_F: Tensor, b_dec_D: Tensor, idx_BK: Tensor,
+                pre_BK: Tensor, cd: torch.dtype) -> Tensor:
+        ctx.save_for_backward(x_BD, W_enc_DF, b_dec_D, idx_BK)
+        ctx.cd = cd
+        return pre_BK.float().clone()
+
+    @staticmethod
+    def backward(ctx: Any, g_BK: Tensor):
+        x_BD, W_enc_DF, b_dec_D, idx_BK = ctx.saved_tensors
+        g_BK = g_BK.float()
+        B, F = idx_BK.shape[0], W_enc_DF.shape[1]
+        grad_W = grad_benc = grad_bdec = None
+        if ctx.needs_input_grad[1]:
+            xc_BD = (x_BD.to(b_dec_D.dtype) - b_dec_D).to(ctx.cd)
+            G_BF = torch.zeros(B, F, dtype=ctx.cd, device=g_BK.device)
+            G_BF.index_put_((_rows(idx_BK), idx_BK), g_BK.to(ctx.cd))
+            grad_W = torch.empty_like(W_enc_DF).copy_(xc_BD.T.contiguous() @ G_BF)
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+            gsum_F = torch.zeros(F, dtype=torch.float32, device=g_BK.device)
+            gsum_F.index_add_(0, idx_BK.reshape(-1), g_BK.reshape(-1))
+            if ctx.needs_input_grad[2]:
+                grad_benc = gsum_F.to(W_enc_DF.dtype)
+            if ctx.needs_input_grad[3]:
+                grad_bdec = -(W_enc_DF.float() @ gsum_F).to(b_dec_D.dtype)
+        return None, grad_W, grad_benc, grad_bdec, None, None, None
+
+
 class EncodePre(torch.autograd.Function):
     """``pre_BF = (x_BD − b_dec) W_enc + b_enc`` in dtype ``cd``, with a lean backward.
 
@@ -348,17 +388,31 @@ class TopKSAE(BaseSAE):
     def topk_code(self, x_BD: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(idx_BK, val_BK, pre_BF)`` with ``val = ReLU`` of the k largest pre-activations.
 
-        Sparse implementation: ``pre_BF`` carries no graph; ``val_BK`` is differentiable.
+        Sparse implementation: ``pre_BF`` carries no graph; ``val_BK`` is differentiable (fp32).
+        Dense implementation: ``val_BK`` is picked from the differentiable ``pre_BF`` (compute dtype).
         """
+        idx_BK, val_BK, pre_BF, _ = self._code(x_BD)
+        return idx_BK, val_BK, pre_BF
+
+    def _code(self, x_BD: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(idx_BK, val_dec_BK, pre_BF, val_BK)``: ``val_dec_BK`` feeds the decoder, ``val_BK`` (fp32)
+        any other loss term. The same tensor on the sparse backward (fp32 throughout); on the dense
+        backward ``val_BK`` is the exact fp32 route of :class:`GatherEncodeExact` (equal values)."""
         if self.cfg.sparse_backward and torch.is_grad_enabled():
             with torch.no_grad():
                 pre_BF = self.pre_activations(x_BD)
                 pre_BK, idx_BK = fast_topk(pre_BF, self.cfg.k)
-            return idx_BK, self._values_at(x_BD)(idx_BK, pre_BK).relu(), pre_BF
+            val_BK = self._values_at(x_BD)(idx_BK, pre_BK).relu()
+            return idx_BK, val_BK, pre_BF, val_BK
+        cd = compute_dtype(self.W_enc.dtype)
         pre_BF = self._pre(x_BD)
         with torch.no_grad():
-            _, idx_BK = fast_topk(pre_BF.detach(), self.cfg.k)
-        return idx_BK, pick(pre_BF, idx_BK).relu(), pre_BF
+            pre_BK, idx_BK = fast_topk(pre_BF.detach(), self.cfg.k)
+        val_dec_BK = pick(pre_BF, idx_BK).relu()
+        if not torch.is_grad_enabled():
+            return idx_BK, val_dec_BK, pre_BF, val_dec_BK.float()
+        val_BK = GatherEncodeExact.apply(x_BD, self.W_enc, self.b_enc, self.b_dec, idx_BK, pre_BK, cd).relu()
+        return idx_BK, val_dec_BK, pre_BF, val_BK
 
     def encode(self, x_BD: Tensor) -> Tensor:
         """Dense latents ``f`` (zeros off the top-k); any leading dims."""
@@ -372,12 +426,14 @@ class TopKSAE(BaseSAE):
         """Reconstruction, code and losses ``{"mse", "auxk", "loss"}``.
 
         ``dead_mask_F`` (bool, F) switches on AuxK over those latents; ``dense_latents=False``
-        skips building ``f_BF`` (the trainer's fast path when no penalty needs it).
+        skips building ``f_BF`` (the trainer's fast path when no penalty needs it). ``val_BK`` (and
+        ``f_BF``) are fp32 on both backward implementations: a loss term on them (the co-activation
+        penalty) reaches every parameter with an fp32 gradient, never rounded into the bf16 MSE one.
         """
         x_BD = self._check_2d(x_BD)
         sparse = self.cfg.sparse_backward
-        idx_BK, val_BK, pre_BF = self.topk_code(x_BD)
-        x_hat_BD = sparse_decode(val_BK, idx_BK, self.W_dec, sparse_backward=sparse) + self.b_dec.float()
+        idx_BK, val_dec_BK, pre_BF, val_BK = self._code(x_BD)
+        x_hat_BD = sparse_decode(val_dec_BK, idx_BK, self.W_dec, sparse_backward=sparse) + self.b_dec.float()
         mse = self.mse_loss(x_hat_BD, x_BD)
         auxk = auxk_loss(self, pre_BF, x_BD, x_hat_BD, dead_mask_F, self.cfg.resolved_aux_k, self.cfg.aux_normalize,
                          values_at=self._values_at(x_BD) if sparse else None, sparse_backward=sparse)
