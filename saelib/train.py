@@ -167,13 +167,16 @@ def make_optimizer(sae: BaseSAE, cfg: TrainConfig, lr: float) -> torch.optim.Ada
 
 
 def active_latents(out: SAEOutput, d_sae: int) -> tuple[Tensor, Tensor]:
-    """``(fired_F, l0)``: which latents fired in the batch, and the mean active count per token."""
+    """``(fired_F, l0)``: which latents fired in the batch, and the mean non-zero count per token.
+
+    TopK-style codes: a latent fired when it is in some token's top-k set, whatever its ReLU value
+    (the original runs' dead-latent rule: AuxK revives latents that never get *selected*); ``l0``
+    counts the selected entries that are > 0. Dense codes: fired = non-zero somewhere."""
     with torch.no_grad():
         if out.idx_BK is not None and out.val_BK is not None:
-            live_BK = out.val_BK > 0
-            fired_F = torch.zeros(d_sae, dtype=torch.bool)
-            fired_F[out.idx_BK[live_BK]] = True
-            return fired_F, live_BK.sum(1).float().mean()
+            fired_F = torch.zeros(d_sae, dtype=torch.bool, device=out.idx_BK.device)
+            fired_F[out.idx_BK.reshape(-1)] = True
+            return fired_F, (out.val_BK > 0).sum(1).float().mean()
         nz_BF = out.f_BF != 0
         return nz_BF.any(0), nz_BF.sum(1).float().mean()
 

@@ -205,6 +205,23 @@ def test_ramp_alpha_at_key_steps():
         ramp_alpha(-1, 10)
 
 
+@pytest.mark.parametrize("lam_mult", [1e-2, 1.0, 1e2])
+def test_described_ramp_start_scales_with_lambda(lam_mult):
+    """The 004 ramp is alpha 0.01 -> 0.075: a lambda sweep scales both ends (issue 12, finding 5)."""
+    from saelib.variants import resolve_variant
+
+    entry = {"arch": "topk", "k_over_d": 0.25, "penalty": {"kind": "orthogonality", "reading": "as_described",
+                                                           "lam_mult": lam_mult}}
+    run = {"sae_tokens": 64, "batch_size": 8, "warmup_scale": 0.2}
+    rv = resolve_variant("v", entry, run, d_model=8)
+    pen = make_penalty(rv.penalty_cfg, d_sae=64, k=2)
+    lam = 0.075 * lam_mult
+    assert rv.penalty_cfg.lam == pytest.approx(lam) and rv.penalty_cfg.ramp_steps == 200
+    assert lam * pen.alpha(0) == pytest.approx(0.01 * lam_mult)
+    assert lam * pen.alpha(100) == pytest.approx(lam * (0.01 + 0.075) / 2 / 0.075)
+    assert lam * pen.alpha(200) == pytest.approx(lam)
+
+
 @pytest.mark.parametrize("kind,reading,expected", [
     # CompeteSAE warmup alpha = min(1, t / t_w), lam = 0.01 (as run) / 0.03 (as described)
     ("competition", "as_run", [0.0, 0.005, 0.01, 0.01]),
@@ -234,7 +251,14 @@ def test_reading_defaults_follow_the_spec():
     assert (desc.lam, desc.ramp_steps, desc.ema_decay, desc.l1_coef, desc.normalise, desc.tau) == (
         0.03, 2000, 0.99, 0.04, "sum", 0.6)
     o_desc = resolve_config(PenaltyConfig(kind="orthogonality", reading="as_described", ramp_steps=250))
-    assert (o_desc.lam, o_desc.ramp_start, o_desc.ramp_steps) == (0.075, 0.01, 250)  # explicit field wins
+    assert (o_desc.lam, o_desc.ramp_steps) == (0.075, 250)  # explicit field wins
+    assert o_desc.lam * o_desc.ramp_start_frac == pytest.approx(0.01)  # alpha starts at 0.01
+    # both papers write the sum as Sigma_{i,j}: the as-described readings include the diagonal
+    assert o_desc.include_diagonal and desc.include_diagonal
+    assert not resolve_config(PenaltyConfig(kind="competition", reading="as_described",
+                                            include_diagonal=False)).include_diagonal
+    with pytest.raises(ValueError, match="ramp_start_frac"):
+        resolve_config(PenaltyConfig(kind="orthogonality", ramp_start_frac=1.5))
     assert set(READING_DEFAULTS) == {(k, r) for k in ("orthogonality", "competition")
                                      for r in ("as_run", "as_described")}
 
@@ -424,7 +448,7 @@ def _train(lam, kind, steps=60, seed=0):
     sae = make_sae("topk", TopKConfig(d_in=d, d_sae=F, k=K, seed=seed))
     x_all = _synthetic_data(steps * B, d, seed=1)
     sae.init_from_batch_(x_all[:B])
-    pen = make_penalty(PenaltyConfig(kind=kind, reading="as_described", lam=lam, ramp_steps=0, ramp_start=0.0,
+    pen = make_penalty(PenaltyConfig(kind=kind, reading="as_described", lam=lam, ramp_steps=0, ramp_start_frac=0.0,
                                      l1_coef=0.0, ema_decay=0.0 if kind == "orthogonality" else 0.9), F, K)
     opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
     for t in range(steps):

@@ -365,3 +365,10 @@ def test_fast_topk_is_exact(shape, k):
     torch.testing.assert_close(val.sort(1).values, ref.sort(1).values, rtol=0, atol=0)
     torch.testing.assert_close(pre.gather(1, idx), val, rtol=0, atol=0)
     assert all(len(set(row.tolist())) == k for row in idx)
+
+
+def test_topk_config_rejects_bad_aux_k():
+    with pytest.raises(ValueError, match="aux_k"):
+        TopKConfig(d_in=8, d_sae=32, k=2, aux_k=0)
+    assert TopKConfig(d_in=8, d_sae=32, k=2, aux_k=3).resolved_aux_k == 3
+    assert TopKConfig(d_in=8, d_sae=32, k=2).resolved_aux_k == 4

@@ -203,3 +203,18 @@ def test_train_step_follows_the_original_order(scale):
     assert float(out.grad_norm) == pytest.approx(float(norm), rel=1e-6)
     for (name, p), q in zip(sae.named_parameters(), ref.parameters()):
         torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_dead_latent_tracker_counts_top_k_membership_not_positive_value():
+    """A latent selected by top-k fires even when its ReLU value is 0 (issue 12, finding 5)."""
+    from saelib.sae.base import SAEOutput
+    from saelib.train import active_latents
+
+    idx = torch.tensor([[0, 3], [3, 5]])
+    val = torch.tensor([[1.0, 0.0], [0.0, 0.0]])  # latents 3 and 5 are selected but zero-valued
+    fired, l0 = active_latents(SAEOutput(torch.zeros(2, 1), None, idx, val, {}), 8)
+    assert fired.tolist() == [True, False, False, True, False, True, False, False]
+    assert float(l0) == 0.5
+    f_BF = torch.tensor([[0.0, 2.0, 0.0], [0.0, 0.0, 0.0]])
+    fired, l0 = active_latents(SAEOutput(torch.zeros(2, 1), f_BF, None, None, {}), 3)
+    assert fired.tolist() == [False, True, False] and float(l0) == 0.5

@@ -35,9 +35,10 @@ class PenaltyConfig:
     ramp_steps: int | None = None
     """Steps of the linear weight ramp (004 as described: 1000; CompeteSAE warmup t_w: 2000; 0 = none).
     Scaled profiles shrink this with the run length."""
-    ramp_start: float | None = None
-    """Absolute weight λ·α at step 0; ramps linearly to λ over ``ramp_steps`` (004 as described: 0.01;
-    CompeteSAE warmup min(1, t/t_w): 0.0)."""
+    ramp_start_frac: float | None = None
+    """α(0) as a fraction of the final weight: λ·α(t) ramps linearly from ``ramp_start_frac·λ`` at step 0
+    to λ at ``ramp_steps``, so a λ sweep scales the ramp with λ (004 as described: α 0.01 → 0.075, i.e.
+    0.01/0.075 = 0.1333; CompeteSAE warmup min(1, t/t_w): 0.0). Must lie in [0, 1]."""
     tau: float = 0.6
     """Competition threshold: coefficients c_ij <= tau are zeroed before max-symmetrisation."""
     ema_decay: float | None = None
@@ -46,8 +47,9 @@ class PenaltyConfig:
     """Weight of an extra L1 term l1_coef * mean_b sum_i |f_bi| (as described: 0.04 in both papers;
     as run: 0). Returned separately as "penalty_l1" and included in "penalty"."""
     include_diagonal: bool | None = None
-    """Whether the i = j terms enter P (as run: True, the code summed the full matrix; as described:
-    False, "pairs")."""
+    """Whether the i = j terms enter P. Default True for every reading: the runs summed the full matrix,
+    and both papers write the sum as Σ_{i,j} with no i ≠ j (004 eq. 2, 000 eq. 5), so the as-described
+    readings include the diagonal too. False drops it (the "pairs" reading of the prose)."""
     normalise: str | None = None
     """"mean": P = (1/F^2) sum_ij (as run) | "sum": P = sum_ij (as described)."""
     ema_storage: str = "auto"
@@ -74,22 +76,24 @@ class PenaltyConfig:
 
 
 _BASE_DEFAULTS: dict[str, Any] = dict(
-    lam=0.0, ramp_steps=0, ramp_start=0.0, ema_decay=0.0, l1_coef=0.0, include_diagonal=True, normalise="mean"
+    lam=0.0, ramp_steps=0, ramp_start_frac=0.0, ema_decay=0.0, l1_coef=0.0, include_diagonal=True, normalise="mean"
 )
 
 READING_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
     # SO run 4 (the paper's chosen configuration): constant λ, mean over F², diagonal included.
-    ("orthogonality", "as_run"): dict(lam=0.075, ramp_steps=0, ramp_start=0.0, normalise="mean",
+    ("orthogonality", "as_run"): dict(lam=0.075, ramp_steps=0, ramp_start_frac=0.0, normalise="mean",
                                       include_diagonal=True, ema_decay=0.0, l1_coef=0.0),
-    # Paper 004 §4: α ramps 0.01 -> 0.075 over 1000 steps, Σ over pairs, λ = 0.04 L1 in eq. (2).
-    ("orthogonality", "as_described"): dict(lam=0.075, ramp_steps=1000, ramp_start=0.01, normalise="sum",
-                                            include_diagonal=False, ema_decay=0.0, l1_coef=0.04),
+    # Paper 004 §4.1-4.2: α ramps 0.01 -> 0.075 over 1000 steps, eq. (2) Σ_{i,j} (a sum, diagonal
+    # included as written), λ = 0.04 L1 in eq. (2).
+    ("orthogonality", "as_described"): dict(lam=0.075, ramp_steps=1000, ramp_start_frac=0.01 / 0.075,
+                                            normalise="sum", include_diagonal=True, ema_decay=0.0, l1_coef=0.04),
     # HO runs: effective λ = 0.01, per-batch coefficients, warmup min(1, t/2000), mean over F², diag included.
-    ("competition", "as_run"): dict(lam=0.01, ramp_steps=2000, ramp_start=0.0, normalise="mean",
+    ("competition", "as_run"): dict(lam=0.01, ramp_steps=2000, ramp_start_frac=0.0, normalise="mean",
                                     include_diagonal=True, ema_decay=0.0, l1_coef=0.0),
-    # Paper 000 §4-5: λ2 = 0.03, t_w = 2000, EMA 0.99, Σ over pairs, λ1 = 0.04 L1.
-    ("competition", "as_described"): dict(lam=0.03, ramp_steps=2000, ramp_start=0.0, normalise="sum",
-                                          include_diagonal=False, ema_decay=0.99, l1_coef=0.04),
+    # Paper 000 §4-5: λ2 = 0.03, t_w = 2000, EMA 0.99, eq. (5) Σ_{i,j} (diagonal included as written),
+    # λ1 = 0.04 L1.
+    ("competition", "as_described"): dict(lam=0.03, ramp_steps=2000, ramp_start_frac=0.0, normalise="sum",
+                                          include_diagonal=True, ema_decay=0.99, l1_coef=0.04),
 }
 
 
@@ -105,11 +109,14 @@ def resolve_config(cfg: PenaltyConfig) -> PenaltyConfig:
     _check_choice("target", cfg.target, TARGETS)
     _check_choice("ema_storage", cfg.ema_storage, EMA_STORAGES)
     defaults = READING_DEFAULTS.get((cfg.kind, cfg.reading), _BASE_DEFAULTS)
-    filled = {f.name: defaults[f.name] for f in fields(cfg) if getattr(cfg, f.name) is None}
+    filled = {f.name: defaults[f.name] for f in fields(cfg) if getattr(cfg, f.name) is None and f.name in defaults}
     out = replace(cfg, **filled)
     _check_choice("normalise", out.normalise, NORMALISATIONS)
-    if out.lam < 0 or out.l1_coef < 0 or out.ramp_start < 0:
-        raise ValueError(f"lam, l1_coef and ramp_start must be >= 0 (got {out.lam}, {out.l1_coef}, {out.ramp_start})")
+    if out.lam < 0 or out.l1_coef < 0:
+        raise ValueError(f"lam and l1_coef must be >= 0 (got {out.lam}, {out.l1_coef})")
+    if not 0.0 <= out.ramp_start_frac <= 1.0:
+        raise ValueError(f"ramp_start_frac (alpha at step 0 as a fraction of lam) must be in [0, 1], "
+                         f"got {out.ramp_start_frac}")
     if out.ramp_steps < 0:
         raise ValueError(f"ramp_steps must be >= 0, got {out.ramp_steps}")
     if not 0.0 <= out.ema_decay < 1.0:
@@ -128,7 +135,7 @@ def resolve_config(cfg: PenaltyConfig) -> PenaltyConfig:
 def ramp_alpha(step: int, ramp_steps: int, start_frac: float = 0.0) -> float:
     """Dimensionless weight schedule α(t) ∈ [start_frac, 1]: linear from ``start_frac`` at t = 0 to 1 at
     t = ``ramp_steps``, then constant. ``start_frac = 0`` is CompeteSAE's min(1, t/t_w); 004's ramp
-    0.01 -> λ is ``start_frac = 0.01/λ``. ``ramp_steps = 0`` means α = 1 from the start."""
+    0.01 -> 0.075 is ``start_frac = 0.01/0.075`` (``PenaltyConfig.ramp_start_frac``). ``ramp_steps = 0`` means α = 1 from the start."""
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
     if ramp_steps <= 0:

@@ -38,11 +38,10 @@ class CoactivationPenalty(nn.Module):
                 storage = "dense" if dense_mb <= c.ema_dense_max_mb else "sparse"
             self.ema = (DenseCoefEMA(d_sae, c.ema_decay) if storage == "dense"
                         else SparseCoefEMA(d_sae, c.ema_decay, c.ema_sparse_capacity, c.ema_sparse_floor))
-        self._alpha0 = (c.ramp_start / c.lam) if c.lam > 0 else 0.0
 
     def alpha(self, step: int) -> float:
-        """α(t): λ·α(t) ramps from ``ramp_start`` to λ over ``ramp_steps``."""
-        return ramp_alpha(step, self.cfg.ramp_steps, min(1.0, self._alpha0))
+        """α(t): λ·α(t) ramps from ``ramp_start_frac·λ`` to λ over ``ramp_steps``."""
+        return ramp_alpha(step, self.cfg.ramp_steps, self.cfg.ramp_start_frac)
 
     def forward(self, out: Any, sae: Any, step: int) -> dict[str, Tensor]:
         c = self.cfg

@@ -50,6 +50,8 @@ class TopKConfig(SAEConfig):
             raise ValueError(f"k must be in [1, d_sae={self.d_sae}], got {self.k}")
         if self.backward_impl not in ("auto", "sparse", "dense"):
             raise ValueError(f"backward_impl must be 'auto', 'sparse' or 'dense', got {self.backward_impl!r}")
+        if self.aux_k is not None and int(self.aux_k) < 1:
+            raise ValueError(f"aux_k must be >= 1 or None, got {self.aux_k}")
 
     @property
     def sparse_backward(self) -> bool:
@@ -57,8 +59,6 @@ class TopKConfig(SAEConfig):
         if self.backward_impl == "auto":
             return int(self.k) * 64 <= int(self.d_sae)
         return self.backward_impl == "sparse"
-        if self.aux_k is not None and int(self.aux_k) < 1:
-            raise ValueError(f"aux_k must be >= 1 or None, got {self.aux_k}")
 
     @property
     def resolved_aux_k(self) -> int:
