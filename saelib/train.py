@@ -388,10 +388,38 @@ def train_sae(sae: BaseSAE, cache: ActivationSource, cfg: TrainConfig, *, penalt
         "wall_time_s": round(wall, 3), "tokens_per_s": (trained * cfg.batch_size / wall) if trained and wall > 0 else None,
         "n_dead_final": int((since_fired_F >= cfg.dead_tokens_threshold).sum()),
         "final": last, "penalty": type(penalty).__name__ if penalty is not None else None,
+        **final_penalty_ratios(_read_records(log_path), n_steps),
     }
     atomic_write_json(out_dir / SUMMARY_NAME, summary)
     return TrainResult(sae=sae, out_dir=out_dir, n_steps=n_steps, final=last, summary=summary, resumed_from=start,
                        wall_time_s=wall, log_path=log_path, sae_dir=sae_dir)
+
+
+FINAL_FRAC = 0.1
+"""Share of the last steps over which ``train_summary.json`` averages the penalty/MSE ratios."""
+
+
+def final_penalty_ratios(records: list[dict[str, Any]], n_steps: int, frac: float = FINAL_FRAC) -> dict[str, float]:
+    """Penalty/MSE ratios at the end of training: for ``penalty`` (the whole term added to the loss),
+    ``penalty_coact`` (λ·α·P) and ``penalty_l1``, the mean over the logged steps ``>= n_steps·(1 − frac)``
+    of ``term / mse`` (keys ``<term>_over_mse_final``; the spec expects ≲ 1e-3 for the original runs).
+    Empty when no record carries a penalty."""
+    start = int(n_steps * (1.0 - frac))
+    tail = [r for r in records if r.get("step", -1) >= start and r.get("mse")]
+    out: dict[str, float] = {}
+    for term in ("penalty", "penalty_coact", "penalty_l1"):
+        vals = [r[term] / r["mse"] for r in tail if term in r and r[term] is not None and math.isfinite(r[term])]
+        if vals:
+            out[f"{term}_over_mse_final"] = sum(vals) / len(vals)
+    if out:
+        out["final_frac"] = frac
+        out["final_records"] = len(tail)
+    return out
+
+
+def _read_records(log_path: Path) -> list[dict[str, Any]]:
+    lines = [ln for ln in log_path.read_text(encoding="utf-8").splitlines() if ln.strip()] if log_path.exists() else []
+    return [json.loads(ln) for ln in lines]
 
 
 def _last_record(log_path: Path) -> dict[str, Any]:

@@ -259,7 +259,7 @@ def test_reading_defaults_follow_the_spec():
                                             include_diagonal=False)).include_diagonal
     with pytest.raises(ValueError, match="ramp_start_frac"):
         resolve_config(PenaltyConfig(kind="orthogonality", ramp_start_frac=1.5))
-    assert set(READING_DEFAULTS) == {(k, r) for k in ("orthogonality", "competition")
+    assert set(READING_DEFAULTS) == {(k, r) for k in ("orthogonality", "competition", "l1")
                                      for r in ("as_run", "as_described")}
 
 
@@ -497,3 +497,18 @@ def test_penalty_plugs_into_the_trainer_step():
     assert math.isclose(float(res.loss.detach()), base + float(res.penalty["penalty"].detach()), rel_tol=1e-5)
     assert {"penalty_raw", "penalty_alpha", "coact_stat", "coact_pairs", "penalty_l1"} <= set(res.penalty)
     assert float(res.penalty["penalty_l1"]) > 0 and float(res.penalty["coact_pairs"]) > 0
+
+
+def test_l1_control_has_only_the_l1_term():
+    pen = make_penalty(PenaltyConfig(kind="l1"), d_sae=30, k=4)
+    assert pen.cfg.l1_coef == 0.04 and pen.cfg.lam == 0.0
+    idx, v = topk_batch(16, 30, 4, seed=2)
+    val = v.clone().requires_grad_(True)
+    logs = pen(_Out(None, None, idx, val, {}), None, 0)
+    want = 0.04 * float(v.abs().sum(1).mean())
+    assert float(logs["penalty"].detach()) == pytest.approx(want, rel=1e-6)
+    assert float(logs["penalty_l1"]) == pytest.approx(want, rel=1e-6) and float(logs["penalty_coact"]) == 0.0
+    logs["penalty"].backward()
+    torch.testing.assert_close(val.grad, torch.full_like(v, 0.04 / 16))
+    with pytest.raises(ValueError, match="lam must be 0"):
+        resolve_config(PenaltyConfig(kind="l1", lam=0.1))

@@ -82,6 +82,9 @@ def test_train_writes_logs_checkpoint_sae_and_summary(tmp_path):
     assert (tmp_path / "checkpoint.pt").exists() and (tmp_path / "train_summary.json").exists()
     summary = json.loads((tmp_path / "train_summary.json").read_text())
     assert summary["n_steps"] == 12 and summary["tokens"] == 12 * BS and summary["final"]["step"] == 11
+    tail = [r["penalty"] / r["mse"] for r in log if r["step"] >= 10]  # the last 10% of 12 steps
+    assert summary["penalty_over_mse_final"] == pytest.approx(sum(tail) / 2, rel=1e-12)
+    assert summary["final_records"] == 2 and "penalty_l1_over_mse_final" not in summary
     saved = load_sae(tmp_path / "sae")
     for name, t in res.sae.state_dict().items():
         assert torch.equal(saved.state_dict()[name], t)
@@ -218,3 +221,15 @@ def test_dead_latent_tracker_counts_top_k_membership_not_positive_value():
     f_BF = torch.tensor([[0.0, 2.0, 0.0], [0.0, 0.0, 0.0]])
     fired, l0 = active_latents(SAEOutput(torch.zeros(2, 1), f_BF, None, None, {}), 3)
     assert fired.tolist() == [False, True, False] and float(l0) == 0.5
+
+
+def test_final_penalty_ratios_average_the_last_tenth():
+    from saelib.train import final_penalty_ratios
+
+    recs = [{"step": t, "mse": 2.0, "penalty": 0.1 * t, "penalty_coact": 0.05 * t, "penalty_l1": 0.05 * t}
+            for t in range(20)]
+    out = final_penalty_ratios(recs, 20)
+    assert out["penalty_over_mse_final"] == pytest.approx((1.8 + 1.9) / 2 / 2.0)
+    assert out["penalty_coact_over_mse_final"] == pytest.approx((0.9 + 0.95) / 2 / 2.0)
+    assert out["final_records"] == 2
+    assert final_penalty_ratios([{"step": 19, "mse": 1.0}], 20) == {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-KINDS = ("none", "orthogonality", "competition")
+KINDS = ("none", "orthogonality", "competition", "l1")
 READINGS = ("as_run", "as_described")
 TARGETS = ("activations", "decoder")
 NORMALISATIONS = ("mean", "sum")
@@ -23,7 +23,8 @@ class PenaltyConfig:
     (``READING_DEFAULTS[(kind, reading)]``, resolved by :func:`resolve_config`)."""
 
     kind: str = "none"
-    """"none" | "orthogonality" (paper 004, w_ij = n_ij/min(n_i,n_j)) | "competition" (paper 000)."""
+    """"none" | "orthogonality" (paper 004, w_ij = n_ij/min(n_i,n_j)) | "competition" (paper 000) |
+    "l1" (only the L1 term ``l1_coef``, no co-activation term: the as-described readings' L1 control)."""
     reading: str = "as_run"
     """"as_run" (what the original code computed) | "as_described" (the paper's prose)."""
     target: str = "activations"
@@ -90,6 +91,11 @@ READING_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
     # HO runs: effective λ = 0.01, per-batch coefficients, warmup min(1, t/2000), mean over F², diag included.
     ("competition", "as_run"): dict(lam=0.01, ramp_steps=2000, ramp_start_frac=0.0, normalise="mean",
                                     include_diagonal=True, ema_decay=0.0, l1_coef=0.0),
+    # The L1 control: the as-described readings' L1 term (λ = 0.04 in both papers) alone.
+    ("l1", "as_run"): dict(lam=0.0, ramp_steps=0, ramp_start_frac=0.0, normalise="mean", include_diagonal=True,
+                           ema_decay=0.0, l1_coef=0.04),
+    ("l1", "as_described"): dict(lam=0.0, ramp_steps=0, ramp_start_frac=0.0, normalise="mean",
+                                 include_diagonal=True, ema_decay=0.0, l1_coef=0.04),
     # Paper 000 §4-5: λ2 = 0.03, t_w = 2000, EMA 0.99, eq. (5) Σ_{i,j} (diagonal included as written),
     # λ1 = 0.04 L1.
     ("competition", "as_described"): dict(lam=0.03, ramp_steps=2000, ramp_start_frac=0.0, normalise="sum",
@@ -121,6 +127,8 @@ def resolve_config(cfg: PenaltyConfig) -> PenaltyConfig:
         raise ValueError(f"ramp_steps must be >= 0, got {out.ramp_steps}")
     if not 0.0 <= out.ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1), got {out.ema_decay}")
+    if out.kind == "l1" and out.lam != 0:
+        raise ValueError(f"kind='l1' has no co-activation term: lam must be 0, got {out.lam}")
     if out.ema_decay > 0 and out.kind != "competition":
         raise ValueError("ema_decay > 0 is only defined for kind='competition' (the EMA tracks c_ij)")
     if out.threads is not None and out.threads < 1:

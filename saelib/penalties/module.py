@@ -14,7 +14,8 @@ class CoactivationPenalty(nn.Module):
     """``forward(out, sae, step) -> dict`` with "penalty" (added to the loss: λ·α(t)·P + L1 term),
     "penalty_coact" (λ·α(t)·P), "penalty_raw" (P), "penalty_alpha" (α(t)), "penalty_lambda" (λ),
     "penalty_l1" (the L1 term), "coact_stat" (off-diagonal Σ W T², detached), "coact_pairs" and, with an
-    EMA, "ema_entries"/"ema_evicted". The EMA advances once per call in training mode only."""
+    EMA, "ema_entries"/"ema_evicted". The EMA advances once per call in training mode only. Kind "l1"
+    returns the L1 term alone (``penalty_coact = 0``, no statistics)."""
 
     def __init__(self, cfg: PenaltyConfig, d_sae: int, k: int):
         super().__init__()
@@ -55,6 +56,8 @@ class CoactivationPenalty(nn.Module):
                 W_dec = getattr(sae, "W_dec_FD")
         alpha = self.alpha(step)
         weight = c.lam * alpha
+        if c.kind == "l1":
+            return self._l1_only(out, alpha)
         with torch.autocast(device_type="cpu", enabled=False):  # the Gram matmuls stay fp32
             idx, val, padded = active_set(out, self.d_sae)
             # with zero weight (λ = 0, or α(0) = 0 in a warmup) only the statistics are needed
@@ -80,6 +83,14 @@ class CoactivationPenalty(nn.Module):
         for name, value in res.ema.items():
             logs[name] = torch.tensor(value)
         return logs
+
+    def _l1_only(self, out: Any, alpha: float) -> dict[str, Tensor]:
+        """The L1 control: ``l1_coef * mean_b sum_i |f_bi|``, no co-activation statistics."""
+        idx, val, _ = active_set(out, self.d_sae)
+        l1 = val.float().abs().sum(-1).mean() * self.cfg.l1_coef
+        zero = torch.zeros((), device=l1.device)
+        return {"penalty": l1, "penalty_coact": zero, "penalty_raw": zero, "penalty_alpha": torch.tensor(alpha),
+                "penalty_lambda": torch.tensor(0.0), "penalty_l1": l1.detach()}
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"ema": self.ema.state() if self.ema is not None else None}
