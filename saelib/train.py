@@ -34,7 +34,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
 SUMMARY_NAME = "train_summary.json"
 SAE_DIRNAME = "sae"
-_IGNORED_FOR_RESUME = ("log_every", "checkpoint_every")
+_IGNORED_FOR_RESUME = ("log_every", "checkpoint_every", "device")
 
 
 class ActivationSource(Protocol):
@@ -76,7 +76,12 @@ class TrainConfig:
     dead_tokens_threshold: int = 10_000_000
     """A latent is dead (enters AuxK) after this many training tokens without firing."""
     autocast_bf16: bool = True
-    """Run the forward pass under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (AMX matmuls)."""
+    """Run the forward pass under bf16 autocast on the training device (AMX matmuls on CPU, tensor cores
+    on CUDA); master weights, losses and the penalty stay fp32."""
+    device: str = "auto"
+    """Where to train: "auto" (CUDA when ``torch.cuda.is_available()``, else CPU), "cpu", "cuda" or
+    "cuda:N". The trainer moves the SAE (and the penalty's state) there and each batch as it comes
+    (non-blocking); the dead-latent counters live there too. Checkpoints are read to CPU, then moved."""
     init_b_dec: bool = True
     """Initialise ``b_dec`` (and data-dependent parameters) from the first batch (geometric median)."""
     shuffle: bool = True
@@ -96,6 +101,11 @@ class TrainConfig:
         self.adam_betas = tuple(float(b) for b in self.adam_betas)  # type: ignore[assignment]
 
     @property
+    def torch_device(self) -> torch.device:
+        """:func:`resolve_device` of ``device``."""
+        return resolve_device(self.device)
+
+    @property
     def n_steps(self) -> int:
         """Number of optimizer steps."""
         return self.total_tokens // self.batch_size
@@ -104,6 +114,17 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["adam_betas"] = list(self.adam_betas)
         return d
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; other names as ``torch.device`` (CUDA asked for but
+    absent is a clear error)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"TrainConfig.device={name!r} but CUDA is not available; use 'auto' or 'cpu'")
+    return dev
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -208,7 +229,7 @@ def train_step(sae: BaseSAE, opt: torch.optim.Optimizer, x_BD: Tensor, *, step: 
     for group in opt.param_groups:
         group["lr"] = lr
     dense = bool(getattr(penalty, "needs_dense_latents", False))
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
+    with torch.autocast(x_BD.device.type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
         out = sae(x_BD, step=step, dead_mask_F=dead_mask_F, dense_latents=dense)
         pen = penalty(out, sae, step) if penalty is not None else {}
     loss = out.losses["loss"]
@@ -312,22 +333,28 @@ def train_sae(sae: BaseSAE, cache: ActivationSource, cfg: TrainConfig, *, penalt
         raise ValueError(f"activation width {cache.d_model} does not match the SAE's d_in {sae.cfg.d_in}")
     ckpt_path, log_path = out_dir / CHECKPOINT_NAME, out_dir / LOG_NAME
     n_steps = cfg.n_steps
+    device = cfg.torch_device
+    sae.to(device)
+    if isinstance(penalty, torch.nn.Module):
+        penalty.to(device)
     base_lr = cfg.lr if cfg.lr is not None else default_lr(sae.cfg.d_sae)
     opt = make_optimizer(sae, cfg, base_lr)
-    since_fired_F = torch.zeros(sae.cfg.d_sae, dtype=torch.int64)
+    since_fired_F = torch.zeros(sae.cfg.d_sae, dtype=torch.int64, device=device)
     start, epoch, in_epoch = 0, 0, 0
 
     if resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         _check_resume(ckpt, sae, cfg, ckpt_path)
         sae.cfg = type(sae.cfg).from_dict(ckpt["sae"]["cfg"])
-        sae.load_state_dict(ckpt["sae"]["model"])
+        sae.load_state_dict(ckpt["sae"]["model"])  # copies into the parameters on ``device``
         opt.load_state_dict(ckpt["optimizer"])
         if penalty is not None and ckpt.get("penalty") is not None:
             penalty.load_state_dict(ckpt["penalty"])  # type: ignore[attr-defined]
-        since_fired_F = ckpt["since_fired_F"]
+        since_fired_F = ckpt["since_fired_F"].to(device)
         start, epoch, in_epoch = ckpt["step"], ckpt["epoch"], ckpt["in_epoch"]
         torch.set_rng_state(ckpt["rng"])
+        if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
         _truncate_log(log_path, start)
     else:
         torch.manual_seed(cfg.seed)
@@ -339,6 +366,7 @@ def train_sae(sae: BaseSAE, cache: ActivationSource, cfg: TrainConfig, *, penalt
             "optimizer": opt.state_dict(), "since_fired_F": since_fired_F.clone(),
             "penalty": penalty.state_dict() if hasattr(penalty, "state_dict") else None,  # type: ignore[union-attr]
             "rng": torch.get_rng_state(), "train_cfg": cfg.to_dict(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         })
 
     sae.train()
@@ -351,6 +379,7 @@ def train_sae(sae: BaseSAE, cache: ActivationSource, cfg: TrainConfig, *, penalt
     with open(log_path, "a", encoding="utf-8") as log:
         for step in range(start, n_steps):
             ep, i, x_BD = next(batches)
+            x_BD = x_BD.to(device, non_blocking=True)
             if step == 0 and cfg.init_b_dec:
                 sae.init_from_batch_(x_BD)
             if x_BD.shape != (cfg.batch_size, sae.cfg.d_in):

@@ -51,7 +51,7 @@ def test_three_steps_with_and_without_penalty_differ(impl):
         for step in range(3):
             res = train_step(sae, opt, x, step=step, lr=1e-3, cfg=cfg, penalty=pen)
         if pen is not None:  # the regime of the issue: the penalty is a tiny part of the loss
-            assert 0 < float(res.penalty["penalty"].detach()) < 1e-5 * float(res.out.losses["mse"])
+            assert 0 < float(res.penalty["penalty"].detach()) < 1e-5 * float(res.out.losses["mse"].detach())
         params[lam] = {n: p.detach().clone() for n, p in sae.named_parameters()}
     for name in ("W_enc", "b_enc", "W_dec"):
         assert not torch.equal(params[0.0][name], params[lam_on][name]), name

@@ -27,9 +27,9 @@ class DenseCoefEMA:
 
     needs_unique = False
 
-    def __init__(self, n_latents: int, decay: float):
+    def __init__(self, n_latents: int, decay: float, device: torch.device | str | None = None):
         self.F, self.decay = n_latents, decay
-        self.E = torch.zeros(n_latents * n_latents)
+        self.E = torch.zeros(n_latents * n_latents, device=device)
         self.scale = 1.0
         self.updates = 0
 
@@ -55,13 +55,19 @@ class DenseCoefEMA:
     def dense(self) -> Tensor:
         return (self.E * self.scale).view(self.F, self.F)
 
+    def to_(self, device: torch.device) -> None:
+        """Keep the buffer on ``device`` (the SAE's; a no-op when it is there already)."""
+        if self.E.device != device:
+            self.E = self.E.to(device)
+
     def state(self) -> dict[str, Any]:
         return {"storage": "dense", "E": self.E, "scale": self.scale, "updates": self.updates}
 
     def load(self, st: dict[str, Any]) -> None:
         if st["storage"] != "dense" or st["E"].numel() != self.E.numel():
             raise ValueError("EMA state does not match a dense buffer of this width")
-        self.E, self.scale, self.updates = st["E"].float().clone(), float(st["scale"]), int(st["updates"])
+        self.E = st["E"].to(self.E.device, torch.float32, copy=True)
+        self.scale, self.updates = float(st["scale"]), int(st["updates"])
 
 
 class SparseCoefEMA:
@@ -72,10 +78,11 @@ class SparseCoefEMA:
 
     needs_unique = True
 
-    def __init__(self, n_latents: int, decay: float, capacity: int, floor: float):
+    def __init__(self, n_latents: int, decay: float, capacity: int, floor: float,
+                 device: torch.device | str | None = None):
         self.F, self.decay, self.capacity, self.floor = n_latents, decay, capacity, floor
-        self.keys = torch.zeros(0, dtype=torch.long)
-        self.vals = torch.zeros(0)
+        self.keys = torch.zeros(0, dtype=torch.long, device=device)
+        self.vals = torch.zeros(0, device=device)
         self.scale = 1.0
         self.updates = 0
         self.evicted = 0
@@ -121,17 +128,22 @@ class SparseCoefEMA:
 
     def get(self, keys: Tensor) -> Tensor:
         if self.keys.numel() == 0:
-            return torch.zeros(keys.shape, dtype=torch.float32)
+            return torch.zeros(keys.shape, dtype=torch.float32, device=keys.device)
         flat = keys.reshape(-1)
         pos = torch.searchsorted(self.keys, flat).clamp_(max=self.keys.numel() - 1)
         found = self.keys.index_select(0, pos) == flat
-        out = torch.where(found, self.vals.index_select(0, pos) * self.scale, torch.zeros((), dtype=torch.float32))
+        out = torch.where(found, self.vals.index_select(0, pos) * self.scale, torch.zeros((), dtype=torch.float32, device=keys.device))
         return out.view(keys.shape)
 
     def dense(self) -> Tensor:
-        out = torch.zeros(self.F * self.F)
+        out = torch.zeros(self.F * self.F, device=self.vals.device)
         out[self.keys] = self.vals * self.scale
         return out.view(self.F, self.F)
+
+    def to_(self, device: torch.device) -> None:
+        """Keep the map on ``device`` (the SAE's; a no-op when it is there already)."""
+        if self.keys.device != device:
+            self.keys, self.vals = self.keys.to(device), self.vals.to(device)
 
     def state(self) -> dict[str, Any]:
         return {"storage": "sparse", "keys": self.keys, "vals": self.vals, "scale": self.scale,
@@ -140,7 +152,8 @@ class SparseCoefEMA:
     def load(self, st: dict[str, Any]) -> None:
         if st["storage"] != "sparse":
             raise ValueError("EMA state is not a sparse map")
-        self.keys, self.vals = st["keys"].long().clone(), st["vals"].float().clone()
+        dev = self.keys.device
+        self.keys, self.vals = st["keys"].to(dev, torch.long, copy=True), st["vals"].to(dev, torch.float32, copy=True)
         self.scale, self.updates, self.evicted = float(st["scale"]), int(st["updates"]), int(st["evicted"])
 
 
@@ -157,10 +170,10 @@ def _merge_sorted(k1: Tensor, v1: Tensor, k2: Tensor, v2: Tensor) -> tuple[Tenso
     if k_new.numel() == 0:
         return k1, v1
     n = k1.numel() + k_new.numel()
-    keys = torch.empty(n, dtype=k1.dtype)
-    vals = torch.empty(n, dtype=v1.dtype)
-    at_new = torch.searchsorted(k1, k_new) + torch.arange(k_new.numel())
-    at_old = torch.arange(k1.numel()) + torch.searchsorted(k_new, k1)
+    keys = torch.empty(n, dtype=k1.dtype, device=k1.device)
+    vals = torch.empty(n, dtype=v1.dtype, device=k1.device)
+    at_new = torch.searchsorted(k1, k_new) + torch.arange(k_new.numel(), device=k1.device)
+    at_old = torch.arange(k1.numel(), device=k1.device) + torch.searchsorted(k_new, k1)
     keys[at_new], vals[at_new] = k_new, v_new
     keys[at_old], vals[at_old] = k1, v1
     return keys, vals

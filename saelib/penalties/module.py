@@ -58,8 +58,11 @@ class CoactivationPenalty(nn.Module):
         weight = c.lam * alpha
         if c.kind == "l1":
             return self._l1_only(out, alpha)
-        with torch.autocast(device_type="cpu", enabled=False):  # the Gram matmuls stay fp32
+        src = out.idx_BK if getattr(out, "idx_BK", None) is not None else out.f_BF
+        with torch.autocast(device_type=src.device.type, enabled=False):  # the Gram matmuls stay fp32
             idx, val, padded = active_set(out, self.d_sae)
+            if self.ema is not None:
+                self.ema.to_(idx.device)  # the EMA lives on the SAE's device (moved once, after a load)
             # with zero weight (λ = 0, or α(0) = 0 in a warmup) only the statistics are needed
             with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):
                 res = coactivation_penalty(
@@ -69,7 +72,7 @@ class CoactivationPenalty(nn.Module):
                     block_instances=c.block_instances, threads=c.threads,
                 )
         coact = res.value * weight
-        l1 = val.float().abs().sum(-1).mean() * c.l1_coef if c.l1_coef > 0 else torch.zeros(())
+        l1 = val.float().abs().sum(-1).mean() * c.l1_coef if c.l1_coef > 0 else torch.zeros((), device=val.device)
         logs = {
             "penalty": coact + l1,
             "penalty_coact": coact.detach(),

@@ -116,7 +116,8 @@ class _Layout:
         self.idx32 = self.idx.to(torch.int32)  # int32 gathers and keys are ~2x cheaper than int64 on CPU
         flat = self.idx.view(-1)
         self.n_F = torch.bincount(flat, minlength=self.Fw).to(torch.float32)
-        self.rn_F = torch.where(self.n_F > 0, self.n_F.reciprocal(), torch.zeros(()))
+        self.dev = dev = idx_BK.device
+        self.rn_F = torch.where(self.n_F > 0, self.n_F.reciprocal(), torch.zeros((), device=dev))
         self.rn_BK = self.rn_F.index_select(0, idx_BK.reshape(-1)).view(idx_BK.shape)  # 1/n of each slot
         self.order = torch.argsort(flat, stable=True)
         self.lat = flat.index_select(0, self.order)
@@ -125,9 +126,9 @@ class _Layout:
         max_slots = max(1, max_instances // self.K)
         # cut points: every fb latents, and wherever the running slot count crosses a multiple of max_slots
         cum = torch.cumsum(self.n_F[:F].to(torch.float64), 0)
-        before = torch.cat([torch.zeros(1, dtype=torch.float64), cum[:-1]])
+        before = torch.cat([torch.zeros(1, dtype=torch.float64, device=dev), cum[:-1]])
         slot_cut = torch.nonzero(torch.floor(before / max_slots) != torch.floor(cum / max_slots)).squeeze(1)
-        cuts = torch.cat([torch.arange(0, F, fb), slot_cut, torch.tensor([F])]).unique(sorted=True)
+        cuts = torch.cat([torch.arange(0, F, fb, device=dev), slot_cut, torch.tensor([F], device=dev)]).unique(sorted=True)
         self.starts = cuts.tolist()
         self.bounds = torch.searchsorted(self.lat, cuts).tolist()
         self.max_bins = max(1, max((b - a) * self.Fw for a, b in zip(self.starts[:-1], self.starts[1:])))
@@ -154,7 +155,7 @@ class _Layout:
 
 
 def _threshold(x: Tensor, tau: float) -> Tensor:
-    return torch.where(x > tau, x, torch.zeros((), dtype=x.dtype))
+    return torch.where(x > tau, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
 def _instance_weights(kind: str, lay: _Layout, k: int, tau: float, n_inst: Tensor, i: Tensor, rows: Tensor) -> Tensor:
@@ -180,7 +181,7 @@ def _ema_update(lay: _Layout, ema, k: int) -> None:
     F, Fw = lay.F, lay.Fw
     r = F / k
     ema.begin_step()
-    buf = torch.zeros(lay.max_bins) if ema.needs_unique else None
+    buf = torch.zeros(lay.max_bins, device=lay.dev) if ema.needs_unique else None
     for i0, nb, _, rows, _, i, J, key in lay.blocks():
         inc = lay.rn_BK.index_select(0, rows) * r
         if lay.padded:
@@ -282,7 +283,7 @@ def _coactivation_penalty(idx_BK, val_BK, d_sae, *, kind, k, tau, normalise, inc
         off = off / (B * B)
         if g_flat is not None:
             g_flat.mul_(4.0 * norm / (B * B))
-    off = torch.tensor(off, dtype=torch.float64)
+    off = torch.tensor(off, dtype=torch.float64, device=lay.dev)
     pairs = inv_n - float(torch.count_nonzero(lay.n_F[:F]))  # minus the diagonal bins
     if lay.padded:  # pairs (i, dummy) were counted too
         pairs -= float(torch.count_nonzero(_pair_counts_with_dummy(lay)))
@@ -292,16 +293,16 @@ def _coactivation_penalty(idx_BK, val_BK, d_sae, *, kind, k, tau, normalise, inc
     if kind == "orthogonality":
         w_diag = active_F.to(torch.float32)
     elif ema is not None:
-        ar = torch.arange(F)
+        ar = torch.arange(F, device=lay.dev)
         w_diag = _threshold(ema.get(ar * F + ar), tau) * active_F
     else:
-        w_diag = torch.full((F,), F / k if F / k > tau else 0.0) * active_F
+        w_diag = torch.full((F,), F / k if F / k > tau else 0.0, device=lay.dev) * active_F
 
     if act:
         dd = torch.bincount(lay.idx.view(-1), weights=v_flat * v_flat, minlength=lay.Fw)[:F] / B
         diag = (w_diag * dd * dd).sum(dtype=torch.float64)
         if g_flat is not None and include_diagonal:
-            wdd = torch.cat([w_diag * dd, torch.zeros(lay.Fw - F)])
+            wdd = torch.cat([w_diag * dd, torch.zeros(lay.Fw - F, device=lay.dev)])
             g_flat += wdd.index_select(0, lay.idx.view(-1)) * v_flat * (4.0 * norm / B)
         x, grad = val_BK, (g_flat.view(B, K) if g_flat is not None else None)
     else:
@@ -313,7 +314,7 @@ def _coactivation_penalty(idx_BK, val_BK, d_sae, *, kind, k, tau, normalise, inc
     if want_grad:
         value = _PrecomputedGrad.apply(x, value, grad)
     return CoactResult(value=value, coact_stat=off.float(), diag=diag.float(),
-                       pairs=torch.tensor(round(pairs), dtype=torch.float32), ema=ema_info)
+                       pairs=torch.tensor(round(pairs), dtype=torch.float32, device=lay.dev), ema=ema_info)
 
 
 def _block_pass(lay: _Layout, v: Tensor, kind: str, k: int, tau: float, act: bool, want_grad: bool, ema,
@@ -329,13 +330,13 @@ def _block_pass(lay: _Layout, v: Tensor, kind: str, k: int, tau: float, act: boo
         ema_info = ema.finish_step()
     off = 0.0  # sum over off-diagonal instances of (W/n) T^2 (fp32 per block, float64 across blocks)
     inv_n = 0.0  # sum over instances of 1/n_ij = number of distinct pairs (diagonal included)
-    g_flat = torch.zeros(B * K) if (want_grad and act) else None
-    Q = torch.zeros(B * K, K) if not act else None
+    g_flat = torch.zeros(B * K, device=lay.dev) if (want_grad and act) else None
+    Q = torch.zeros(B * K, K, device=lay.dev) if not act else None
     # pair buffers, zero between blocks: a block restores the zeros it touched (a scatter of zeros on its
     # keys when that is cheaper than a memset of the block's range, i.e. for large F)
-    cbuf = torch.zeros(lay.max_bins)
-    dbuf = torch.zeros(lay.max_bins) if act else None
-    ones = torch.ones(1).expand(lay.max_inst)
+    cbuf = torch.zeros(lay.max_bins, device=lay.dev)
+    dbuf = torch.zeros(lay.max_bins, device=lay.dev) if act else None
+    ones = torch.ones(1, device=lay.dev).expand(lay.max_inst)
     for i0, nb, sl, rows, acol, i, J, key in lay.blocks():
         kf = key.view(-1)
         cnt = cbuf[:nb].index_add_(0, kf, ones[: kf.numel()])
@@ -371,7 +372,7 @@ def _reset(buf: Tensor, keys: Tensor) -> None:
     """Zero the entries of ``buf`` that ``keys`` touched (a scatter), or all of it (a memset) when
     that is cheaper: measured on CPU, a scattered int32-indexed write costs ~8x a memset element."""
     if buf.numel() > 8 * keys.numel():
-        buf.index_put_((keys,), torch.zeros((), dtype=buf.dtype))
+        buf.index_put_((keys,), torch.zeros((), dtype=buf.dtype, device=buf.device))
     else:
         buf.zero_()
 
@@ -394,8 +395,8 @@ def _decoder_terms(W_dec_FD: Tensor, lay: _Layout, Q_BKK: Tensor, norm: float, w
     B, K = lay.B, lay.K
     idx = lay.idx.clamp(max=F - 1)  # padding rows have Q = 0
     chunk = max(1, (1 << 22) // max(1, K * D))
-    total = torch.zeros((), dtype=torch.float64)
-    grad = torch.zeros(F, D) if want_grad else None
+    total = torch.zeros((), dtype=torch.float64, device=Wn.device)
+    grad = torch.zeros(F, D, device=Wn.device) if want_grad else None
     for b0 in range(0, B, chunk):
         ib = idx[b0:b0 + chunk]
         rows = Wn.index_select(0, ib.reshape(-1)).view(ib.shape[0], K, D)

@@ -80,13 +80,13 @@ def fast_topk(pre_BF: Tensor, k: int) -> tuple[Tensor, Tensor]:
         return pre_BF.topk(k, dim=1, sorted=False)
     G = F // S
     _, blocks_BK = pre_BF.view(B, S, G).amax(1).topk(k, dim=1, sorted=False)
-    cand_BC = (blocks_BK[:, None, :] + torch.arange(0, F, G)[None, :, None]).reshape(B, S * k)
+    cand_BC = (blocks_BK[:, None, :] + torch.arange(0, F, G, device=pre_BF.device)[None, :, None]).reshape(B, S * k)
     val_BK, j_BK = pre_BF.gather(1, cand_BC).topk(k, dim=1, sorted=False)
     return val_BK, cand_BC.gather(1, j_BK)  # small (B, 4k) tensors: gather is fine here
 
 
 def _rows(idx_BK: Tensor) -> Tensor:
-    return torch.arange(idx_BK.shape[0])[:, None].expand_as(idx_BK)
+    return torch.arange(idx_BK.shape[0], device=idx_BK.device)[:, None].expand_as(idx_BK)
 
 
 class Pick(torch.autograd.Function):
@@ -103,7 +103,7 @@ class Pick(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g_BK: Tensor):
         (idx_BK,) = ctx.saved_tensors
-        grad = torch.zeros(ctx.shape, dtype=ctx.dtype).index_put_((_rows(idx_BK), idx_BK), g_BK.to(ctx.dtype))
+        grad = torch.zeros(ctx.shape, dtype=ctx.dtype, device=g_BK.device).index_put_((_rows(idx_BK), idx_BK), g_BK.to(ctx.dtype))
         return grad, None
 
 
@@ -119,10 +119,11 @@ class Bags:
         B, K = idx_BK.shape
         self.B, self.K = B, K
         self.indices = idx_BK.reshape(-1)
-        self.offsets = torch.arange(0, B * K, K, dtype=self.indices.dtype)
-        self.offset2bag = torch.arange(B, dtype=self.indices.dtype).repeat_interleave(K)
-        self.bag_size = torch.full((B,), K, dtype=self.indices.dtype)
-        self.max_indices = torch.zeros(0, dtype=self.indices.dtype)
+        dev = idx_BK.device
+        self.offsets = torch.arange(0, B * K, K, dtype=self.indices.dtype, device=dev)
+        self.offset2bag = torch.arange(B, dtype=self.indices.dtype, device=dev).repeat_interleave(K)
+        self.bag_size = torch.full((B,), K, dtype=self.indices.dtype, device=dev)
+        self.max_indices = torch.zeros(0, dtype=self.indices.dtype, device=dev)
 
     def rows_sum(self, W_FD: Tensor, w_BK: Tensor) -> Tensor:
         """``out_b = Σ_k w_bk · W[idx_bk]`` → (B, D)."""
@@ -190,7 +191,7 @@ class GatherEncode(torch.autograd.Function):
             xc_BD = x_BD.float() - b_dec_D.float()
             grad_W = bags.rows_grad(xc_BD, g_BK, F).T.to(W_enc_DF.dtype)
         if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
-            gsum_F = torch.zeros(F, dtype=torch.float32).index_add_(0, bags.indices, g_BK.reshape(-1))
+            gsum_F = torch.zeros(F, dtype=torch.float32, device=g_BK.device).index_add_(0, bags.indices, g_BK.reshape(-1))
             if ctx.needs_input_grad[2]:
                 grad_benc = gsum_F.to(W_enc_DF.dtype)
             if ctx.needs_input_grad[3]:
@@ -302,8 +303,8 @@ class GatherDecodeDenseGrad(torch.autograd.Function):
             grad_val = (g_BD @ W_c_FD.T)[_rows(idx_BK), idx_BK].to(ctx.val_dtype)
         if ctx.needs_input_grad[2]:
             B, F = idx_BK.shape[0], W_c_FD.shape[0]
-            f_BF = torch.zeros(B, F, dtype=val_c.dtype).index_put_((_rows(idx_BK), idx_BK), val_c)
-            grad_W = torch.empty(F, g_BD.shape[1], dtype=ctx.W_dtype).copy_((g_BD.T.contiguous() @ f_BF).T)
+            f_BF = torch.zeros(B, F, dtype=val_c.dtype, device=val_c.device).index_put_((_rows(idx_BK), idx_BK), val_c)
+            grad_W = torch.empty(F, g_BD.shape[1], dtype=ctx.W_dtype, device=g_BD.device).copy_((g_BD.T.contiguous() @ f_BF).T)
         return grad_val, None, grad_W, None
 
 
@@ -315,12 +316,12 @@ def sparse_decode(val_BK: Tensor, idx_BK: Tensor, W_dec_FD: Tensor, *, sparse_ba
     """
     if sparse_backward:
         return GatherDecodeSparseGrad.apply(val_BK, idx_BK, W_dec_FD)
-    return GatherDecodeDenseGrad.apply(val_BK, idx_BK, W_dec_FD, compute_dtype(W_dec_FD.dtype)).float()
+    return GatherDecodeDenseGrad.apply(val_BK, idx_BK, W_dec_FD, compute_dtype(W_dec_FD.dtype, W_dec_FD.device.type)).float()
 
 
 def densify(idx_BK: Tensor, val_BK: Tensor, d_sae: int) -> Tensor:
     """Dense ``f_BF`` from a sparse code (differentiable in ``val_BK``)."""
-    zeros_BF = torch.zeros(idx_BK.shape[0], d_sae, dtype=val_BK.dtype)
+    zeros_BF = torch.zeros(idx_BK.shape[0], d_sae, dtype=val_BK.dtype, device=val_BK.device)
     return torch.index_put(zeros_BF, (_rows(idx_BK), idx_BK), val_BK)
 
 
@@ -380,7 +381,7 @@ class TopKSAE(BaseSAE):
         return x_BD
 
     def _pre(self, x_BD: Tensor) -> Tensor:
-        return EncodePre.apply(x_BD, self.W_enc, self.b_enc, self.b_dec, compute_dtype(self.W_enc.dtype))
+        return EncodePre.apply(x_BD, self.W_enc, self.b_enc, self.b_dec, compute_dtype(self.W_enc.dtype, self.W_enc.device.type))
 
     def _values_at(self, x_BD: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
         return lambda idx_BK, pre_BK: GatherEncode.apply(x_BD, self.W_enc, self.b_enc, self.b_dec, idx_BK, pre_BK)
@@ -404,7 +405,7 @@ class TopKSAE(BaseSAE):
                 pre_BK, idx_BK = fast_topk(pre_BF, self.cfg.k)
             val_BK = self._values_at(x_BD)(idx_BK, pre_BK).relu()
             return idx_BK, val_BK, pre_BF, val_BK
-        cd = compute_dtype(self.W_enc.dtype)
+        cd = compute_dtype(self.W_enc.dtype, self.W_enc.device.type)
         pre_BF = self._pre(x_BD)
         with torch.no_grad():
             pre_BK, idx_BK = fast_topk(pre_BF.detach(), self.cfg.k)
