@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +36,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
 SUMMARY_NAME = "train_summary.json"
 SAE_DIRNAME = "sae"
-_IGNORED_FOR_RESUME = ("log_every", "checkpoint_every", "device")
+_IGNORED_FOR_RESUME = ("log_every", "checkpoint_every", "device", "prefetch")
 
 
 class ActivationSource(Protocol):
@@ -84,6 +86,9 @@ class TrainConfig:
     (non-blocking); the dead-latent counters live there too. Checkpoints are read to CPU, then moved."""
     init_b_dec: bool = True
     """Initialise ``b_dec`` (and data-dependent parameters) from the first batch (geometric median)."""
+    prefetch: int = 2
+    """Batches read ahead by a background thread (shard loading and shuffling overlap the steps; the
+    batches and their order are unchanged); 0 reads them in the training loop."""
     shuffle: bool = True
     """Shuffle the cache's tokens (per epoch)."""
 
@@ -96,6 +101,8 @@ class TrainConfig:
             raise ValueError(f"lr_decay_frac must be in [0, 1], got {self.lr_decay_frac}")
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0, got {self.prefetch}")
         if self.log_every < 1 or self.checkpoint_every < 1:
             raise ValueError("log_every and checkpoint_every must be >= 1")
         self.adam_betas = tuple(float(b) for b in self.adam_betas)  # type: ignore[assignment]
@@ -287,6 +294,59 @@ def _batches_from(cache: ActivationSource, cfg: TrainConfig, epoch: int, skip: i
         epoch, skip = epoch + 1, 0
 
 
+class _Prefetch:
+    """Runs an iterator in a background thread, ``depth`` items ahead (same items, same order), so that
+    reading and shuffling activation shards overlaps the training steps; ``pin`` pins each batch
+    (for non-blocking host-to-CUDA copies). An exception in the producer is re-raised by ``next``."""
+
+    _END = object()
+
+    def __init__(self, it: Iterator[Any], depth: int = 2, pin: bool = False):
+        self._q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(it, pin), daemon=True, name="saelib-prefetch")
+        self._thread.start()
+
+    def _run(self, it: Iterator[Any], pin: bool) -> None:
+        try:
+            for item in it:
+                if pin:
+                    ep, i, x_BD = item
+                    item = (ep, i, x_BD.pin_memory())
+                while not self._stop.is_set():
+                    try:
+                        self._q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            self._q.put(self._END)
+        except BaseException as err:  # handed to the consumer
+            self._q.put(err)
+
+    def __iter__(self) -> "_Prefetch":
+        return self
+
+    def __next__(self) -> Any:
+        item = self._q.get()
+        if item is self._END:
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stop the producer (it may be blocked on a full queue) and wait for it."""
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._q.get_nowait()
+            except queue.Empty:
+                pass
+            self._thread.join(timeout=0.05)
+
+
 def _sae_state(sae: BaseSAE) -> dict[str, Any]:
     return {"arch": sae.arch, "cfg": sae.cfg.to_dict(), "model": sae.state_dict()}
 
@@ -375,31 +435,39 @@ def train_sae(sae: BaseSAE, cache: ActivationSource, cfg: TrainConfig, *, penalt
     last: dict[str, Any] = {}
     t0 = time.perf_counter()
     bar = tqdm(total=n_steps, initial=start, desc=f"train {sae.arch}", disable=not progress, unit="step")
-    batches = _batches_from(cache, cfg, epoch, in_epoch) if start < n_steps else iter(())
-    with open(log_path, "a", encoding="utf-8") as log:
-        for step in range(start, n_steps):
-            ep, i, x_BD = next(batches)
-            x_BD = x_BD.to(device, non_blocking=True)
-            if step == 0 and cfg.init_b_dec:
-                sae.init_from_batch_(x_BD)
-            if x_BD.shape != (cfg.batch_size, sae.cfg.d_in):
-                raise ValueError(f"cache yielded a batch of shape {tuple(x_BD.shape)}, expected ({cfg.batch_size}, {sae.cfg.d_in})")
-            lr = lr_at(step, n_steps, base_lr, warmup_steps=cfg.lr_warmup_steps, decay_frac=cfg.lr_decay_frac)
-            dead_F = since_fired_F >= cfg.dead_tokens_threshold
-            res = train_step(sae, opt, x_BD, step=step, lr=lr, cfg=cfg, dead_mask_F=dead_F, penalty=penalty)
-            fired_F, l0 = active_latents(res.out, sae.cfg.d_sae)
-            since_fired_F += cfg.batch_size
-            since_fired_F[fired_F] = 0
-            epoch, in_epoch = (ep, i + 1)
-            if step % cfg.log_every == 0 or step == n_steps - 1:
-                last = _record(step, cfg, lr, res, l0, int(dead_F.sum()), t0)
-                log.write(json.dumps(last, allow_nan=True) + "\n")
-                log.flush()
-                bar.set_postfix(loss=f"{last['loss']:.4g}", mse=f"{last.get('mse', float('nan')):.4g}", l0=f"{last['l0']:.1f}",
-                                dead=last["n_dead"], refresh=False)
-            bar.update(1)
-            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < n_steps:
-                save_checkpoint(step + 1)
+    batches: Any = iter(())
+    if start < n_steps:
+        batches = _batches_from(cache, cfg, epoch, in_epoch)
+        if cfg.prefetch > 0:
+            batches = _Prefetch(batches, cfg.prefetch, pin=device.type == "cuda")
+    try:
+        with open(log_path, "a", encoding="utf-8") as log:
+            for step in range(start, n_steps):
+                ep, i, x_BD = next(batches)
+                x_BD = x_BD.to(device, non_blocking=True)
+                if step == 0 and cfg.init_b_dec:
+                    sae.init_from_batch_(x_BD)
+                if x_BD.shape != (cfg.batch_size, sae.cfg.d_in):
+                    raise ValueError(f"cache yielded a batch of shape {tuple(x_BD.shape)}, expected ({cfg.batch_size}, {sae.cfg.d_in})")
+                lr = lr_at(step, n_steps, base_lr, warmup_steps=cfg.lr_warmup_steps, decay_frac=cfg.lr_decay_frac)
+                dead_F = since_fired_F >= cfg.dead_tokens_threshold
+                res = train_step(sae, opt, x_BD, step=step, lr=lr, cfg=cfg, dead_mask_F=dead_F, penalty=penalty)
+                fired_F, l0 = active_latents(res.out, sae.cfg.d_sae)
+                since_fired_F += cfg.batch_size
+                since_fired_F[fired_F] = 0
+                epoch, in_epoch = (ep, i + 1)
+                if step % cfg.log_every == 0 or step == n_steps - 1:
+                    last = _record(step, cfg, lr, res, l0, int(dead_F.sum()), t0)
+                    log.write(json.dumps(last, allow_nan=True) + "\n")
+                    log.flush()
+                    bar.set_postfix(loss=f"{last['loss']:.4g}", mse=f"{last.get('mse', float('nan')):.4g}",
+                                    l0=f"{last['l0']:.1f}", dead=last["n_dead"], refresh=False)
+                bar.update(1)
+                if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < n_steps:
+                    save_checkpoint(step + 1)
+    finally:
+        if isinstance(batches, _Prefetch):
+            batches.close()
     bar.close()
     wall = time.perf_counter() - t0
     if start < n_steps:

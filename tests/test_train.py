@@ -233,3 +233,31 @@ def test_final_penalty_ratios_average_the_last_tenth():
     assert out["penalty_coact_over_mse_final"] == pytest.approx((0.9 + 0.95) / 2 / 2.0)
     assert out["final_records"] == 2
     assert final_penalty_ratios([{"step": 19, "mse": 1.0}], 20) == {}
+
+
+def test_prefetch_keeps_items_and_order_and_forwards_errors():
+    from saelib.train import _Prefetch
+
+    items = [(0, i, torch.full((2,), float(i))) for i in range(7)]
+    got = list(_Prefetch(iter(items), depth=2))
+    assert [g[1] for g in got] == list(range(7)) and all(torch.equal(a[2], b[2]) for a, b in zip(got, items))
+
+    def broken():
+        yield (0, 0, torch.zeros(1))
+        raise OSError("shard unreadable")
+
+    pf = _Prefetch(broken(), depth=1)
+    assert next(pf)[1] == 0
+    with pytest.raises(OSError, match="shard unreadable"):
+        next(pf)
+    endless = _Prefetch(((0, i, torch.zeros(1)) for i in range(10**9)), depth=1)
+    assert next(endless)[1] == 0
+    endless.close()  # the producer is blocked on the full queue: close must still return
+    assert not endless._thread.is_alive()
+
+
+def test_prefetch_gives_the_same_run(tmp_path):
+    a = train_sae(_topk(), FakeCache(_data()), _cfg(prefetch=0), out_dir=tmp_path / "a", progress=False)
+    b = train_sae(_topk(), FakeCache(_data()), _cfg(prefetch=3), out_dir=tmp_path / "b", progress=False)
+    for name, t in a.sae.state_dict().items():
+        assert torch.equal(b.sae.state_dict()[name], t), name
