@@ -93,3 +93,20 @@ def test_penalty_gradient_contribution_matches_fp32_reference(impl, kind):
         contribution = g1 - g0
         assert _cos(contribution, ref) >= 0.99, (impl, kind, ratio, _cos(contribution, ref))
         assert float(contribution.norm()) == pytest.approx(scale * float(ref.norm()), rel=0.05)
+
+
+@pytest.mark.parametrize("impl", list(PATHS))
+def test_loss_on_val_reaches_every_encoder_parameter_exactly(impl):
+    """A loss on ``out.val_BK`` alone: gradients of W_enc, b_enc and b_dec equal a float64 autograd
+    reference at the same active set (fp32 compute, no autocast)."""
+    x = _x(seed=2).float()
+    sae = _sae(impl)
+    out = sae(x, dense_latents=False)
+    (out.val_BK.pow(2).sum() / B).backward()
+    p = {n: t.detach().double().requires_grad_(True) for n, t in sae.named_parameters()}
+    pre = (x.double() - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
+    (pre.gather(1, out.idx_BK).relu().pow(2).sum() / B).backward()
+    for name in ("W_enc", "b_enc", "b_dec"):
+        g, ref = getattr(sae, name).grad.double(), p[name].grad
+        torch.testing.assert_close(g, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max())), name
+    assert sae.W_dec.grad is None or float(sae.W_dec.grad.abs().max()) == 0.0
