@@ -4,7 +4,12 @@ One step (the original runs' order): unit-normalise the decoder rows → forward
 → clip the gradient norm → remove each decoder-row gradient's component along its row → Adam.
 LR = ``2e-4 / sqrt(F / 2^14)`` unless given; constant, optional linear warmup, then linear decay to
 0 over the last ``lr_decay_frac`` of the steps. Dead latents (no firing for
-``dead_tokens_threshold`` tokens) feed the AuxK loss of TopK-style SAEs.
+``dead_tokens_threshold`` tokens; for TopK codes, not selected by any token's top-k) feed the AuxK loss
+of TopK-style SAEs.
+
+Device: ``TrainConfig.device`` ("auto": CUDA when available, else CPU). The SAE, the penalty's state,
+the dead-latent counters and every batch live there; autocast follows the batch's device type. A
+background thread reads batches ahead (``TrainConfig.prefetch``), pinned for CUDA.
 
 Outputs in ``out_dir``: ``log.jsonl`` (one record per logged step), ``checkpoint.pt`` (model,
 optimizer, penalty state, step, data position, RNG, dead counters; written atomically),
