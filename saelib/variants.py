@@ -72,6 +72,11 @@ def activation_rms(cache: _Batches, max_tokens: int = 1 << 16, batch_size: int =
     return math.sqrt(max(s2 / n - float(mean.pow(2).sum()), 0.0))
 
 
+def needs_activation_rms(entry: dict[str, Any]) -> bool:
+    """Whether resolving ``entry`` needs ``activation_rms`` (its ``l1_rule`` is ``norm_matched``)."""
+    return entry.get("l1_rule", "literal") == "norm_matched"
+
+
 def matched_l1_coef(l1_coef: float, act_rms: float, ref_rms: float = PAPER_ACTIVATION_RMS) -> float:
     """``l1_coef · act_rms / ref_rms``: the L1 coefficient that gives activations of centred RMS norm
     ``act_rms`` the trade-off ``l1_coef`` gave the paper's (norm ``ref_rms``); see the module docstring."""

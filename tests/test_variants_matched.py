@@ -9,7 +9,9 @@ import torch
 import yaml
 
 from saelib.sae import ReLUConfig, make_sae
-from saelib.variants import PAPER_ACTIVATION_RMS, activation_rms, matched_l1_coef, resolve_variant
+from saelib.variants import (
+    PAPER_ACTIVATION_RMS, activation_rms, matched_l1_coef, needs_activation_rms, resolve_variant,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = {"sae_tokens": 4096, "batch_size": 2048, "warmup_scale": 0.2}
@@ -70,6 +72,7 @@ def test_matched_variants_rescale_every_l1_coefficient(params):
         assert literal.penalty_cfg.l1_coef == 0.04
         assert (literal.penalty_cfg.kind, literal.penalty_cfg.lam, literal.sae_cfg.k) == (
             rv.penalty_cfg.kind, rv.penalty_cfg.lam, rv.sae_cfg.k)
+    assert needs_activation_rms(V["relu_l1_matched"]) and not needs_activation_rms(V["relu_l1"])
     with pytest.raises(ValueError, match="activation_rms"):
         resolve_variant("relu_l1_matched", V["relu_l1_matched"], RUN, d_model=640)
     assert resolve_variant("relu_l1", V["relu_l1"], RUN, d_model=640, activation_rms=rms).sae_cfg.l1_coef == 0.04
