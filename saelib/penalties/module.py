@@ -10,6 +10,7 @@ from .config import PenaltyConfig, ramp_alpha, resolve_config
 from .ema import DenseCoefEMA, SparseCoefEMA
 from .sparse import active_set, coactivation_penalty
 
+
 class CoactivationPenalty(nn.Module):
     """``forward(out, sae, step) -> dict`` with "penalty" (added to the loss: λ·α(t)·P + L1 term),
     "penalty_coact" (λ·α(t)·P), "penalty_raw" (P), "penalty_alpha" (α(t)), "penalty_lambda" (λ),
