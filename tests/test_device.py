@@ -67,3 +67,17 @@ def test_two_steps_on_cuda_match_cpu(tmp_path, impl, kind):
     for name, p in cpu.sae.state_dict().items():
         q = gpu.sae.state_dict()[name].cpu()
         assert float((q - p).norm()) <= 2e-2 * float(p.norm()) + 1e-6, name
+
+
+def test_fp32_fallback_without_fast_bf16(tmp_path, monkeypatch):
+    import saelib.train as train_mod
+
+    monkeypatch.setattr(train_mod, "bf16_matmul_is_fast", lambda device_type: False)
+    train_mod._warn_no_bf16.cache_clear()
+    with pytest.warns(RuntimeWarning, match="no fast bf16 matmul"):
+        res, _ = _train(tmp_path, "cpu", "dense")
+    assert res.summary["compute_dtype"] == "float32"
+    monkeypatch.setattr(train_mod, "bf16_matmul_is_fast", lambda device_type: True)
+    res, _ = _train(tmp_path / "b", "cpu", "dense")
+    assert res.summary["compute_dtype"] == "bfloat16"
+    assert train_mod.step_uses_bf16(TrainConfig(total_tokens=BS, batch_size=BS, autocast_bf16=False), "cpu") is False

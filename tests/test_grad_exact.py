@@ -13,6 +13,7 @@ import torch
 from saelib.penalties import PenaltyConfig, make_penalty
 from saelib.penalties.reference import reference_penalty
 from saelib.sae import TopKConfig, make_sae
+import saelib.train as train_mod
 from saelib.train import TrainConfig, make_optimizer, train_step
 
 D, F, B = 32, 256, 128
@@ -38,7 +39,8 @@ def _cos(a, b):
 
 
 @pytest.mark.parametrize("impl", list(PATHS))
-def test_three_steps_with_and_without_penalty_differ(impl):
+def test_three_steps_with_and_without_penalty_differ(impl, monkeypatch):
+    monkeypatch.setattr(train_mod, "bf16_matmul_is_fast", lambda device_type: True)  # bf16 even on AVX2-only CPUs
     x = _x()
     params = {}
     lam_on = 1e-3  # penalty/MSE value ratio ~6e-7, inside the real runs' 1e-6..6e-3 (bf16 erased it here)

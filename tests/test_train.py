@@ -194,7 +194,9 @@ def test_train_step_follows_the_original_order(scale):
     opt = torch.optim.Adam(ref.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
     with torch.no_grad():
         ref.W_dec.div_(ref.W_dec.norm(dim=1, keepdim=True))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    from saelib.train import step_uses_bf16
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=step_uses_bf16(cfg, "cpu")):  # as the step does
         loss = ref(x).losses["loss"]
     loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
