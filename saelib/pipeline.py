@@ -19,8 +19,8 @@ from .sae import load_sae, make_sae
 from .train import CHECKPOINT_NAME, read_log, train_sae
 from .variants import ResolvedVariant, resolve_variant
 
-CURVE_COLUMNS = ("step", "tokens", "lr", "loss", "mse", "auxk", "l1", "penalty", "penalty_raw", "penalty_over_mse",
-                 "coact_stat", "l0", "n_dead")
+CURVE_COLUMNS = ("step", "tokens", "lr", "loss", "mse", "auxk", "l1", "penalty", "penalty_coact", "penalty_l1",
+                 "penalty_raw", "penalty_over_mse", "coact_stat", "l0", "n_dead")
 
 
 def sae_dir(P: dict[str, Any], variant: str) -> Path:

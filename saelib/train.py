@@ -4,7 +4,12 @@ One step (the original runs' order): unit-normalise the decoder rows → forward
 → clip the gradient norm → remove each decoder-row gradient's component along its row → Adam.
 LR = ``2e-4 / sqrt(F / 2^14)`` unless given; constant, optional linear warmup, then linear decay to
 0 over the last ``lr_decay_frac`` of the steps. Dead latents (no firing for
-``dead_tokens_threshold`` tokens) feed the AuxK loss of TopK-style SAEs.
+``dead_tokens_threshold`` tokens; for TopK codes, not selected by any token's top-k) feed the AuxK loss
+of TopK-style SAEs.
+
+Device: ``TrainConfig.device`` ("auto": CUDA when available, else CPU). The SAE, the penalty's state,
+the dead-latent counters and every batch live there; autocast follows the batch's device type. A
+background thread reads batches ahead (``TrainConfig.prefetch``), pinned for CUDA.
 
 Outputs in ``out_dir``: ``log.jsonl`` (one record per logged step), ``checkpoint.pt`` (model,
 optimizer, penalty state, step, data position, RNG, dead counters; written atomically),
@@ -14,9 +19,13 @@ continues from it and produces bit-identical results to an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import queue
+import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
@@ -34,7 +43,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
 SUMMARY_NAME = "train_summary.json"
 SAE_DIRNAME = "sae"
-_IGNORED_FOR_RESUME = ("log_every", "checkpoint_every")
+_IGNORED_FOR_RESUME = ("log_every", "checkpoint_every", "device", "prefetch")
 
 
 class ActivationSource(Protocol):
@@ -76,9 +85,20 @@ class TrainConfig:
     dead_tokens_threshold: int = 10_000_000
     """A latent is dead (enters AuxK) after this many training tokens without firing."""
     autocast_bf16: bool = True
-    """Run the forward pass under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (AMX matmuls)."""
+    """Run the forward pass under bf16 autocast on the training device (AMX matmuls on CPU, tensor cores
+    on CUDA); master weights, losses and the penalty stay fp32. Where the device has no fast bf16
+    matmul (:func:`bf16_matmul_is_fast`: e.g. an AVX2-only CPU, where one 640x2048x5120 bf16 matmul
+    took 100 s against 0.1 s in fp32) the step runs in fp32 with a warning, and ``train_summary.json``
+    records the dtype used (``compute_dtype``)."""
+    device: str = "auto"
+    """Where to train: "auto" (CUDA when ``torch.cuda.is_available()``, else CPU), "cpu", "cuda" or
+    "cuda:N". The trainer moves the SAE (and the penalty's state) there and each batch as it comes
+    (non-blocking); the dead-latent counters live there too. Checkpoints are read to CPU, then moved."""
     init_b_dec: bool = True
     """Initialise ``b_dec`` (and data-dependent parameters) from the first batch (geometric median)."""
+    prefetch: int = 2
+    """Batches read ahead by a background thread (shard loading and shuffling overlap the steps; the
+    batches and their order are unchanged); 0 reads them in the training loop."""
     shuffle: bool = True
     """Shuffle the cache's tokens (per epoch)."""
 
@@ -91,9 +111,16 @@ class TrainConfig:
             raise ValueError(f"lr_decay_frac must be in [0, 1], got {self.lr_decay_frac}")
         if self.lr is not None and self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0, got {self.prefetch}")
         if self.log_every < 1 or self.checkpoint_every < 1:
             raise ValueError("log_every and checkpoint_every must be >= 1")
         self.adam_betas = tuple(float(b) for b in self.adam_betas)  # type: ignore[assignment]
+
+    @property
+    def torch_device(self) -> torch.device:
+        """:func:`resolve_device` of ``device``."""
+        return resolve_device(self.device)
 
     @property
     def n_steps(self) -> int:
@@ -104,6 +131,50 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["adam_betas"] = list(self.adam_betas)
         return d
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; other names as ``torch.device`` (CUDA asked for but
+    absent is a clear error)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"TrainConfig.device={name!r} but CUDA is not available; use 'auto' or 'cpu'")
+    return dev
+
+
+@functools.lru_cache(maxsize=None)
+def bf16_matmul_is_fast(device_type: str) -> bool:
+    """Whether bf16 matmuls run at hardware speed on ``device_type``: CUDA with bf16 support, or a CPU
+    with AVX-512 (oneDNN's bf16 kernels; AMX / AVX512-BF16 are faster still). On other CPUs (AVX2 only)
+    PyTorch falls back to a reference kernel ~1000x slower than fp32."""
+    if device_type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device_type != "cpu":
+        return True
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported", "_is_avx512_supported")
+    found = [getattr(torch.cpu, name, None) for name in probes]
+    if all(f is None for f in found):
+        return True  # this torch cannot tell: keep bf16
+    return any(bool(f()) for f in found if f is not None)
+
+
+def step_uses_bf16(cfg: "TrainConfig", device_type: str) -> bool:
+    """``cfg.autocast_bf16`` unless the device has no fast bf16 matmul (then fp32, warned once)."""
+    if not cfg.autocast_bf16:
+        return False
+    if bf16_matmul_is_fast(device_type):
+        return True
+    _warn_no_bf16(device_type)
+    return False
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_no_bf16(device_type: str) -> None:
+    warnings.warn(f"this {device_type} has no fast bf16 matmul (no AVX-512/AMX): training runs in fp32 "
+                  "instead of bf16 autocast (results differ from bf16 runs in the last digits)", RuntimeWarning,
+                  stacklevel=3)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -167,13 +238,16 @@ def make_optimizer(sae: BaseSAE, cfg: TrainConfig, lr: float) -> torch.optim.Ada
 
 
 def active_latents(out: SAEOutput, d_sae: int) -> tuple[Tensor, Tensor]:
-    """``(fired_F, l0)``: which latents fired in the batch, and the mean active count per token."""
+    """``(fired_F, l0)``: which latents fired in the batch, and the mean non-zero count per token.
+
+    TopK-style codes: a latent fired when it is in some token's top-k set, whatever its ReLU value
+    (the original runs' dead-latent rule: AuxK revives latents that never get *selected*); ``l0``
+    counts the selected entries that are > 0. Dense codes: fired = non-zero somewhere."""
     with torch.no_grad():
         if out.idx_BK is not None and out.val_BK is not None:
-            live_BK = out.val_BK > 0
-            fired_F = torch.zeros(d_sae, dtype=torch.bool)
-            fired_F[out.idx_BK[live_BK]] = True
-            return fired_F, live_BK.sum(1).float().mean()
+            fired_F = torch.zeros(d_sae, dtype=torch.bool, device=out.idx_BK.device)
+            fired_F[out.idx_BK.reshape(-1)] = True
+            return fired_F, (out.val_BK > 0).sum(1).float().mean()
         nz_BF = out.f_BF != 0
         return nz_BF.any(0), nz_BF.sum(1).float().mean()
 
@@ -205,7 +279,7 @@ def train_step(sae: BaseSAE, opt: torch.optim.Optimizer, x_BD: Tensor, *, step: 
     for group in opt.param_groups:
         group["lr"] = lr
     dense = bool(getattr(penalty, "needs_dense_latents", False))
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
+    with torch.autocast(x_BD.device.type, dtype=torch.bfloat16, enabled=step_uses_bf16(cfg, x_BD.device.type)):
         out = sae(x_BD, step=step, dead_mask_F=dead_mask_F, dense_latents=dense)
         pen = penalty(out, sae, step) if penalty is not None else {}
     loss = out.losses["loss"]
@@ -263,6 +337,59 @@ def _batches_from(cache: ActivationSource, cfg: TrainConfig, epoch: int, skip: i
         epoch, skip = epoch + 1, 0
 
 
+class _Prefetch:
+    """Runs an iterator in a background thread, ``depth`` items ahead (same items, same order), so that
+    reading and shuffling activation shards overlaps the training steps; ``pin`` pins each batch
+    (for non-blocking host-to-CUDA copies). An exception in the producer is re-raised by ``next``."""
+
+    _END = object()
+
+    def __init__(self, it: Iterator[Any], depth: int = 2, pin: bool = False):
+        self._q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(it, pin), daemon=True, name="saelib-prefetch")
+        self._thread.start()
+
+    def _run(self, it: Iterator[Any], pin: bool) -> None:
+        try:
+            for item in it:
+                if pin:
+                    ep, i, x_BD = item
+                    item = (ep, i, x_BD.pin_memory())
+                while not self._stop.is_set():
+                    try:
+                        self._q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+            self._q.put(self._END)
+        except BaseException as err:  # handed to the consumer
+            self._q.put(err)
+
+    def __iter__(self) -> "_Prefetch":
+        return self
+
+    def __next__(self) -> Any:
+        item = self._q.get()
+        if item is self._END:
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stop the producer (it may be blocked on a full queue) and wait for it."""
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._q.get_nowait()
+            except queue.Empty:
+                pass
+            self._thread.join(timeout=0.05)
+
+
 def _sae_state(sae: BaseSAE) -> dict[str, Any]:
     return {"arch": sae.arch, "cfg": sae.cfg.to_dict(), "model": sae.state_dict()}
 
@@ -309,22 +436,28 @@ def train_sae(sae: BaseSAE, cache: ActivationSource, cfg: TrainConfig, *, penalt
         raise ValueError(f"activation width {cache.d_model} does not match the SAE's d_in {sae.cfg.d_in}")
     ckpt_path, log_path = out_dir / CHECKPOINT_NAME, out_dir / LOG_NAME
     n_steps = cfg.n_steps
+    device = cfg.torch_device
+    sae.to(device)
+    if isinstance(penalty, torch.nn.Module):
+        penalty.to(device)
     base_lr = cfg.lr if cfg.lr is not None else default_lr(sae.cfg.d_sae)
     opt = make_optimizer(sae, cfg, base_lr)
-    since_fired_F = torch.zeros(sae.cfg.d_sae, dtype=torch.int64)
+    since_fired_F = torch.zeros(sae.cfg.d_sae, dtype=torch.int64, device=device)
     start, epoch, in_epoch = 0, 0, 0
 
     if resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         _check_resume(ckpt, sae, cfg, ckpt_path)
         sae.cfg = type(sae.cfg).from_dict(ckpt["sae"]["cfg"])
-        sae.load_state_dict(ckpt["sae"]["model"])
+        sae.load_state_dict(ckpt["sae"]["model"])  # copies into the parameters on ``device``
         opt.load_state_dict(ckpt["optimizer"])
         if penalty is not None and ckpt.get("penalty") is not None:
             penalty.load_state_dict(ckpt["penalty"])  # type: ignore[attr-defined]
-        since_fired_F = ckpt["since_fired_F"]
+        since_fired_F = ckpt["since_fired_F"].to(device)
         start, epoch, in_epoch = ckpt["step"], ckpt["epoch"], ckpt["in_epoch"]
         torch.set_rng_state(ckpt["rng"])
+        if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
         _truncate_log(log_path, start)
     else:
         torch.manual_seed(cfg.seed)
@@ -336,6 +469,7 @@ def train_sae(sae: BaseSAE, cache: ActivationSource, cfg: TrainConfig, *, penalt
             "optimizer": opt.state_dict(), "since_fired_F": since_fired_F.clone(),
             "penalty": penalty.state_dict() if hasattr(penalty, "state_dict") else None,  # type: ignore[union-attr]
             "rng": torch.get_rng_state(), "train_cfg": cfg.to_dict(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         })
 
     sae.train()
@@ -344,30 +478,39 @@ def train_sae(sae: BaseSAE, cache: ActivationSource, cfg: TrainConfig, *, penalt
     last: dict[str, Any] = {}
     t0 = time.perf_counter()
     bar = tqdm(total=n_steps, initial=start, desc=f"train {sae.arch}", disable=not progress, unit="step")
-    batches = _batches_from(cache, cfg, epoch, in_epoch) if start < n_steps else iter(())
-    with open(log_path, "a", encoding="utf-8") as log:
-        for step in range(start, n_steps):
-            ep, i, x_BD = next(batches)
-            if step == 0 and cfg.init_b_dec:
-                sae.init_from_batch_(x_BD)
-            if x_BD.shape != (cfg.batch_size, sae.cfg.d_in):
-                raise ValueError(f"cache yielded a batch of shape {tuple(x_BD.shape)}, expected ({cfg.batch_size}, {sae.cfg.d_in})")
-            lr = lr_at(step, n_steps, base_lr, warmup_steps=cfg.lr_warmup_steps, decay_frac=cfg.lr_decay_frac)
-            dead_F = since_fired_F >= cfg.dead_tokens_threshold
-            res = train_step(sae, opt, x_BD, step=step, lr=lr, cfg=cfg, dead_mask_F=dead_F, penalty=penalty)
-            fired_F, l0 = active_latents(res.out, sae.cfg.d_sae)
-            since_fired_F += cfg.batch_size
-            since_fired_F[fired_F] = 0
-            epoch, in_epoch = (ep, i + 1)
-            if step % cfg.log_every == 0 or step == n_steps - 1:
-                last = _record(step, cfg, lr, res, l0, int(dead_F.sum()), t0)
-                log.write(json.dumps(last, allow_nan=True) + "\n")
-                log.flush()
-                bar.set_postfix(loss=f"{last['loss']:.4g}", mse=f"{last.get('mse', float('nan')):.4g}", l0=f"{last['l0']:.1f}",
-                                dead=last["n_dead"], refresh=False)
-            bar.update(1)
-            if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < n_steps:
-                save_checkpoint(step + 1)
+    batches: Any = iter(())
+    if start < n_steps:
+        batches = _batches_from(cache, cfg, epoch, in_epoch)
+        if cfg.prefetch > 0:
+            batches = _Prefetch(batches, cfg.prefetch, pin=device.type == "cuda")
+    try:
+        with open(log_path, "a", encoding="utf-8") as log:
+            for step in range(start, n_steps):
+                ep, i, x_BD = next(batches)
+                x_BD = x_BD.to(device, non_blocking=True)
+                if step == 0 and cfg.init_b_dec:
+                    sae.init_from_batch_(x_BD)
+                if x_BD.shape != (cfg.batch_size, sae.cfg.d_in):
+                    raise ValueError(f"cache yielded a batch of shape {tuple(x_BD.shape)}, expected ({cfg.batch_size}, {sae.cfg.d_in})")
+                lr = lr_at(step, n_steps, base_lr, warmup_steps=cfg.lr_warmup_steps, decay_frac=cfg.lr_decay_frac)
+                dead_F = since_fired_F >= cfg.dead_tokens_threshold
+                res = train_step(sae, opt, x_BD, step=step, lr=lr, cfg=cfg, dead_mask_F=dead_F, penalty=penalty)
+                fired_F, l0 = active_latents(res.out, sae.cfg.d_sae)
+                since_fired_F += cfg.batch_size
+                since_fired_F[fired_F] = 0
+                epoch, in_epoch = (ep, i + 1)
+                if step % cfg.log_every == 0 or step == n_steps - 1:
+                    last = _record(step, cfg, lr, res, l0, int(dead_F.sum()), t0)
+                    log.write(json.dumps(last, allow_nan=True) + "\n")
+                    log.flush()
+                    bar.set_postfix(loss=f"{last['loss']:.4g}", mse=f"{last.get('mse', float('nan')):.4g}",
+                                    l0=f"{last['l0']:.1f}", dead=last["n_dead"], refresh=False)
+                bar.update(1)
+                if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < n_steps:
+                    save_checkpoint(step + 1)
+    finally:
+        if isinstance(batches, _Prefetch):
+            batches.close()
     bar.close()
     wall = time.perf_counter() - t0
     if start < n_steps:
@@ -385,10 +528,39 @@ def train_sae(sae: BaseSAE, cache: ActivationSource, cfg: TrainConfig, *, penalt
         "wall_time_s": round(wall, 3), "tokens_per_s": (trained * cfg.batch_size / wall) if trained and wall > 0 else None,
         "n_dead_final": int((since_fired_F >= cfg.dead_tokens_threshold).sum()),
         "final": last, "penalty": type(penalty).__name__ if penalty is not None else None,
+        "device": str(device), "compute_dtype": "bfloat16" if step_uses_bf16(cfg, device.type) else "float32",
+        **final_penalty_ratios(_read_records(log_path), n_steps),
     }
     atomic_write_json(out_dir / SUMMARY_NAME, summary)
     return TrainResult(sae=sae, out_dir=out_dir, n_steps=n_steps, final=last, summary=summary, resumed_from=start,
                        wall_time_s=wall, log_path=log_path, sae_dir=sae_dir)
+
+
+FINAL_FRAC = 0.1
+"""Share of the last steps over which ``train_summary.json`` averages the penalty/MSE ratios."""
+
+
+def final_penalty_ratios(records: list[dict[str, Any]], n_steps: int, frac: float = FINAL_FRAC) -> dict[str, float]:
+    """Penalty/MSE ratios at the end of training: for ``penalty`` (the whole term added to the loss),
+    ``penalty_coact`` (λ·α·P) and ``penalty_l1``, the mean over the logged steps ``>= n_steps·(1 − frac)``
+    of ``term / mse`` (keys ``<term>_over_mse_final``; the spec expects ≲ 1e-3 for the original runs).
+    Empty when no record carries a penalty."""
+    start = int(n_steps * (1.0 - frac))
+    tail = [r for r in records if r.get("step", -1) >= start and r.get("mse")]
+    out: dict[str, float] = {}
+    for term in ("penalty", "penalty_coact", "penalty_l1"):
+        vals = [r[term] / r["mse"] for r in tail if term in r and r[term] is not None and math.isfinite(r[term])]
+        if vals:
+            out[f"{term}_over_mse_final"] = sum(vals) / len(vals)
+    if out:
+        out["final_frac"] = frac
+        out["final_records"] = len(tail)
+    return out
+
+
+def _read_records(log_path: Path) -> list[dict[str, Any]]:
+    lines = [ln for ln in log_path.read_text(encoding="utf-8").splitlines() if ln.strip()] if log_path.exists() else []
+    return [json.loads(ln) for ln in lines]
 
 
 def _last_record(log_path: Path) -> dict[str, Any]:

@@ -8,23 +8,81 @@ A variant entry (``sae_variants.<name>``) has:
 - ``width_mult``: F / d (defaults to the profile's ``width_mult``, 8 in the papers);
 - ``seed``: parameter and data-order seed (42 in the original runs);
 - ``sae``: extra architecture fields (e.g. ``l1_coef`` for ReLU, ``target_l0`` for JumpReLU);
-- ``penalty``: ``PenaltyConfig`` fields plus ``lam_mult`` (multiplies λ, for the strength sweep).
+- ``penalty``: ``PenaltyConfig`` fields plus ``lam_mult`` (multiplies λ, for the strength sweep);
+- ``l1_rule``: ``literal`` (default: L1 coefficients as written, the papers' 0.04) | ``norm_matched``
+  (every L1 coefficient of the entry - ``sae.l1_coef`` of a ReLU SAE, ``penalty.l1_coef`` of a penalty,
+  the reading's default included - is rescaled by :func:`matched_l1_coef` to our activation scale).
+
+The matched rule (issue 12, deliverable 4; not tuned on any evaluation metric): with unit-norm decoder
+rows, scaling the activations by ``s`` scales the optimal code by ``s``, the squared error by ``s²`` and
+the L1 term by ``s``, so ``loss(s·x; λ) = s²·loss(x; λ/s)``: the same sparsity trade-off needs
+``λ ∝ ‖x − x̄‖``. The paper's λ = 0.04 is therefore multiplied by ``activation_rms / PAPER_ACTIVATION_RMS``,
+the ratio of the per-token centred RMS norms of our training activations (:func:`activation_rms` on the
+cache) and of the original runs' Gemma-2-2B layer-12 activations (estimated, see the constant).
 
 Every warmup or ramp measured in steps at paper scale (penalty ramps, the L1 sparsity warmup) is
 multiplied by the profile's ``warmup_scale`` so it keeps its fraction of the run.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, Iterator, Protocol
+
+import torch
 
 from .penalties import PenaltyConfig, resolve_config
 from .sae import config_class
 from .sae.base import SAEConfig
 from .train import TrainConfig
 
-_VARIANT_KEYS = {"arch", "k_over_d", "width_mult", "seed", "sae", "penalty", "description", "paper_run"}
+_VARIANT_KEYS = {"arch", "k_over_d", "width_mult", "seed", "sae", "penalty", "description", "paper_run", "l1_rule"}
 _STEP_FIELDS_SAE = ("l1_warmup_steps",)
+L1_RULES = ("literal", "norm_matched")
+
+PAPER_ACTIVATION_RMS = math.sqrt(2304 * 4.438 / (1 - 0.293))
+"""Per-token centred RMS norm ``sqrt(mean_b ‖x_b − x̄‖²)`` of the original runs' activations (Gemma-2-2B,
+layer 12), ≈ 120.3. Estimated, since the runs did not record it: the standard SAE's MSE 4.438 and EV
+0.293 (docs/spec/original_runs.md, row "0 standard") give a per-element variance MSE / (1 − EV) = 6.28
+(the TopK baseline's 1.414 / (1 − 0.777) = 6.34 agrees), times d = 2304 per token. If the papers' MSE
+was SAEBench's legacy per-token normalisation rather than per element, the norm is up to ~1.8x larger
+and the matched λ correspondingly smaller."""
+
+
+class _Batches(Protocol):
+    def iter_batches(self, batch_size: int, *, seed: int = 0, shuffle: bool = True,
+                     drop_last: bool = True) -> Iterator[torch.Tensor]:
+        ...
+
+
+def activation_rms(cache: _Batches, max_tokens: int = 1 << 16, batch_size: int = 4096) -> float:
+    """``sqrt(mean_b ‖x_b − x̄‖²)`` over the first ``max_tokens`` tokens of ``cache`` in stored order
+    (deterministic; float64 sums). The input of :func:`matched_l1_coef`."""
+    n, s1, s2 = 0, None, 0.0
+    for x_BD in cache.iter_batches(batch_size, seed=0, shuffle=False, drop_last=False):
+        x = x_BD[: max_tokens - n].double()
+        s1 = x.sum(0) if s1 is None else s1 + x.sum(0)
+        s2 += float(x.pow(2).sum())
+        n += x.shape[0]
+        if n >= max_tokens:
+            break
+    if n == 0 or s1 is None:
+        raise ValueError("activation_rms: the activation cache yielded no tokens")
+    mean = s1 / n
+    return math.sqrt(max(s2 / n - float(mean.pow(2).sum()), 0.0))
+
+
+def needs_activation_rms(entry: dict[str, Any]) -> bool:
+    """Whether resolving ``entry`` needs ``activation_rms`` (its ``l1_rule`` is ``norm_matched``)."""
+    return entry.get("l1_rule", "literal") == "norm_matched"
+
+
+def matched_l1_coef(l1_coef: float, act_rms: float, ref_rms: float = PAPER_ACTIVATION_RMS) -> float:
+    """``l1_coef · act_rms / ref_rms``: the L1 coefficient that gives activations of centred RMS norm
+    ``act_rms`` the trade-off ``l1_coef`` gave the paper's (norm ``ref_rms``); see the module docstring."""
+    if not (act_rms > 0 and ref_rms > 0):
+        raise ValueError(f"activation norms must be > 0, got act_rms={act_rms}, ref_rms={ref_rms}")
+    return float(l1_coef) * float(act_rms) / float(ref_rms)
 
 
 @dataclass
@@ -50,13 +108,25 @@ def _scaled(steps: int, scale: float) -> int:
 
 
 def resolve_variant(name: str, entry: dict[str, Any], run: dict[str, Any], *, d_model: int, model_name: str = "",
-                    hook_name: str = "") -> ResolvedVariant:
-    """Build the SAE, trainer and penalty configs of variant ``name`` for profile block ``run``."""
+                    hook_name: str = "", activation_rms: float | None = None) -> ResolvedVariant:
+    """Build the SAE, trainer and penalty configs of variant ``name`` for profile block ``run``.
+
+    ``activation_rms``: centred RMS norm of the training activations (:func:`activation_rms`), needed
+    only by entries with ``l1_rule: norm_matched``."""
     unknown = sorted(set(entry) - _VARIANT_KEYS)
     if unknown:
         raise ValueError(f"variant {name!r}: unknown keys {unknown}; allowed: {sorted(_VARIANT_KEYS)}")
     if "arch" not in entry:
         raise ValueError(f"variant {name!r} has no 'arch'")
+    rule = entry.get("l1_rule", "literal")
+    if rule not in L1_RULES:
+        raise ValueError(f"variant {name!r}: l1_rule {rule!r} is not one of {L1_RULES}")
+    if rule == "norm_matched" and activation_rms is None:
+        raise ValueError(f"variant {name!r} uses l1_rule: norm_matched, which needs the activation scale: pass "
+                         f"activation_rms=saelib.variants.activation_rms(<training ActivationCache>) to resolve_variant")
+
+    def l1(value: float) -> float:
+        return matched_l1_coef(value, activation_rms) if rule == "norm_matched" else float(value)
     arch = entry["arch"]
     cfg_cls = config_class(arch)  # raises for an unknown architecture
     scale = float(run.get("warmup_scale", 1.0))
@@ -79,6 +149,9 @@ def resolve_variant(name: str, entry: dict[str, Any], run: dict[str, Any], *, d_
         if key in names:
             default = next(f.default for f in fields(cfg_cls) if f.name == key)
             extra[key] = _scaled(int(extra.get(key, default)), scale)
+    if "l1_coef" in names:
+        default = next(f.default for f in fields(cfg_cls) if f.name == "l1_coef")
+        extra["l1_coef"] = l1(extra.get("l1_coef", default))
     sae_fields.update(extra)
     sae_cfg = cfg_cls.from_dict(sae_fields)
 
@@ -99,7 +172,8 @@ def resolve_variant(name: str, entry: dict[str, Any], run: dict[str, Any], *, d_
             raise ValueError(f"variant {name!r}: unknown penalty fields {bad}; known: {sorted(valid)}")
         resolved = resolve_config(PenaltyConfig(**pen))
         penalty_cfg = replace(
-            resolved, lam=resolved.lam * lam_mult, ramp_steps=_scaled(resolved.ramp_steps, scale)
+            resolved, lam=resolved.lam * lam_mult, ramp_steps=_scaled(resolved.ramp_steps, scale),
+            l1_coef=l1(resolved.l1_coef),
         )
         if penalty_cfg.kind == "none":
             penalty_cfg = None

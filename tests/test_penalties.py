@@ -23,6 +23,7 @@ from saelib.penalties import (
     ramp_alpha,
     resolve_config,
 )
+from saelib.penalties.reference import reference_penalty_terms
 
 
 class _Out(NamedTuple):
@@ -41,37 +42,38 @@ class _Sae:
 
 
 # ------------------------------------------------------------------------------ dense reference
-def ref_penalty(idx, val, F, *, kind, k, tau=0.6, normalise="mean", include_diagonal=True,
-                target="activations", W_dec=None, ema_prev=None, decay=0.99):
-    """Naive dense reference with F x F matrices, following the original code: binary masks,
-    intersections = MᵀM, ``/(count + 1e-8)``; D = fᵀf / B. Returns (P, new EMA or None, W, n)."""
+def ref_penalty(idx, val, F, **kw):
+    """The package's dense F x F reference (saelib.penalties.reference, the spec's equations):
+    (P, new EMA or None, W, n)."""
+    if "W_dec" in kw:
+        kw["W_dec_FD"] = kw.pop("W_dec")
+    t = reference_penalty_terms(idx, val, F, **kw)
+    return t.value, t.ema, t.weights, t.counts
+
+
+def original_code_penalty(idx, val, F, *, kind, k, tau=0.6):
+    """The original runs' code path, written independently of the reference: binary masks,
+    intersections = MᵀM, ``/(count + 1e-8)``, D = fᵀf / B, mean over F² with the diagonal."""
     B = idx.shape[0]
     f = torch.zeros(B, F + 1, dtype=torch.float64).scatter(1, idx, val.double())[:, :F]
     M = torch.zeros(B, F + 1, dtype=torch.float64).scatter(1, idx, 1.0)[:, :F]
     n = M.T @ M
     counts = n.diag()
-    E = None
     if kind == "orthogonality":
         W = n / (torch.minimum(counts[:, None], counts[None, :]) + 1e-8)
-    elif ema_prev is None:  # HO code: intersections / counts_i / (k/F), threshold, max with transpose
+    else:
         c = n / (counts[:, None] + 1e-8) / (k / F)
         c = torch.where(c > tau, c, 0.0)
         W = torch.maximum(c, c.T)
-    else:  # as described: c_ij = P(i|j) F/k through an EMA, then threshold and max
-        c = n / (counts[None, :] + 1e-8) * (F / k)
-        E = decay * ema_prev + (1 - decay) * c
-        Et = torch.where(E > tau, E, 0.0)
-        W = torch.maximum(Et, Et.T) * (n > 0)
-    if target == "activations":
-        T = f.T @ f / B
-    else:
-        Wn = torch.nn.functional.normalize(W_dec.double(), dim=1)
-        T = (Wn @ Wn.T) * (n > 0)
-    terms = W * T**2
-    if not include_diagonal:
-        terms = terms - torch.diag(terms.diag())
-    norm = 1.0 / F**2 if normalise == "mean" else 1.0
-    return terms.sum() * norm, E, W, n
+    return (W * (f.T @ f / B) ** 2).sum() / F**2
+
+
+@pytest.mark.parametrize("kind", ["orthogonality", "competition"])
+def test_reference_matches_the_original_code(kind):
+    idx, v = topk_batch(30, 40, 5, seed=11)
+    got = ref_penalty(idx, v, 40, kind=kind, k=5)[0]
+    want = original_code_penalty(idx, v, 40, kind=kind, k=5)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
 
 
 def topk_batch(B, F, K, seed, pad_frac=0.0):
@@ -203,6 +205,23 @@ def test_ramp_alpha_at_key_steps():
         ramp_alpha(-1, 10)
 
 
+@pytest.mark.parametrize("lam_mult", [1e-2, 1.0, 1e2])
+def test_described_ramp_start_scales_with_lambda(lam_mult):
+    """The 004 ramp is alpha 0.01 -> 0.075: a lambda sweep scales both ends (issue 12, finding 5)."""
+    from saelib.variants import resolve_variant
+
+    entry = {"arch": "topk", "k_over_d": 0.25, "penalty": {"kind": "orthogonality", "reading": "as_described",
+                                                           "lam_mult": lam_mult}}
+    run = {"sae_tokens": 64, "batch_size": 8, "warmup_scale": 0.2}
+    rv = resolve_variant("v", entry, run, d_model=8)
+    pen = make_penalty(rv.penalty_cfg, d_sae=64, k=2)
+    lam = 0.075 * lam_mult
+    assert rv.penalty_cfg.lam == pytest.approx(lam) and rv.penalty_cfg.ramp_steps == 200
+    assert lam * pen.alpha(0) == pytest.approx(0.01 * lam_mult)
+    assert lam * pen.alpha(100) == pytest.approx(lam * (0.01 + 0.075) / 2 / 0.075)
+    assert lam * pen.alpha(200) == pytest.approx(lam)
+
+
 @pytest.mark.parametrize("kind,reading,expected", [
     # CompeteSAE warmup alpha = min(1, t / t_w), lam = 0.01 (as run) / 0.03 (as described)
     ("competition", "as_run", [0.0, 0.005, 0.01, 0.01]),
@@ -232,8 +251,15 @@ def test_reading_defaults_follow_the_spec():
     assert (desc.lam, desc.ramp_steps, desc.ema_decay, desc.l1_coef, desc.normalise, desc.tau) == (
         0.03, 2000, 0.99, 0.04, "sum", 0.6)
     o_desc = resolve_config(PenaltyConfig(kind="orthogonality", reading="as_described", ramp_steps=250))
-    assert (o_desc.lam, o_desc.ramp_start, o_desc.ramp_steps) == (0.075, 0.01, 250)  # explicit field wins
-    assert set(READING_DEFAULTS) == {(k, r) for k in ("orthogonality", "competition")
+    assert (o_desc.lam, o_desc.ramp_steps) == (0.075, 250)  # explicit field wins
+    assert o_desc.lam * o_desc.ramp_start_frac == pytest.approx(0.01)  # alpha starts at 0.01
+    # both papers write the sum as Sigma_{i,j}: the as-described readings include the diagonal
+    assert o_desc.include_diagonal and desc.include_diagonal
+    assert not resolve_config(PenaltyConfig(kind="competition", reading="as_described",
+                                            include_diagonal=False)).include_diagonal
+    with pytest.raises(ValueError, match="ramp_start_frac"):
+        resolve_config(PenaltyConfig(kind="orthogonality", ramp_start_frac=1.5))
+    assert set(READING_DEFAULTS) == {(k, r) for k in ("orthogonality", "competition", "l1")
                                      for r in ("as_run", "as_described")}
 
 
@@ -422,7 +448,7 @@ def _train(lam, kind, steps=60, seed=0):
     sae = make_sae("topk", TopKConfig(d_in=d, d_sae=F, k=K, seed=seed))
     x_all = _synthetic_data(steps * B, d, seed=1)
     sae.init_from_batch_(x_all[:B])
-    pen = make_penalty(PenaltyConfig(kind=kind, reading="as_described", lam=lam, ramp_steps=0, ramp_start=0.0,
+    pen = make_penalty(PenaltyConfig(kind=kind, reading="as_described", lam=lam, ramp_steps=0, ramp_start_frac=0.0,
                                      l1_coef=0.0, ema_decay=0.0 if kind == "orthogonality" else 0.9), F, K)
     opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
     for t in range(steps):
@@ -471,3 +497,18 @@ def test_penalty_plugs_into_the_trainer_step():
     assert math.isclose(float(res.loss.detach()), base + float(res.penalty["penalty"].detach()), rel_tol=1e-5)
     assert {"penalty_raw", "penalty_alpha", "coact_stat", "coact_pairs", "penalty_l1"} <= set(res.penalty)
     assert float(res.penalty["penalty_l1"]) > 0 and float(res.penalty["coact_pairs"]) > 0
+
+
+def test_l1_control_has_only_the_l1_term():
+    pen = make_penalty(PenaltyConfig(kind="l1"), d_sae=30, k=4)
+    assert pen.cfg.l1_coef == 0.04 and pen.cfg.lam == 0.0
+    idx, v = topk_batch(16, 30, 4, seed=2)
+    val = v.clone().requires_grad_(True)
+    logs = pen(_Out(None, None, idx, val, {}), None, 0)
+    want = 0.04 * float(v.abs().sum(1).mean())
+    assert float(logs["penalty"].detach()) == pytest.approx(want, rel=1e-6)
+    assert float(logs["penalty_l1"]) == pytest.approx(want, rel=1e-6) and float(logs["penalty_coact"]) == 0.0
+    logs["penalty"].backward()
+    torch.testing.assert_close(val.grad, torch.full_like(v, 0.04 / 16))
+    with pytest.raises(ValueError, match="lam must be 0"):
+        resolve_config(PenaltyConfig(kind="l1", lam=0.1))

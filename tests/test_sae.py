@@ -11,6 +11,7 @@ from saelib.sae import (
     ReLUSAE, geometric_median, load_sae, make_sae,
 )
 from saelib.sae.jumprelu import JumpReLUFn, StepFn
+from saelib.sae.topk_reference import topk_reference
 
 D, F, B = 16, 96, 48
 
@@ -94,24 +95,28 @@ def test_shapes_and_forward_equals_decode_encode(arch):
 
 
 def _naive_topk_loss(sae, x, dead_mask):
-    """Dense float64 reference of the TopK forward and loss (mse + aux_coef · normalised AuxK)."""
+    """The package's float64 reference (saelib.sae.topk_reference): values and parameter gradients."""
     p = {n: t.detach().double().requires_grad_(True) for n, t in sae.named_parameters()}
-    pre = (x.double() - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
-    v, i = pre.relu().topk(sae.cfg.k, dim=1)
-    f = torch.zeros_like(pre).scatter(1, i, v)
-    x_hat = f @ p["W_dec"] + p["b_dec"]
-    mse = (x_hat - x.double()).pow(2).sum(1).mean()
-    loss = mse
-    if dead_mask is not None and dead_mask.any():
-        k_aux = min(sae.cfg.resolved_aux_k, int(dead_mask.sum()))
-        masked = torch.where(dead_mask[None], pre, torch.tensor(-math.inf, dtype=pre.dtype))
-        av, ai = masked.topk(k_aux, dim=1)
-        e_hat = torch.zeros_like(pre).scatter(1, ai, av.relu()) @ p["W_dec"]
-        e = (x.double() - x_hat).detach()
-        aux = (e_hat - e).pow(2).sum(1).mean() / (e - e.mean(0)).pow(2).sum(1).mean()
-        loss = loss + sae.cfg.aux_coef * aux
-    loss.backward()
-    return f, x_hat, loss, {n: t.grad for n, t in p.items()}
+    ref = topk_reference(p, x.double(), sae.cfg.k, dead_F=dead_mask, aux_k=sae.cfg.resolved_aux_k,
+                         aux_coef=sae.cfg.aux_coef, normalize=sae.cfg.aux_normalize)
+    ref.loss.backward()
+    return ref.f_BF, ref.x_hat_BD, ref.loss, {n: t.grad for n, t in p.items()}
+
+
+def test_topk_reference_matches_a_direct_transcription():
+    """The reference module against the equations typed out once more (no shared code)."""
+    g = torch.Generator().manual_seed(4)
+    x, W_enc, b_enc = torch.randn(6, 5, generator=g).double(), torch.randn(5, 12, generator=g).double(), torch.randn(12, generator=g).double()
+    W_dec, b_dec = torch.randn(12, 5, generator=g).double(), torch.randn(5, generator=g).double()
+    ref = topk_reference({"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}, x, 3)
+    for b in range(6):
+        pre = [float(sum((x[b, d] - b_dec[d]) * W_enc[d, i] for d in range(5)) + b_enc[i]) for i in range(12)]
+        keep = sorted(range(12), key=lambda i: -max(pre[i], 0.0))[:3]
+        f = [max(pre[i], 0.0) if i in keep else 0.0 for i in range(12)]
+        assert ref.f_BF[b].tolist() == pytest.approx(f)
+        x_hat = [sum(f[i] * float(W_dec[i, d]) for i in range(12)) + float(b_dec[d]) for d in range(5)]
+        assert ref.x_hat_BD[b].tolist() == pytest.approx(x_hat)
+    assert float(ref.auxk) == 0.0 and float(ref.loss) == pytest.approx(float((ref.x_hat_BD - x).pow(2).sum(1).mean()))
 
 
 @pytest.mark.parametrize("impl", ["sparse", "dense"])
@@ -365,3 +370,10 @@ def test_fast_topk_is_exact(shape, k):
     torch.testing.assert_close(val.sort(1).values, ref.sort(1).values, rtol=0, atol=0)
     torch.testing.assert_close(pre.gather(1, idx), val, rtol=0, atol=0)
     assert all(len(set(row.tolist())) == k for row in idx)
+
+
+def test_topk_config_rejects_bad_aux_k():
+    with pytest.raises(ValueError, match="aux_k"):
+        TopKConfig(d_in=8, d_sae=32, k=2, aux_k=0)
+    assert TopKConfig(d_in=8, d_sae=32, k=2, aux_k=3).resolved_aux_k == 3
+    assert TopKConfig(d_in=8, d_sae=32, k=2).resolved_aux_k == 4

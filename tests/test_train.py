@@ -82,6 +82,9 @@ def test_train_writes_logs_checkpoint_sae_and_summary(tmp_path):
     assert (tmp_path / "checkpoint.pt").exists() and (tmp_path / "train_summary.json").exists()
     summary = json.loads((tmp_path / "train_summary.json").read_text())
     assert summary["n_steps"] == 12 and summary["tokens"] == 12 * BS and summary["final"]["step"] == 11
+    tail = [r["penalty"] / r["mse"] for r in log if r["step"] >= 10]  # the last 10% of 12 steps
+    assert summary["penalty_over_mse_final"] == pytest.approx(sum(tail) / 2, rel=1e-12)
+    assert summary["final_records"] == 2 and "penalty_l1_over_mse_final" not in summary
     saved = load_sae(tmp_path / "sae")
     for name, t in res.sae.state_dict().items():
         assert torch.equal(saved.state_dict()[name], t)
@@ -191,7 +194,9 @@ def test_train_step_follows_the_original_order(scale):
     opt = torch.optim.Adam(ref.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
     with torch.no_grad():
         ref.W_dec.div_(ref.W_dec.norm(dim=1, keepdim=True))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    from saelib.train import step_uses_bf16
+
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=step_uses_bf16(cfg, "cpu")):  # as the step does
         loss = ref(x).losses["loss"]
     loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(ref.parameters(), 1.0)
@@ -203,3 +208,58 @@ def test_train_step_follows_the_original_order(scale):
     assert float(out.grad_norm) == pytest.approx(float(norm), rel=1e-6)
     for (name, p), q in zip(sae.named_parameters(), ref.parameters()):
         torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_dead_latent_tracker_counts_top_k_membership_not_positive_value():
+    """A latent selected by top-k fires even when its ReLU value is 0 (issue 12, finding 5)."""
+    from saelib.sae.base import SAEOutput
+    from saelib.train import active_latents
+
+    idx = torch.tensor([[0, 3], [3, 5]])
+    val = torch.tensor([[1.0, 0.0], [0.0, 0.0]])  # latents 3 and 5 are selected but zero-valued
+    fired, l0 = active_latents(SAEOutput(torch.zeros(2, 1), None, idx, val, {}), 8)
+    assert fired.tolist() == [True, False, False, True, False, True, False, False]
+    assert float(l0) == 0.5
+    f_BF = torch.tensor([[0.0, 2.0, 0.0], [0.0, 0.0, 0.0]])
+    fired, l0 = active_latents(SAEOutput(torch.zeros(2, 1), f_BF, None, None, {}), 3)
+    assert fired.tolist() == [False, True, False] and float(l0) == 0.5
+
+
+def test_final_penalty_ratios_average_the_last_tenth():
+    from saelib.train import final_penalty_ratios
+
+    recs = [{"step": t, "mse": 2.0, "penalty": 0.1 * t, "penalty_coact": 0.05 * t, "penalty_l1": 0.05 * t}
+            for t in range(20)]
+    out = final_penalty_ratios(recs, 20)
+    assert out["penalty_over_mse_final"] == pytest.approx((1.8 + 1.9) / 2 / 2.0)
+    assert out["penalty_coact_over_mse_final"] == pytest.approx((0.9 + 0.95) / 2 / 2.0)
+    assert out["final_records"] == 2
+    assert final_penalty_ratios([{"step": 19, "mse": 1.0}], 20) == {}
+
+
+def test_prefetch_keeps_items_and_order_and_forwards_errors():
+    from saelib.train import _Prefetch
+
+    items = [(0, i, torch.full((2,), float(i))) for i in range(7)]
+    got = list(_Prefetch(iter(items), depth=2))
+    assert [g[1] for g in got] == list(range(7)) and all(torch.equal(a[2], b[2]) for a, b in zip(got, items))
+
+    def broken():
+        yield (0, 0, torch.zeros(1))
+        raise OSError("shard unreadable")
+
+    pf = _Prefetch(broken(), depth=1)
+    assert next(pf)[1] == 0
+    with pytest.raises(OSError, match="shard unreadable"):
+        next(pf)
+    endless = _Prefetch(((0, i, torch.zeros(1)) for i in range(10**9)), depth=1)
+    assert next(endless)[1] == 0
+    endless.close()  # the producer is blocked on the full queue: close must still return
+    assert not endless._thread.is_alive()
+
+
+def test_prefetch_gives_the_same_run(tmp_path):
+    a = train_sae(_topk(), FakeCache(_data()), _cfg(prefetch=0), out_dir=tmp_path / "a", progress=False)
+    b = train_sae(_topk(), FakeCache(_data()), _cfg(prefetch=3), out_dir=tmp_path / "b", progress=False)
+    for name, t in a.sae.state_dict().items():
+        assert torch.equal(b.sae.state_dict()[name], t), name

@@ -3,7 +3,8 @@
 Every architecture computes ``pre = (x - b_dec) W_enc + b_enc`` and ``x_hat = f W_dec + b_dec``;
 they differ in the activation that maps ``pre`` to the latents ``f`` and in their loss terms.
 Parameters are stored in ``cfg.dtype`` (fp32 master weights); under ``torch.autocast("cpu",
-dtype=torch.bfloat16)`` the matmuls run in bf16 while every loss term stays fp32.
+dtype=torch.bfloat16)`` (or ``"cuda"``: compute follows the parameters' device) the matmuls run in
+bf16 while every loss term stays fp32.
 
 On disk an SAE is a SAELens folder: ``cfg.json`` + ``sae_weights.safetensors`` with ``W_enc``
 (d_in, d_sae), ``b_enc`` (d_sae), ``W_dec`` (d_sae, d_in), ``b_dec`` (d_in) and, for
@@ -98,10 +99,11 @@ class SAEConfig:
         return cls(**data)
 
 
-def compute_dtype(param_dtype: torch.dtype) -> torch.dtype:
-    """bf16 when CPU autocast is on, else the parameters' dtype."""
-    if torch.is_autocast_enabled("cpu"):
-        return torch.get_autocast_dtype("cpu")
+def compute_dtype(param_dtype: torch.dtype, device_type: str = "cpu") -> torch.dtype:
+    """The autocast dtype (bf16) when autocast is on for ``device_type`` (the parameters' device type,
+    ``"cpu"`` or ``"cuda"``), else the parameters' dtype."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
     return param_dtype
 
 
@@ -243,7 +245,7 @@ class BaseSAE(nn.Module):
 
     def pre_activations(self, x_BD: Tensor) -> Tensor:
         """``(x − b_dec) W_enc + b_enc`` in the compute dtype (bf16 under autocast)."""
-        cd = compute_dtype(self.W_enc.dtype)
+        cd = compute_dtype(self.W_enc.dtype, self.W_enc.device.type)
         xc_BD = (x_BD.to(self.b_dec.dtype) - self.b_dec).to(cd)
         return torch.addmm(self.b_enc.to(cd), xc_BD, self.W_enc.to(cd))
 
@@ -256,7 +258,7 @@ class BaseSAE(nn.Module):
         f = self._check_latents(f_BF)
         shape = f.shape[:-1]
         f_BF = f.reshape(-1, self.cfg.d_sae)
-        cd = compute_dtype(self.W_dec.dtype)
+        cd = compute_dtype(self.W_dec.dtype, self.W_dec.device.type)
         x_hat_BD = (f_BF.to(cd) @ self.W_dec.to(cd)).float() + self.b_dec.float()
         return x_hat_BD.reshape(*shape, self.cfg.d_in)
 
@@ -297,7 +299,7 @@ class BaseSAE(nn.Module):
 
     def saelens_state_dict(self) -> dict[str, Tensor]:
         """Tensors written to ``sae_weights.safetensors`` (detached contiguous copies)."""
-        return {k: v.detach().clone().contiguous() for k, v in self.state_dict().items()}
+        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in self.state_dict().items()}
 
     def load_saelens_state_dict(self, tensors: dict[str, Tensor]) -> None:
         """Inverse of ``saelens_state_dict``."""

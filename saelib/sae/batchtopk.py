@@ -51,7 +51,8 @@ class BatchTopKSAE(TopKSAE):
             n_keep = min(int(self.cfg.k) * act_BF.shape[0], act_BF.numel())
             with torch.no_grad():
                 _, flat_idx_N = act_BF.detach().flatten().topk(n_keep, sorted=False)
-            keep_BF = torch.zeros(act_BF.numel(), dtype=torch.bool).index_put_((flat_idx_N,), torch.tensor(True))
+            keep_BF = torch.zeros(act_BF.numel(), dtype=torch.bool, device=act_BF.device).index_put_(
+                (flat_idx_N,), torch.tensor(True, device=act_BF.device))
             return act_BF * keep_BF.view_as(act_BF)
         thr = self.threshold.to(pre_BF.dtype)
         return pre_BF.relu() * (pre_BF > thr)

@@ -50,6 +50,8 @@ class TopKConfig(SAEConfig):
             raise ValueError(f"k must be in [1, d_sae={self.d_sae}], got {self.k}")
         if self.backward_impl not in ("auto", "sparse", "dense"):
             raise ValueError(f"backward_impl must be 'auto', 'sparse' or 'dense', got {self.backward_impl!r}")
+        if self.aux_k is not None and int(self.aux_k) < 1:
+            raise ValueError(f"aux_k must be >= 1 or None, got {self.aux_k}")
 
     @property
     def sparse_backward(self) -> bool:
@@ -57,8 +59,6 @@ class TopKConfig(SAEConfig):
         if self.backward_impl == "auto":
             return int(self.k) * 64 <= int(self.d_sae)
         return self.backward_impl == "sparse"
-        if self.aux_k is not None and int(self.aux_k) < 1:
-            raise ValueError(f"aux_k must be >= 1 or None, got {self.aux_k}")
 
     @property
     def resolved_aux_k(self) -> int:
@@ -80,13 +80,13 @@ def fast_topk(pre_BF: Tensor, k: int) -> tuple[Tensor, Tensor]:
         return pre_BF.topk(k, dim=1, sorted=False)
     G = F // S
     _, blocks_BK = pre_BF.view(B, S, G).amax(1).topk(k, dim=1, sorted=False)
-    cand_BC = (blocks_BK[:, None, :] + torch.arange(0, F, G)[None, :, None]).reshape(B, S * k)
+    cand_BC = (blocks_BK[:, None, :] + torch.arange(0, F, G, device=pre_BF.device)[None, :, None]).reshape(B, S * k)
     val_BK, j_BK = pre_BF.gather(1, cand_BC).topk(k, dim=1, sorted=False)
     return val_BK, cand_BC.gather(1, j_BK)  # small (B, 4k) tensors: gather is fine here
 
 
 def _rows(idx_BK: Tensor) -> Tensor:
-    return torch.arange(idx_BK.shape[0])[:, None].expand_as(idx_BK)
+    return torch.arange(idx_BK.shape[0], device=idx_BK.device)[:, None].expand_as(idx_BK)
 
 
 class Pick(torch.autograd.Function):
@@ -103,7 +103,7 @@ class Pick(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g_BK: Tensor):
         (idx_BK,) = ctx.saved_tensors
-        grad = torch.zeros(ctx.shape, dtype=ctx.dtype).index_put_((_rows(idx_BK), idx_BK), g_BK.to(ctx.dtype))
+        grad = torch.zeros(ctx.shape, dtype=ctx.dtype, device=g_BK.device).index_put_((_rows(idx_BK), idx_BK), g_BK.to(ctx.dtype))
         return grad, None
 
 
@@ -119,10 +119,11 @@ class Bags:
         B, K = idx_BK.shape
         self.B, self.K = B, K
         self.indices = idx_BK.reshape(-1)
-        self.offsets = torch.arange(0, B * K, K, dtype=self.indices.dtype)
-        self.offset2bag = torch.arange(B, dtype=self.indices.dtype).repeat_interleave(K)
-        self.bag_size = torch.full((B,), K, dtype=self.indices.dtype)
-        self.max_indices = torch.zeros(0, dtype=self.indices.dtype)
+        dev = idx_BK.device
+        self.offsets = torch.arange(0, B * K, K, dtype=self.indices.dtype, device=dev)
+        self.offset2bag = torch.arange(B, dtype=self.indices.dtype, device=dev).repeat_interleave(K)
+        self.bag_size = torch.full((B,), K, dtype=self.indices.dtype, device=dev)
+        self.max_indices = torch.zeros(0, dtype=self.indices.dtype, device=dev)
 
     def rows_sum(self, W_FD: Tensor, w_BK: Tensor) -> Tensor:
         """``out_b = Σ_k w_bk · W[idx_bk]`` → (B, D)."""
@@ -190,7 +191,7 @@ class GatherEncode(torch.autograd.Function):
             xc_BD = x_BD.float() - b_dec_D.float()
             grad_W = bags.rows_grad(xc_BD, g_BK, F).T.to(W_enc_DF.dtype)
         if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
-            gsum_F = torch.zeros(F, dtype=torch.float32).index_add_(0, bags.indices, g_BK.reshape(-1))
+            gsum_F = torch.zeros(F, dtype=torch.float32, device=g_BK.device).index_add_(0, bags.indices, g_BK.reshape(-1))
             if ctx.needs_input_grad[2]:
                 grad_benc = gsum_F.to(W_enc_DF.dtype)
             if ctx.needs_input_grad[3]:
@@ -198,6 +199,46 @@ class GatherEncode(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = bags.rows_sum(W_enc_DF.float().T.contiguous(), g_BK).to(x_BD.dtype)
         return grad_x, grad_W, grad_benc, grad_bdec, None, None
+
+
+class GatherEncodeExact(torch.autograd.Function):
+    """Second, fp32 route to the chosen pre-activations ``pre[b, idx_bk]`` for terms other than the
+    reconstruction (co-activation penalties, their L1 term) on the dense backward.
+
+    Forward returns ``pre_BK`` (already computed, no graph) in fp32. Backward keeps the term's
+    gradient apart from the MSE gradient until it reaches the fp32 parameters, so a gradient many
+    orders of magnitude below the MSE's is not rounded away by a bf16 sum: ``∂b_enc`` and ``∂b_dec``
+    are fp32 scatter-adds over the B·k entries; ``∂W_enc = xcᵀ G`` with ``G`` the (B, F) scatter of
+    the gradient, one matmul in the compute dtype (bf16 under autocast: each entry of *this term's*
+    gradient carries bf16's 2⁻⁹ relative error, which a cosine ≥ 0.99 test bounds).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x_BD: Tensor, W_enc_DF: Tensor, b_enc_F: Tensor, b_dec_D: Tensor, idx_BK: Tensor,
+                pre_BK: Tensor, cd: torch.dtype) -> Tensor:
+        ctx.save_for_backward(x_BD, W_enc_DF, b_dec_D, idx_BK)
+        ctx.cd = cd
+        return pre_BK.float().clone()
+
+    @staticmethod
+    def backward(ctx: Any, g_BK: Tensor):
+        x_BD, W_enc_DF, b_dec_D, idx_BK = ctx.saved_tensors
+        g_BK = g_BK.float()
+        B, F = idx_BK.shape[0], W_enc_DF.shape[1]
+        grad_W = grad_benc = grad_bdec = None
+        if ctx.needs_input_grad[1]:
+            xc_BD = (x_BD.to(b_dec_D.dtype) - b_dec_D).to(ctx.cd)
+            G_BF = torch.zeros(B, F, dtype=ctx.cd, device=g_BK.device)
+            G_BF.index_put_((_rows(idx_BK), idx_BK), g_BK.to(ctx.cd))
+            grad_W = torch.empty_like(W_enc_DF).copy_(xc_BD.T.contiguous() @ G_BF)
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+            gsum_F = torch.zeros(F, dtype=torch.float32, device=g_BK.device)
+            gsum_F.index_add_(0, idx_BK.reshape(-1), g_BK.reshape(-1))
+            if ctx.needs_input_grad[2]:
+                grad_benc = gsum_F.to(W_enc_DF.dtype)
+            if ctx.needs_input_grad[3]:
+                grad_bdec = -(W_enc_DF.float() @ gsum_F).to(b_dec_D.dtype)
+        return None, grad_W, grad_benc, grad_bdec, None, None, None
 
 
 class EncodePre(torch.autograd.Function):
@@ -262,8 +303,8 @@ class GatherDecodeDenseGrad(torch.autograd.Function):
             grad_val = (g_BD @ W_c_FD.T)[_rows(idx_BK), idx_BK].to(ctx.val_dtype)
         if ctx.needs_input_grad[2]:
             B, F = idx_BK.shape[0], W_c_FD.shape[0]
-            f_BF = torch.zeros(B, F, dtype=val_c.dtype).index_put_((_rows(idx_BK), idx_BK), val_c)
-            grad_W = torch.empty(F, g_BD.shape[1], dtype=ctx.W_dtype).copy_((g_BD.T.contiguous() @ f_BF).T)
+            f_BF = torch.zeros(B, F, dtype=val_c.dtype, device=val_c.device).index_put_((_rows(idx_BK), idx_BK), val_c)
+            grad_W = torch.empty(F, g_BD.shape[1], dtype=ctx.W_dtype, device=g_BD.device).copy_((g_BD.T.contiguous() @ f_BF).T)
         return grad_val, None, grad_W, None
 
 
@@ -275,12 +316,12 @@ def sparse_decode(val_BK: Tensor, idx_BK: Tensor, W_dec_FD: Tensor, *, sparse_ba
     """
     if sparse_backward:
         return GatherDecodeSparseGrad.apply(val_BK, idx_BK, W_dec_FD)
-    return GatherDecodeDenseGrad.apply(val_BK, idx_BK, W_dec_FD, compute_dtype(W_dec_FD.dtype)).float()
+    return GatherDecodeDenseGrad.apply(val_BK, idx_BK, W_dec_FD, compute_dtype(W_dec_FD.dtype, W_dec_FD.device.type)).float()
 
 
 def densify(idx_BK: Tensor, val_BK: Tensor, d_sae: int) -> Tensor:
     """Dense ``f_BF`` from a sparse code (differentiable in ``val_BK``)."""
-    zeros_BF = torch.zeros(idx_BK.shape[0], d_sae, dtype=val_BK.dtype)
+    zeros_BF = torch.zeros(idx_BK.shape[0], d_sae, dtype=val_BK.dtype, device=val_BK.device)
     return torch.index_put(zeros_BF, (_rows(idx_BK), idx_BK), val_BK)
 
 
@@ -340,7 +381,7 @@ class TopKSAE(BaseSAE):
         return x_BD
 
     def _pre(self, x_BD: Tensor) -> Tensor:
-        return EncodePre.apply(x_BD, self.W_enc, self.b_enc, self.b_dec, compute_dtype(self.W_enc.dtype))
+        return EncodePre.apply(x_BD, self.W_enc, self.b_enc, self.b_dec, compute_dtype(self.W_enc.dtype, self.W_enc.device.type))
 
     def _values_at(self, x_BD: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
         return lambda idx_BK, pre_BK: GatherEncode.apply(x_BD, self.W_enc, self.b_enc, self.b_dec, idx_BK, pre_BK)
@@ -348,17 +389,31 @@ class TopKSAE(BaseSAE):
     def topk_code(self, x_BD: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(idx_BK, val_BK, pre_BF)`` with ``val = ReLU`` of the k largest pre-activations.
 
-        Sparse implementation: ``pre_BF`` carries no graph; ``val_BK`` is differentiable.
+        Sparse implementation: ``pre_BF`` carries no graph; ``val_BK`` is differentiable (fp32).
+        Dense implementation: ``val_BK`` is picked from the differentiable ``pre_BF`` (compute dtype).
         """
+        idx_BK, val_BK, pre_BF, _ = self._code(x_BD)
+        return idx_BK, val_BK, pre_BF
+
+    def _code(self, x_BD: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(idx_BK, val_dec_BK, pre_BF, val_BK)``: ``val_dec_BK`` feeds the decoder, ``val_BK`` (fp32)
+        any other loss term. The same tensor on the sparse backward (fp32 throughout); on the dense
+        backward ``val_BK`` is the exact fp32 route of :class:`GatherEncodeExact` (equal values)."""
         if self.cfg.sparse_backward and torch.is_grad_enabled():
             with torch.no_grad():
                 pre_BF = self.pre_activations(x_BD)
                 pre_BK, idx_BK = fast_topk(pre_BF, self.cfg.k)
-            return idx_BK, self._values_at(x_BD)(idx_BK, pre_BK).relu(), pre_BF
+            val_BK = self._values_at(x_BD)(idx_BK, pre_BK).relu()
+            return idx_BK, val_BK, pre_BF, val_BK
+        cd = compute_dtype(self.W_enc.dtype, self.W_enc.device.type)
         pre_BF = self._pre(x_BD)
         with torch.no_grad():
-            _, idx_BK = fast_topk(pre_BF.detach(), self.cfg.k)
-        return idx_BK, pick(pre_BF, idx_BK).relu(), pre_BF
+            pre_BK, idx_BK = fast_topk(pre_BF.detach(), self.cfg.k)
+        val_dec_BK = pick(pre_BF, idx_BK).relu()
+        if not torch.is_grad_enabled():
+            return idx_BK, val_dec_BK, pre_BF, val_dec_BK.float()
+        val_BK = GatherEncodeExact.apply(x_BD, self.W_enc, self.b_enc, self.b_dec, idx_BK, pre_BK, cd).relu()
+        return idx_BK, val_dec_BK, pre_BF, val_BK
 
     def encode(self, x_BD: Tensor) -> Tensor:
         """Dense latents ``f`` (zeros off the top-k); any leading dims."""
@@ -372,12 +427,14 @@ class TopKSAE(BaseSAE):
         """Reconstruction, code and losses ``{"mse", "auxk", "loss"}``.
 
         ``dead_mask_F`` (bool, F) switches on AuxK over those latents; ``dense_latents=False``
-        skips building ``f_BF`` (the trainer's fast path when no penalty needs it).
+        skips building ``f_BF`` (the trainer's fast path when no penalty needs it). ``val_BK`` (and
+        ``f_BF``) are fp32 on both backward implementations: a loss term on them (the co-activation
+        penalty) reaches every parameter with an fp32 gradient, never rounded into the bf16 MSE one.
         """
         x_BD = self._check_2d(x_BD)
         sparse = self.cfg.sparse_backward
-        idx_BK, val_BK, pre_BF = self.topk_code(x_BD)
-        x_hat_BD = sparse_decode(val_BK, idx_BK, self.W_dec, sparse_backward=sparse) + self.b_dec.float()
+        idx_BK, val_dec_BK, pre_BF, val_BK = self._code(x_BD)
+        x_hat_BD = sparse_decode(val_dec_BK, idx_BK, self.W_dec, sparse_backward=sparse) + self.b_dec.float()
         mse = self.mse_loss(x_hat_BD, x_BD)
         auxk = auxk_loss(self, pre_BF, x_BD, x_hat_BD, dead_mask_F, self.cfg.resolved_aux_k, self.cfg.aux_normalize,
                          values_at=self._values_at(x_BD) if sparse else None, sparse_backward=sparse)
