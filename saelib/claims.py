@@ -15,12 +15,17 @@ what the papers claimed, what their own runs showed, and what we measure.
 """
 from __future__ import annotations
 
+import csv
+import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import yaml
 from scipy import stats
 
 from .results import DiffCI, Results, diff_ci, direction
@@ -486,6 +491,181 @@ CLAIMS: tuple[Claim, ...] = (
        spec_finding="Numbers match (0.0116).", orig_map={"ortho_run2": "SO/run6"}),
 )
 """Every numbered claim of both papers that the ledger tracks."""
+
+
+# ------------------------------------------------------------------------------------------------
+# The data files: docs/spec/claims.yaml and docs/spec/original_runs.csv, validated on load
+# ------------------------------------------------------------------------------------------------
+SPEC_DIR = Path(__file__).resolve().parents[1] / "docs" / "spec"
+"""Where the claims and the original runs live (``docs/spec/`` of the repository)."""
+CLAIMS_FILE = SPEC_DIR / "claims.yaml"
+ORIGINAL_RUNS_FILE = SPEC_DIR / "original_runs.csv"
+PAPERS = ("000", "004")
+COMPARISONS = ("vs baseline", "relative change", "ratio", "best of", "trend over λ", "overhead ≤ bound", "absolute")
+"""How a paper can state a claim (``Claim.comparison``)."""
+ORIGINAL_COLUMNS = ("l0", "ev_legacy", "mse_legacy", "cossim", "kl_score", "ce_score", "mean_absorption_score",
+                    "mean_num_split_features", "scr_dir1_threshold_2", "scr_dir1_threshold_20", "scr_metric_threshold_2",
+                    "scr_metric_threshold_20", "scr_metric_threshold_100", "sae_top_1_test_accuracy",
+                    "sae_top_20_test_accuracy", "sae_test_accuracy", "llm_top_1_test_accuracy", "unlearning_score")
+"""Metric columns of ``original_runs.csv`` (besides ``run`` and ``lam``), named like our results."""
+
+
+class DataFileError(ValueError):
+    """A claims or original-runs data file does not have the documented structure."""
+
+
+def _claim_field_types() -> dict[str, tuple[str, bool]]:
+    """Claim field → (kind, required). Kinds: str, str?, strs, num?, bool, map."""
+    kinds = {"baseline": "str?", "metrics": "strs", "variants": "strs", "others": "strs", "bound": "num?",
+             "orig_map": "map", "testable": "bool"}
+    out = {}
+    for f in dataclasses.fields(Claim):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        out[f.name] = (kinds.get(f.name, "str"), required)
+    return out
+
+
+def _check_type(value: Any, kind: str) -> bool:
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "str?":
+        return value is None or isinstance(value, str)
+    if kind == "strs":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if kind == "num?":
+        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "map":
+        return isinstance(value, Mapping) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+    raise AssertionError(kind)
+
+
+_KIND_TEXT = {"str": "a string", "str?": "a string or null", "strs": "a list of strings", "num?": "a number or null",
+              "bool": "true or false", "map": "a mapping of strings to strings"}
+
+
+def parse_claims(doc: Any, source: str | Path = "<claims>", runs: Mapping[str, Any] | None = None
+                 ) -> tuple[tuple[Claim, ...], dict[str, dict[str, str]]]:
+    """Validate the parsed ``claims.yaml`` document and build the claims and the default original-run
+    map. ``runs``: the original runs (for checking that every mapped run exists). Any problem raises
+    :class:`DataFileError` naming ``source``, the claim (position and id) and what to fix."""
+    where = str(source)
+    if not isinstance(doc, Mapping):
+        raise DataFileError(f"{where}: expected a mapping with keys 'original_map' and 'claims', got {type(doc).__name__}")
+    unknown = set(doc) - {"original_map", "claims"}
+    missing = {"original_map", "claims"} - set(doc)
+    if unknown or missing:
+        raise DataFileError(f"{where}: top-level keys must be 'original_map' and 'claims' "
+                            f"(unknown: {sorted(unknown)}, missing: {sorted(missing)})")
+    omap = doc["original_map"]
+    if not isinstance(omap, Mapping) or not all(
+            str(p) in PAPERS and isinstance(m, Mapping) and all(isinstance(k, str) and isinstance(v, str)
+                                                                for k, v in m.items()) for p, m in omap.items()):
+        raise DataFileError(f"{where}: 'original_map' must map a paper ({', '.join(PAPERS)}, quoted) to "
+                            "{our variant: original run}")
+    original_map = {str(p): dict(m) for p, m in omap.items()}
+    rows = doc["claims"]
+    if not isinstance(rows, list) or not rows:
+        raise DataFileError(f"{where}: 'claims' must be a non-empty list of claim mappings")
+    types = _claim_field_types()
+    out, seen = [], set()
+    for i, row in enumerate(rows, start=1):
+        name = f"{where}: claim #{i}" + (f" ({row.get('id')!r})" if isinstance(row, Mapping) and row.get("id") else "")
+        if not isinstance(row, Mapping):
+            raise DataFileError(f"{name}: expected a mapping of claim fields, got {type(row).__name__}")
+        unknown = sorted(set(row) - set(types))
+        if unknown:
+            raise DataFileError(f"{name}: unknown key(s) {unknown}; allowed keys: {sorted(types)}")
+        absent = sorted(k for k, (_, req) in types.items() if req and k not in row)
+        if absent:
+            raise DataFileError(f"{name}: missing required field(s) {absent}")
+        for key, value in row.items():
+            kind = types[key][0]
+            if not _check_type(value, kind):
+                raise DataFileError(f"{name}: field {key!r} must be {_KIND_TEXT[kind]}, got {value!r}")
+        if row["paper"] not in PAPERS:
+            raise DataFileError(f"{name}: paper must be one of {PAPERS} (quoted in YAML), got {row['paper']!r}")
+        if row["claimed"] not in CLAIMED:
+            raise DataFileError(f"{name}: claimed must be one of {CLAIMED}, got {row['claimed']!r}")
+        if row["comparison"] not in COMPARISONS:
+            raise DataFileError(f"{name}: comparison must be one of {COMPARISONS}, got {row['comparison']!r}")
+        if row["id"] in seen:
+            raise DataFileError(f"{name}: duplicate id {row['id']!r}")
+        seen.add(row["id"])
+        if runs is not None:
+            bad = [r for r in row.get("orig_map", {}).values() if r not in runs]
+            if bad:
+                raise DataFileError(f"{name}: orig_map names original run(s) {bad} that are not rows of original_runs.csv")
+        kw = {k: (tuple(v) if isinstance(v, list) else dict(v) if isinstance(v, Mapping) else v) for k, v in row.items()}
+        out.append(Claim(**kw))
+    if runs is not None:
+        bad = sorted({r for m in original_map.values() for r in m.values() if r not in runs})
+        if bad:
+            raise DataFileError(f"{where}: original_map names original run(s) {bad} that are not rows of original_runs.csv")
+    return tuple(out), original_map
+
+
+def load_claims(path: str | Path = CLAIMS_FILE, runs: Mapping[str, Any] | None = None
+                ) -> tuple[tuple[Claim, ...], dict[str, dict[str, str]]]:
+    """Read and validate ``claims.yaml`` (see :func:`parse_claims`)."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataFileError(f"{path} does not exist; it ships with the repository (docs/spec/claims.yaml)") from None
+    except yaml.YAMLError as exc:
+        raise DataFileError(f"{path}: not valid YAML ({exc})") from None
+    return parse_claims(doc, path, runs)
+
+
+def load_original_runs(path: str | Path = ORIGINAL_RUNS_FILE) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Read and validate ``original_runs.csv``: (run → metric → value, run → λ).
+
+    Columns: ``run`` (``HO/<name>`` or ``SO/<name>``), ``lam`` (orthogonality weight, empty when not a
+    sweep point) and exactly the metric columns of ``ORIGINAL_COLUMNS``; empty cells = not recorded.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(f"{path} does not exist; it ships with the repository (docs/spec/original_runs.csv)")
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        expected = ["run", "lam", *ORIGINAL_COLUMNS]
+        if header != expected:
+            got = header or []
+            raise DataFileError(f"{path}: header must be {','.join(expected)}; unknown column(s) "
+                                f"{sorted(set(got) - set(expected))}, missing {sorted(set(expected) - set(got))}"
+                                + ("" if set(got) != set(expected) else " (same columns, wrong order)"))
+        values: dict[str, dict[str, float]] = {}
+        lams: dict[str, float] = {}
+        for line, row in enumerate(reader, start=2):
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) != len(expected):
+                raise DataFileError(f"{path}, line {line}: {len(row)} cells, expected {len(expected)}")
+            run = row[0].strip()
+            if not re.fullmatch(r"(HO|SO)/\w+", run):
+                raise DataFileError(f"{path}, line {line}: run must look like HO/<name> or SO/<name>, got {run!r}")
+            if run in values:
+                raise DataFileError(f"{path}, line {line}: duplicate run {run!r}")
+            parsed: dict[str, float] = {}
+            for col, cell in zip(expected[1:], row[1:]):
+                cell = cell.strip()
+                if not cell:
+                    continue
+                try:
+                    parsed[col] = float(cell)
+                except ValueError:
+                    raise DataFileError(f"{path}, line {line} ({run}): column {col!r} must be a number or empty, "
+                                        f"got {cell!r}") from None
+            lam = parsed.pop("lam", None)
+            if lam is not None:
+                lams[run] = lam
+            values[run] = parsed
+    if not values:
+        raise DataFileError(f"{path}: no runs")
+    return values, lams
 
 
 def claim_ids() -> list[str]:

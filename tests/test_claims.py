@@ -217,3 +217,16 @@ def test_verdict_rule_text_is_documented():
     for phrase in ("lower-is-better", "within noise", "not testable offline", "Spearman", "5%"):
         assert phrase in claims.VERDICT_RULE or phrase.replace("-", " ") in claims.VERDICT_RULE, phrase
     assert not math.isnan(claims.MARGIN)
+
+
+# ------------------------------------------------------------------------------------------------
+# the data files (docs/spec/claims.yaml, docs/spec/original_runs.csv) equal the in-code tables
+# ------------------------------------------------------------------------------------------------
+def test_data_files_equal_the_in_code_tables():
+    runs, lams = claims.load_original_runs()
+    assert runs == {r: {k: v for k, v in row.items() if k != "probe_gap_top20_top1"}
+                    for r, row in claims.ORIGINAL_RUNS.items()}
+    assert lams == claims.ORIG_LAMBDA
+    loaded, omap = claims.load_claims(runs=runs)
+    assert loaded == CLAIMS
+    assert omap == claims.DEFAULT_ORIG_MAP
