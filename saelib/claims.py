@@ -1,14 +1,17 @@
-"""The two papers' claims as data, the verdict rule, and the claims ledger.
+"""The verdict rule and the claims ledger for the two papers' claims (the claims themselves are data).
 
 Each :class:`Claim` is one numbered claim of paper 000 (CompeteSAE) or paper 004 (sparsity-guided
 orthogonality): what it says, the number the paper printed, which of our SAE variants it compares,
-the metric and which way that metric is better, and where ``docs/spec/original_runs.md`` (a copy of ``shared/spec/``) traced it
-(``spec_quote`` is a verbatim piece of that spec row; a test checks it).
+the metric and which way that metric is better, and where ``docs/spec/original_runs.md`` traced it
+(``spec_quote`` is a verbatim piece of that spec row; a test checks it). The claims live in
+``docs/spec/claims.yaml`` and the original runs' numbers in ``docs/spec/original_runs.csv`` (named
+columns); both are validated when this module is imported (:class:`DataFileError` names the file,
+the row and the fix).
 
 The verdict is computed, never typed: :func:`verdict` applies one rule to a measured difference,
 :func:`build_ledger` applies it to our results (seed means, 95% CIs) and to the original runs'
-numbers (``ORIGINAL_RUNS``, transcribed from the spec's tables), so the ledger shows side by side
-what the papers claimed, what their own runs showed, and what we measure.
+numbers (``ORIGINAL_RUNS``), so the ledger shows side by side what the papers claimed, what their
+own runs showed, and what we measure.
 
 **Absorption is lower-is-better.** Both papers call an increase an improvement; a claim that a method
 "improves absorption" is tested as "its absorption score is lower".
@@ -154,55 +157,6 @@ def combine_verdicts(verdicts: Iterable[str]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# The original runs (docs/spec/original_runs.md, tables "HO" and "SO"), keyed like our results
-# ------------------------------------------------------------------------------------------------
-_ORIG_COLS = ("l0", "ev_legacy", "mse_legacy", "cossim", "kl_score", "ce_score", "mean_absorption_score",
-              "mean_num_split_features", "scr_dir1_threshold_2", "scr_dir1_threshold_20", "scr_metric_threshold_2",
-              "scr_metric_threshold_20", "scr_metric_threshold_100", "sae_top_1_test_accuracy",
-              "sae_top_20_test_accuracy", "sae_test_accuracy", "llm_top_1_test_accuracy", "unlearning_score")
-_N = None
-_ORIG_ROWS = {
-    # HO = CompeteSAE folder (F = 18,432). Baselines: topk k=320, standard = ReLU + L1.
-    "HO/topk": (320, .777, 1.414, .930, .991, .992, .0113, 1.24, .167, .287, .117, .242, .319, .796, .926, .960, .666, .0019),
-    "HO/standard": (48.9, .293, 4.438, .762, .720, .714, .0065, 1.04, .025, -.082, .043, .051, .034, .624, .821, .877, .654, .028),
-    "HO/run1": (120, .676, 2.062, .898, .978, .977, .0481, 1.21, .155, .223, .099, .217, .272, .781, .920, .958, .656, .060),
-    "HO/run2": (120, .680, 2.031, .898, .978, .979, .0462, 1.13, .169, .222, .080, .218, .292, .777, .919, .958, .657, .021),
-    "HO/run3": (120, .691, 1.945, .906, .981, .982, .0418, 1.29, .218, .223, .104, .260, .315, .793, .926, .958, .653, .019),
-    "HO/run4": (120, .691, 1.961, .902, .981, .980, .0535, 1.26, .191, .231, .089, .247, .328, .783, .926, .958, .657, .067),
-    "HO/run5": (100, .680, 2.031, .898, .978, .979, .0385, 1.28, .177, .201, .100, .260, .298, .763, .923, .958, .662, .099),
-    "HO/run6": (100, .680, 2.031, .898, .978, .979, .0376, 1.28, .177, .201, .100, .260, .298, .763, .923, .958, .662, .099),
-    # SO = orthogonality folder (k = 320). Baselines are 65,536 wide; unlearning was not run.
-    "SO/topk": (320, .789, 1.328, .938, .992, .992, .0092, 1.00, .132, .203, .065, .153, .215, .790, .920, .960, .657, _N),
-    "SO/standard": (8311, .988, .082, .996, 1.000, 1.000, .0092, 1.00, .028, -.097, .005, .036, .139, .698, .870, .958, .657, _N),
-    "SO/run1": (320, .777, 1.414, .930, .991, .992, .0193, 1.32, .196, .262, .120, .222, .285, .798, .922, .961, .645, _N),
-    "SO/run2": (320, .777, 1.414, .930, .991, .992, .0115, 1.14, .158, .275, .128, .224, .320, .808, .925, .961, .657, _N),
-    "SO/run3": (320, .777, 1.414, .930, .991, .992, .0215, 1.18, .181, .282, .125, .241, .295, .795, .924, .960, .653, _N),
-    "SO/run4": (320, .777, 1.414, .934, .991, .992, .0251, 1.14, .172, .289, .126, .235, .290, .804, .925, .961, .650, _N),
-    "SO/run5": (320, .777, 1.398, .934, .991, .992, .0171, 1.33, .125, .242, .057, .170, .229, .750, .914, .959, .660, _N),
-    "SO/run6": (320, .777, 1.414, .930, .991, .992, .0116, 1.10, .158, .275, .128, .224, .320, .808, .925, .961, .657, _N),
-}
-ORIGINAL_RUNS: dict[str, dict[str, float]] = {
-    run: {k: float(v) for k, v in zip(_ORIG_COLS, row) if v is not None} for run, row in _ORIG_ROWS.items()
-}
-"""Original run → metric → value (Gemma-2-2B layer 12, one seed each), from the spec's tables."""
-for _row in ORIGINAL_RUNS.values():
-    if "sae_top_1_test_accuracy" in _row and "sae_top_20_test_accuracy" in _row:
-        _row["probe_gap_top20_top1"] = _row["sae_top_20_test_accuracy"] - _row["sae_top_1_test_accuracy"]
-
-ORIG_ALIASES = {"mse": "mse_legacy", "ev": "ev_legacy"}
-"""Our metric → the field the original runs recorded (the papers printed the legacy definitions)."""
-
-ORIG_LAMBDA = {"SO/run1": 0.01, "SO/run2": 0.1, "SO/run3": 0.05, "SO/run4": 0.075, "SO/run5": 0.075, "SO/run6": 0.1}
-"""Orthogonality weight of each SO run (for trend claims)."""
-
-DEFAULT_ORIG_MAP = {
-    "000": {"topk": "HO/topk", "relu_l1": "HO/standard", **{f"compete_run{i}": f"HO/run{i}" for i in range(1, 7)}},
-    "004": {"topk": "SO/topk", "relu_l1": "SO/standard", **{f"ortho_run{i}": f"SO/run{i}" for i in range(1, 6)}},
-}
-"""Our variant → the original run it reproduces, per paper (a claim may override entries)."""
-
-
-# ------------------------------------------------------------------------------------------------
 # Claims
 # ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -246,251 +200,6 @@ class Claim:
     """False: "not testable offline" (``reason`` says why)."""
     reason: str = ""
     """Why a claim is not testable, or a caveat on how it is tested."""
-
-
-def _c(*args, **kw) -> Claim:
-    if isinstance(kw.get("metrics"), str):
-        kw["metrics"] = (kw["metrics"],)
-    if isinstance(kw.get("variants"), str):
-        kw["variants"] = (kw["variants"],)
-    return Claim(*args, **kw)
-
-
-_ABS = "mean_absorption_score"
-_SCR_ALL = tuple(f"scr_metric_threshold_{n}" for n in (2, 5, 10, 20, 50, 100, 500))
-_SP_K = tuple(f"sae_top_{k}_test_accuracy" for k in (1, 2, 5, 10, 20, 50))
-_ORTHO_RUNS = tuple(f"ortho_run{i}" for i in range(1, 6))
-
-CLAIMS: tuple[Claim, ...] = (
-    # ============================== paper 000: CompeteSAE ==============================
-    _c("000-abstract-absorption", "000", "abstract, intro, §2", "CompeteSAE reduces feature absorption against a standard SAE",
-       "0.0376 vs 0.0065, \"42% reduction\"", metrics=_ABS, variants="compete_run6", baseline="relu_l1",
-       claimed="better", comparison="relative change",
-       spec_quote='Abstract "absorption 0.0376 vs 0.0065, 42% reduction":',
-       original_source="HO run 6 mean_absorption_score vs final_info_standard (ReLU+L1)",
-       spec_finding="Lower is better: a 5.8× increase (3.3× the TopK baseline); 42% not derivable."),
-    _c("000-abstract-kl", "000", "abstract, intro", "CompeteSAE keeps a strong KL score (no worse than the TopK SAE)",
-       "KL 0.978", metrics="kl_score", variants="compete_run6", baseline="topk", claimed="not_worse",
-       comparison="vs baseline", spec_quote='"KL 0.978, MSE 2.031":', original_source="HO run 6 (= run 5)",
-       spec_finding="The TopK baseline is better (0.991)."),
-    _c("000-abstract-mse", "000", "abstract, intro, §2", "CompeteSAE keeps strong reconstruction (MSE no worse than the TopK SAE)",
-       "MSE 2.031", metrics="mse", variants="compete_run6", baseline="topk", claimed="not_worse",
-       comparison="vs baseline", spec_quote='"KL 0.978, MSE 2.031":', original_source="HO run 6 (= run 5)",
-       spec_finding="The TopK baseline is better (MSE 1.414)."),
-    _c("000-abstract-probing", "000", "abstract, intro", "CompeteSAE improves sparse probing over a standard SAE",
-       "0.958 vs 0.877 (+9.2%)", metrics="sae_test_accuracy", variants="compete_run6", baseline="relu_l1",
-       claimed="better", comparison="relative change", spec_quote='"Sparse probing 0.958 vs 0.877 (+9.2%)":',
-       original_source="HO run 6 SPall vs the L1 baseline", spec_finding="The TopK baseline scores 0.960."),
-    _c("000-abstract-unlearning", "000", "abstract, intro", "CompeteSAE improves unlearning over a standard SAE",
-       "0.099 vs 0.028 (3.5×)", metrics="unlearning_score", variants="compete_run6", baseline="relu_l1",
-       claimed="better", comparison="ratio", spec_quote='"Unlearning 0.099 vs 0.028 (3.5×)":',
-       original_source="HO run 5/6 vs the standard file's block (a 65,536-wide JumpReLU SAE)",
-       spec_finding="Baseline from a different SAE and eval config.",
-       reason="default profile: offline forget-loss surrogate with SAEBench's selection and clamp, not WMDP"),
-    _c("000-s6.1-kl", "000", "§6.1", "The final model's KL score beats the baseline",
-       "0.991 vs 0.720", metrics="kl_score", variants="compete_run6", baseline="relu_l1", claimed="better",
-       comparison="vs baseline", spec_quote='§6.1 "final model KL 0.991, MSE 1.414, EV 0.777, k=320":',
-       original_source="numbers are the TopK baseline and the L1 SAE; CompeteSAE run 6 has 0.978",
-       spec_finding="These are the TopK baseline, not CompeteSAE."),
-    _c("000-s6.1-mse", "000", "§6.1", "The final model reconstructs better than the baseline",
-       "MSE 1.414 vs 4.44", metrics="mse", variants="compete_run6", baseline="relu_l1", claimed="better",
-       comparison="vs baseline", spec_quote='§6.1 "final model KL 0.991, MSE 1.414, EV 0.777, k=320":',
-       original_source="TopK baseline vs L1; CompeteSAE run 6 has 2.031",
-       spec_finding="These are the TopK baseline, not CompeteSAE."),
-    _c("000-s6.1-ev", "000", "§6.1", "The final model explains more variance than the baseline",
-       "EV 0.777 vs 0.293", metrics="ev", variants="compete_run6", baseline="relu_l1", claimed="better",
-       comparison="vs baseline", spec_quote='§6.1 "final model KL 0.991, MSE 1.414, EV 0.777, k=320":',
-       original_source="TopK baseline vs L1; CompeteSAE run 6 has 0.680",
-       spec_finding="These are the TopK baseline, not CompeteSAE."),
-    _c("000-s6.1-l0", "000", "§6.1", "The final model activates k = 320 latents per token (as the TopK k=320 SAE)",
-       "k = 320", metrics="l0", variants="compete_run6", baseline="topk", claimed="equal", comparison="vs baseline",
-       spec_quote='§6.1 "final model KL 0.991, MSE 1.414, EV 0.777, k=320":',
-       original_source="TopK baseline's L0; CompeteSAE ran with k = 100", spec_finding="k = 320 is the TopK baseline."),
-    _c("000-s6.2-absorption", "000", "§6.2", "CompeteSAE's absorption score improves on the baseline",
-       "0.011 over 21 letters (baseline 0.0065)", metrics=_ABS, variants="compete_run6", baseline="relu_l1",
-       claimed="better", comparison="vs baseline", spec_quote="§6.2 \"0.011 over 21 letters, 1.24 split",
-       original_source="the TopK baseline's absorption block", spec_finding="0.011 is TopK's score, higher than L1's 0.0065."),
-    _c("000-intro-7.18", "000", "intro, §2, §3", "Standard SAEs on Gemma-2-2B absorb up to 7.18% for some letter",
-       "up to 7.18% ('t'); 'k' 6.62%, 'o' 6.35%", metrics="max_letter_absorption_rate", variants="topk", baseline=None,
-       claimed="equal", comparison="absolute", spec_quote="the intro's \"7.18%\" ('t'): the TopK baseline's absorption block",
-       original_source="TopK baseline, per-letter rates", spec_finding="Traced to the TopK baseline.",
-       testable=False, reason="a Gemma-2-2B-specific per-letter rate; our highest per-letter rate is shown for reference"),
-    _c("000-s6.3-probing", "000", "§6.3", "Sparse probing accuracy beats the baseline",
-       "0.960 vs 0.877", metrics="sae_test_accuracy", variants="compete_run6", baseline="relu_l1", claimed="better",
-       comparison="vs baseline", spec_quote='"0.960 vs 0.877" is TopK vs L1 SPall.',
-       original_source="TopK vs L1 SPall; CompeteSAE run 6 has 0.958", spec_finding="The numbers are TopK's."),
-    _c("000-s6.3-probing-all-k", "000", "§6.3", "Probing improves over the baseline at every k (1–50)",
-       "\"consistent improvements across all k-values\"", metrics=_SP_K, variants="compete_run6", baseline="relu_l1",
-       claimed="better", comparison="vs baseline", spec_quote="§6.3 probing:",
-       original_source="HO run 6 vs L1 (SP1, SP20 recorded)", spec_finding="Part of the §6.3 block traced to TopK vs L1."),
-    _c("000-s6.3-sentiment", "000", "§6.3", "Largest probing gain on sentiment tasks",
-       "0.979 vs 0.899", metrics="sae_test_accuracy@sentiment", variants="compete_run6", baseline="relu_l1",
-       claimed="better", comparison="vs baseline", spec_quote='"Sentiment 0.979 vs 0.899" is TopK vs L1 on amazon-sentiment.',
-       original_source="TopK vs L1 on amazon-sentiment", spec_finding="The numbers are TopK's, not CompeteSAE's."),
-    _c("000-s6.3-langid", "000", "§6.3", "Large probing gain on language identification",
-       "0.999 vs 0.981", metrics="sae_test_accuracy@lang|europarl", variants="compete_run6", baseline="relu_l1",
-       claimed="better", comparison="vs baseline", spec_quote='"Language ID 0.999 vs 0.981":',
-       original_source="0.999 is TopK on europarl; 0.981 unresolved", spec_finding="0.981 is not the L1 SAE (0.919). Unresolved."),
-    _c("000-s6.3-scr2", "000", "§6.3", "SCR at threshold 2 beats the baseline",
-       "0.167 (baseline 0.043)", metrics="scr_metric_threshold_2", variants="compete_run6", baseline="relu_l1",
-       claimed="better", comparison="vs baseline", spec_quote='"Threshold-2 0.167 (baseline 0.043)" compares TopK d1@2 with L1 m@2',
-       original_source="TopK d1@2 vs L1 m@2; CompeteSAE run 6 m@2 = 0.100", spec_finding="Two different fields compared."),
-    _c("000-s6.3-scr100", "000", "§6.3", "SCR at threshold 100 beats the baseline",
-       "0.319 (baseline 0.034)", metrics="scr_metric_threshold_100", variants="compete_run6", baseline="relu_l1",
-       claimed="better", comparison="vs baseline", spec_quote='"Threshold-100 0.319 (0.034)" is TopK m@100 vs L1 m@100.',
-       original_source="TopK m@100 vs L1; CompeteSAE run 6 m@100 = 0.298", spec_finding="The numbers are TopK's."),
-    _c("000-s6.3-scr-all", "000", "§6.3", "SCR improves at every threshold",
-       "\"improved concept stability across all thresholds\"", metrics=_SCR_ALL, variants="compete_run6",
-       baseline="relu_l1", claimed="better", comparison="vs baseline", spec_quote="SCR:",
-       original_source="HO run 6 m@2/m@20/m@100 vs L1", spec_finding="CompeteSAE run 6 scores m@2 0.100, m@100 0.298."),
-    _c("000-s6.3-unlearning", "000", "§6.3", "Unlearning improves over the baseline",
-       "0.0019 (baseline 0.028), called an improvement", metrics="unlearning_score", variants="compete_run6",
-       baseline="relu_l1", claimed="better", comparison="vs baseline", spec_quote='"Unlearning 0.0019 (baseline 0.028)":',
-       original_source="TopK file's block (a 4,608-wide ReLU SAE) vs the standard file's block",
-       spec_finding="0.0019 < 0.028, and it contradicts the abstract's 0.099.",
-       reason="default profile: offline forget-loss surrogate, not WMDP"),
-    _c("000-table1-nowarmup-kl", "000", "Table 1", "Removing the warmup lowers the KL score",
-       "full 0.991 vs no warmup 0.981", metrics="kl_score", variants="compete_run6", baseline="compete_no_warmup",
-       claimed="better", comparison="vs baseline", spec_quote='"No warmup": KL 0.981 is from runs 3/4',
-       original_source="real no-warmup run = HO run 1 (0.978)", spec_finding="Table mixes runs; run 1 vs run 6 is 0.978 vs 0.978.",
-       orig_map={"compete_no_warmup": "HO/run1"}),
-    _c("000-table1-nowarmup-mse", "000", "Table 1", "Removing the warmup worsens MSE",
-       "full 1.414 vs no warmup 2.031", metrics="mse", variants="compete_run6", baseline="compete_no_warmup",
-       claimed="better", comparison="vs baseline", spec_quote='"No warmup": KL 0.981 is from runs 3/4, MSE 2.031 from runs 2/5/6',
-       original_source="real no-warmup run = HO run 1 (2.0625)", spec_finding="Full = TopK baseline; MSE from runs 2/5/6.",
-       orig_map={"compete_no_warmup": "HO/run1"}),
-    _c("000-table1-nowarmup-scr", "000", "Table 1", "Removing the warmup lowers SCR (t=2)",
-       "full 0.167 vs no warmup 0.092", metrics="scr_metric_threshold_2", variants="compete_run6",
-       baseline="compete_no_warmup", claimed="better", comparison="vs baseline",
-       spec_quote="SCR 0.092 is not found anywhere", original_source="real no-warmup run = HO run 1 (m@2 0.099)",
-       spec_finding="0.092 not found in any run.", orig_map={"compete_no_warmup": "HO/run1"}),
-    _c("000-s3-warmup-absorption", "000", "§3.1", "Without warmup, absorption is 35% higher",
-       "+35% absorption without warmup", metrics=_ABS, variants="compete_run6", baseline="compete_no_warmup",
-       claimed="better", comparison="relative change", spec_quote='"35% higher absorption without warmup" (run 1 vs run 2 is +4%)',
-       original_source="HO run 1 (no warmup) vs run 2 (warmup), both k = 120",
-       spec_finding="No supporting data; run 1 vs run 2 is +4%.",
-       orig_map={"compete_run6": "HO/run2", "compete_no_warmup": "HO/run1"}),
-    _c("000-table1-nocomp-kl", "000", "Table 1", "Without the competition term the KL score drops",
-       "full 0.991 vs no competition 0.720", metrics="kl_score", variants="compete_run6", baseline="topk_k100",
-       claimed="better", comparison="vs baseline", spec_quote='"No competition" = the L1 baseline, not an ablation.',
-       original_source="none: the row is the L1 SAE", spec_finding="No no-competition run exists."),
-    _c("000-table1-nocomp-mse", "000", "Table 1", "Without the competition term MSE worsens",
-       "full 1.414 vs no competition 4.438", metrics="mse", variants="compete_run6", baseline="topk_k100",
-       claimed="better", comparison="vs baseline", spec_quote='"No competition" = the L1 baseline, not an ablation.',
-       original_source="none: the row is the L1 SAE", spec_finding="No no-competition run exists."),
-    _c("000-table1-nocomp-scr", "000", "Table 1", "Without the competition term SCR (t=2) drops",
-       "full 0.167 vs no competition 0.043", metrics="scr_metric_threshold_2", variants="compete_run6",
-       baseline="topk_k100", claimed="better", comparison="vs baseline",
-       spec_quote='"No competition" = the L1 baseline, not an ablation.',
-       original_source="none: the row is the L1 SAE", spec_finding="No no-competition run exists."),
-    _c("000-s6.4-competition-absorption", "000", "§6.4", "The competition mechanism is essential for feature separation (absorption)",
-       "\"competition mechanism essential for feature separation\"", metrics=_ABS, variants="compete_run6",
-       baseline="topk_k100", claimed="better", comparison="vs baseline",
-       spec_quote='"No competition" = the L1 baseline, not an ablation.',
-       original_source="none: no run without the penalty at k = 100", spec_finding="No no-competition run exists."),
-    _c("000-table1-reduced-kl", "000", "Table 1", "A smaller dictionary lowers the KL score",
-       "full 0.991 vs reduced 0.978", metrics="kl_score", variants="compete_run6", baseline="compete_reduced_dict",
-       claimed="better", comparison="vs baseline", spec_quote='"Reduced dict size": 0.978 / 2.031 are run 5/6',
-       original_source="none: run 5/6 numbers", spec_finding="No reduced-size run exists."),
-    _c("000-table1-reduced-mse", "000", "Table 1", "A smaller dictionary worsens MSE",
-       "full 1.414 vs reduced 2.031", metrics="mse", variants="compete_run6", baseline="compete_reduced_dict",
-       claimed="better", comparison="vs baseline", spec_quote='"Reduced dict size": 0.978 / 2.031 are run 5/6',
-       original_source="none: run 5/6 numbers", spec_finding="No reduced-size run exists."),
-    _c("000-table1-reduced-scr", "000", "Table 1", "A smaller dictionary lowers SCR (t=2)",
-       "full 0.167 vs reduced 0.117", metrics="scr_metric_threshold_2", variants="compete_run6",
-       baseline="compete_reduced_dict", claimed="better", comparison="vs baseline",
-       spec_quote="and 0.117 is TopK's m@2. No reduced-size run exists.",
-       original_source="none: 0.117 is TopK's m@2", spec_finding="No reduced-size run exists."),
-    _c("000-s2-jumprelu-mse", "000", "§2", "JumpReLU SAEs reach state-of-the-art MSE",
-       "MSE 1.945", metrics="mse", variants="jumprelu", baseline="topk", claimed="better", comparison="vs baseline",
-       spec_quote='"JumpReLU MSE 1.945":', original_source="HO run 3's MSE", spec_finding="1.945 is CompeteSAE run 3's MSE."),
-    _c("000-s6.5-overhead", "000", "intro, §6.5", "The competition penalty adds at most 20% training time (15% overhead)",
-       "+20% training time, 15% overhead", metrics="train_wall_time_s", variants="compete_run6", baseline="topk_k100",
-       claimed="not_worse", comparison="overhead ≤ bound", bound=0.20,
-       spec_quote='"20%/15% overhead"', original_source="none recorded", spec_finding="No supporting data found.",
-       reason="wall time of one training run on a shared CPU: noisy"),
-    _c("000-s3-r082", "000", "§3.1, §7", "Competition strength correlates with semantic similarity (r = 0.82)",
-       "r = 0.82", metrics=(), variants=(), baseline=None, claimed="equal", comparison="absolute",
-       spec_quote="No supporting data found for: r=0.82", original_source="none recorded",
-       spec_finding="No supporting data found.", testable=False,
-       reason="no semantic-similarity measurement defined in either paper or run; nothing to reproduce"),
-    # ============================== paper 004: sparsity-guided orthogonality ==============================
-    _c("004-abstract-absorption", "004", "abstract, intro, §6.1, §7", "The orthogonality penalty improves absorption (\"nearly triples disentanglement\")",
-       "0.025 vs 0.009", metrics=_ABS, variants="ortho_run4", baseline="topk", claimed="better", comparison="ratio",
-       spec_quote='Headline "absorption 0.025 vs 0.009, nearly 3×":', original_source="SO run 4 vs TopK-65,536",
-       spec_finding="Lower is better: every orthogonality run is worse, run 4 the worst."),
-    _c("004-abstract-scr", "004", "abstract, intro, §6.1, §7", "30% better SCR at k = 2 than the baseline",
-       "0.172 vs 0.132", metrics="scr_metric_threshold_2", variants="ortho_run4", baseline="topk",
-       claimed="better", comparison="relative change", spec_quote='"SCR 0.172 vs 0.132 (30%)":',
-       original_source="SO run 4 d1@2 vs TopK d1@2 (we test scr_metric)", spec_finding="Run 1 has the best d1@2, runs 2/6 the best m@2."),
-    _c("004-abstract-probing", "004", "abstract, intro, §2", "Probing accuracy improves over the baseline",
-       "0.961 vs 0.951", metrics="sae_test_accuracy", variants="ortho_run4", baseline="topk", claimed="better",
-       comparison="vs baseline", spec_quote='"Probing 0.961 vs 0.951":', original_source="SO run 4 SPall; 0.951 = LLM probe",
-       spec_finding="0.951 is no SAE baseline; TopK scores 0.960."),
-    _c("004-abstract-mse", "004", "abstract, intro, §6.1", "Reconstruction MSE matches the baseline",
-       "MSE 1.41, \"matching baseline\"", metrics="mse", variants="ortho_run4", baseline="topk", claimed="not_worse",
-       comparison="vs baseline", spec_quote='"MSE 1.41, cos 0.93, matching baseline":',
-       original_source="SO runs 1–4 and 6", spec_finding="No SO baseline has MSE 1.41 (TopK-65,536: 1.328)."),
-    _c("004-s6.1-cossim", "004", "intro, §6.1", "Cosine similarity matches the baseline",
-       "cos 0.93", metrics="cossim", variants="ortho_run4", baseline="topk", claimed="not_worse",
-       comparison="vs baseline", spec_quote='"MSE 1.41, cos 0.93, matching baseline":',
-       original_source="SO runs 1–4 and 6", spec_finding="TopK-65,536 has 0.938."),
-    _c("004-fig1-run4-best-absorption", "004", "Fig. 1, §6.1", "Run 4 (λ = 0.075) has the best absorption of all configurations",
-       "run 4 \"highest\" 0.025", metrics=_ABS, variants="ortho_run4", baseline=None, claimed="better",
-       comparison="best of", others=tuple(v for v in _ORTHO_RUNS if v != "ortho_run4"),
-       spec_quote="every orthogonality run (0.0115–0.0251) is worse, and run 4 is the worst",
-       original_source="SO runs 1–5", spec_finding="Run 4 has the worst (highest) absorption."),
-    _c("004-fig1-alpha-trend", "004", "Fig. 1, §6.1", "Increasing the orthogonality weight steadily improves absorption",
-       "\"steady improvement\" over runs 1–3", metrics=_ABS, variants=("ortho_run1", "ortho_run3", "ortho_run4", "ortho_run2"),
-       baseline=None, claimed="better", comparison="trend over λ", spec_quote="Figures 1–4 are empty",
-       original_source="SO runs 1–4 (λ 0.01, 0.05, 0.075, 0.1)", spec_finding="Captions unsupported (empty figures)."),
-    _c("004-fig2-run4-best-scr", "004", "Fig. 2", "Run 4 achieves the best SCR",
-       "0.172 at k=2", metrics="scr_metric_threshold_2", variants="ortho_run4", baseline=None, claimed="better",
-       comparison="best of", others=tuple(v for v in _ORTHO_RUNS if v != "ortho_run4"),
-       spec_quote='so "run 4 best SCR" is false', original_source="SO runs 1–5 m@2", spec_finding="Run 1 best d1@2, runs 2/6 best m@2."),
-    _c("004-fig2-all-scr", "004", "Fig. 2", "Every orthogonal variant improves SCR over the baseline",
-       "\"all orthogonal variants showed improved SCR\"", metrics=("scr_metric_threshold_2", "scr_metric_threshold_20"),
-       variants=_ORTHO_RUNS, baseline="topk", claimed="better", comparison="vs baseline",
-       spec_quote="Figures 1–4 are empty", original_source="SO runs 1–5 vs TopK-65,536", spec_finding="Captions unsupported (empty figures)."),
-    _c("004-fig3-recon-stable", "004", "Fig. 3, §6.2", "Reconstruction stays at the baseline's level for every configuration",
-       "MSE ≈ 1.41, cos ≈ 0.93", metrics=("mse", "cossim"), variants=_ORTHO_RUNS, baseline="topk", claimed="not_worse",
-       comparison="vs baseline", spec_quote='"MSE 1.41, cos 0.93, matching baseline":',
-       original_source="SO runs 1–5", spec_finding="No SO baseline has MSE 1.41."),
-    _c("004-fig4-all-probing", "004", "Fig. 4", "Every orthogonal variant improves probing (top-1, top-20) over the baseline",
-       "\"all orthogonal variants improved\"", metrics=("sae_top_1_test_accuracy", "sae_top_20_test_accuracy"),
-       variants=_ORTHO_RUNS, baseline="topk", claimed="better", comparison="vs baseline",
-       spec_quote="Figures 1–4 are empty", original_source="SO runs 1–5 vs TopK-65,536", spec_finding="Captions unsupported (empty figures)."),
-    _c("004-s6.3-top1", "004", "§6.3", "Top-1 probing accuracy beats the baseline",
-       "0.961 (baseline 0.951)", metrics="sae_top_1_test_accuracy", variants="ortho_run4", baseline="topk",
-       claimed="better", comparison="vs baseline", spec_quote='§6.3 calls 0.961 "top-1"; run 4\'s SP1 is 0.804.',
-       original_source="SO run 4 SP1 = 0.804", spec_finding="0.961 is SPall, not top-1."),
-    _c("004-s6.3-top20", "004", "§6.3", "Top-20 probing accuracy beats the baseline",
-       "0.959 (baseline 0.878)", metrics="sae_top_20_test_accuracy", variants="ortho_run4", baseline="topk",
-       claimed="better", comparison="vs baseline", spec_quote='"Top-20 0.959 (baseline 0.878)": run 4\'s SP20 is 0.925.',
-       original_source="SO run 4 SP20 = 0.925; 0.878 = LLM top-20", spec_finding="0.959 not found among run 4's fields."),
-    _c("004-s6.3-gap", "004", "§6.3", "A smaller top-1/top-20 probing gap than the baseline (more precise features)",
-       "gap 0.002 vs 0.073", metrics="probe_gap_top20_top1", variants="ortho_run4", baseline="topk", claimed="better",
-       comparison="vs baseline", spec_quote='The "gap 0.002 vs 0.073" claim rests on these mislabels.',
-       original_source="SO run 4 vs TopK SP20 − SP1", spec_finding="Rests on mislabelled fields.",
-       reason="'smaller gap is better' is the paper's reading, kept here"),
-    _c("004-s6.2-run2-recon", "004", "§6.2", "The strongest weight (λ = 0.1) slightly degrades reconstruction",
-       "\"slight reconstruction degradation\"", metrics="mse", variants="ortho_run2", baseline="ortho_run1",
-       claimed="worse", comparison="vs baseline", spec_quote='run 2 SCR 0.158 (but its "reconstruction degradation" is false: MSE identical)',
-       original_source="SO run 2 vs run 1", spec_finding="False: MSE identical."),
-    _c("004-s6.2-run5-absorption", "004", "§6.2, §6.4", "A wider dictionary (run 5) is worse than run 4 on absorption (diminishing returns)",
-       "run 5 absorption 0.017", metrics=_ABS, variants="ortho_run4", baseline="ortho_run5", claimed="better",
-       comparison="vs baseline", spec_quote="Ablation numbers that match:", original_source="SO run 5 vs run 4",
-       spec_finding="Numbers match; run 5's 0.017 is lower (better) than run 4's 0.025."),
-    _c("004-s6.2-run5-scr", "004", "§6.2, §6.4", "A wider dictionary (run 5) is worse than run 4 on SCR",
-       "run 5 SCR 0.125", metrics="scr_metric_threshold_2", variants="ortho_run4", baseline="ortho_run5",
-       claimed="better", comparison="vs baseline", spec_quote="Ablation numbers that match:",
-       original_source="SO run 5 vs run 4", spec_finding="Numbers match."),
-    _c("004-s6.2-run6-absorption", "004", "§6.2", "Strong orthogonality (λ = 0.1) keeps absorption at the baseline's level",
-       "run 6 absorption 0.012, \"good\"", metrics=_ABS, variants="ortho_run2", baseline="topk", claimed="not_worse",
-       comparison="vs baseline", spec_quote="Ablation numbers that match:", original_source="SO run 6 (= run 2)",
-       spec_finding="Numbers match (0.0116).", orig_map={"ortho_run2": "SO/run6"}),
-)
-"""Every numbered claim of both papers that the ledger tracks."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -666,6 +375,26 @@ def load_original_runs(path: str | Path = ORIGINAL_RUNS_FILE) -> tuple[dict[str,
     if not values:
         raise DataFileError(f"{path}: no runs")
     return values, lams
+
+
+# ------------------------------------------------------------------------------------------------
+# The loaded data
+# ------------------------------------------------------------------------------------------------
+ORIGINAL_RUNS, ORIG_LAMBDA = load_original_runs()
+"""``ORIGINAL_RUNS``: original run → metric → value (Gemma-2-2B layer 12, one seed each), from
+``docs/spec/original_runs.csv`` (the spec's tables). ``ORIG_LAMBDA``: orthogonality weight of each SO
+run (for trend claims)."""
+for _row in ORIGINAL_RUNS.values():
+    if "sae_top_1_test_accuracy" in _row and "sae_top_20_test_accuracy" in _row:
+        _row["probe_gap_top20_top1"] = _row["sae_top_20_test_accuracy"] - _row["sae_top_1_test_accuracy"]
+
+ORIG_ALIASES = {"mse": "mse_legacy", "ev": "ev_legacy"}
+"""Our metric → the field the original runs recorded (the papers printed the legacy definitions)."""
+
+CLAIMS, DEFAULT_ORIG_MAP = load_claims(runs=ORIGINAL_RUNS)
+"""``CLAIMS``: every numbered claim of both papers that the ledger tracks (``docs/spec/claims.yaml``).
+``DEFAULT_ORIG_MAP``: our variant → the original run it reproduces, per paper (a claim may override
+entries with ``orig_map``)."""
 
 
 def claim_ids() -> list[str]:

@@ -219,14 +219,60 @@ def test_verdict_rule_text_is_documented():
     assert not math.isnan(claims.MARGIN)
 
 
+
 # ------------------------------------------------------------------------------------------------
-# the data files (docs/spec/claims.yaml, docs/spec/original_runs.csv) equal the in-code tables
+# the data files (docs/spec/claims.yaml, docs/spec/original_runs.csv): validated on load
 # ------------------------------------------------------------------------------------------------
-def test_data_files_equal_the_in_code_tables():
+def test_data_files_validate_and_hold_the_transcribed_values():
     runs, lams = claims.load_original_runs()
-    assert runs == {r: {k: v for k, v in row.items() if k != "probe_gap_top20_top1"}
-                    for r, row in claims.ORIGINAL_RUNS.items()}
-    assert lams == claims.ORIG_LAMBDA
+    assert len(runs) == 16 and set(lams) == {f"SO/run{i}" for i in range(1, 7)}
+    assert lams["SO/run4"] == 0.075 and runs["HO/run6"]["mean_absorption_score"] == 0.0376
+    assert "unlearning_score" not in runs["SO/run4"] and runs["HO/standard"]["l0"] == 48.9
     loaded, omap = claims.load_claims(runs=runs)
-    assert loaded == CLAIMS
-    assert omap == claims.DEFAULT_ORIG_MAP
+    assert loaded == CLAIMS and omap == claims.DEFAULT_ORIG_MAP
+    first = CLAIMS[0]
+    assert (first.id, first.metrics, first.variants, first.claimed) == (
+        "000-abstract-absorption", ("mean_absorption_score",), ("compete_run6",), "better")
+    assert omap["000"]["compete_run6"] == "HO/run6" and omap["004"]["ortho_run4"] == "SO/run4"
+
+
+def _yaml_doc():
+    return yaml.safe_load(claims.CLAIMS_FILE.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d["claims"][2].update(colour="red"), r"claim #3 \('000-abstract-mse'\): unknown key\(s\) \['colour'\]"),
+    (lambda d: d["claims"][0].pop("metrics"), r"claim #1 \('000-abstract-absorption'\): missing required field\(s\) \['metrics'\]"),
+    (lambda d: d["claims"][1].update(variants="compete_run6"), r"field 'variants' must be a list of strings"),
+    (lambda d: d["claims"][1].update(bound="20%"), r"field 'bound' must be a number or null"),
+    (lambda d: d["claims"][1].update(claimed="improves"), r"claimed must be one of"),
+    (lambda d: d["claims"][1].update(paper=0), r"field 'paper' must be a string"),
+    (lambda d: d["claims"][1].update(id=d["claims"][0]["id"]), r"duplicate id"),
+    (lambda d: d["claims"][1].update(orig_map={"topk": "HO/run9"}), r"original run\(s\) \['HO/run9'\]"),
+    (lambda d: d.update(extra=1), r"top-level keys"),
+])
+def test_bad_claims_file_fails_loudly_naming_file_and_row(tmp_path, mutate, message):
+    doc = _yaml_doc()
+    mutate(doc)
+    bad = tmp_path / "claims.yaml"
+    bad.write_text(yaml.safe_dump(doc, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    runs, _ = claims.load_original_runs()
+    with pytest.raises(claims.DataFileError, match=message) as err:
+        claims.load_claims(bad, runs=runs)
+    assert str(bad) in str(err.value)
+
+
+def test_bad_original_runs_file_fails_loudly(tmp_path):
+    lines = claims.ORIGINAL_RUNS_FILE.read_text(encoding="utf-8").splitlines()
+    bad = tmp_path / "original_runs.csv"
+    bad.write_text("\n".join([lines[0].replace("cossim", "cosine")] + lines[1:]) + "\n")
+    with pytest.raises(claims.DataFileError, match=r"unknown column\(s\) \['cosine'\], missing \['cossim'\]"):
+        claims.load_original_runs(bad)
+    bad.write_text("\n".join(lines[:3] + [lines[3].replace("0.0481", "0.048x")] + lines[4:]) + "\n")
+    with pytest.raises(claims.DataFileError, match=r"line 4 \(HO/run1\): column 'mean_absorption_score'"):
+        claims.load_original_runs(bad)
+    bad.write_text("\n".join(lines[:2] + [lines[1]]) + "\n")
+    with pytest.raises(claims.DataFileError, match="line 3: duplicate run 'HO/topk'"):
+        claims.load_original_runs(bad)
+    with pytest.raises(claims.DataFileError, match="does not exist"):
+        claims.load_original_runs(tmp_path / "nope.csv")
