@@ -31,61 +31,82 @@ import pandas as pd
 import yaml
 from scipy import stats
 
-from .results import DiffCI, Results, diff_ci, direction
+from .results import DiffCI, Results, diff_ci, direction, mde, mean_ci
 
 SUPPORTED = "supported"
 CONTRADICTED = "contradicted"
 NOISE = "within noise"
+UNDERPOWERED = "underpowered"
 NOT_TESTABLE = "not testable offline"
 NOT_RUN = "not run"
-VERDICTS = (SUPPORTED, CONTRADICTED, NOISE, NOT_TESTABLE, NOT_RUN)
+VERDICTS = (SUPPORTED, CONTRADICTED, NOISE, UNDERPOWERED, NOT_TESTABLE, NOT_RUN)
 """Every verdict the ledger can show."""
 
 CLAIMED = ("better", "worse", "not_worse", "equal")
 """What a claim asserts about ``variant`` against ``baseline`` on the metric (in the metric's own
-direction of better): strictly better, strictly worse, no worse than (within ``margin``), or equal
-(within ``margin``)."""
+direction of better): strictly better, strictly worse, no worse than (within the metric's margin), or
+equal (within the margin)."""
 
 MARGIN = 0.05
-"""Non-inferiority / equality margin, relative to |baseline|: "maintains", "matches" and "consistent"
-claims allow a change of up to 5% of the baseline value."""
+"""Fallback margin, relative to |baseline|: used only where a metric's margin rule needs a seed SD and
+no seeded group was run (the original runs, a profile without seeds), or when :func:`verdict` is
+called without a margin."""
 TIE_TOL = 0.01
 """Without any confidence interval, a change smaller than 1% of |baseline| is called "within noise"."""
 TREND_MIN_RHO = 0.5
 """A trend claim needs a Spearman |ρ| of at least 0.5 (with the claimed sign) over ≥ 3 points."""
+MARGIN_KINDS = ("absolute", "seed_sd", "relative")
+"""How a metric's margin is set: a fixed amount in the metric's units (bounded scores), a multiple of
+the measured pooled seed SD, or a fraction of |baseline| (descriptive quantities such as L0)."""
 
-VERDICT_RULE = f"""\
-Verdict rule (``saelib.claims.verdict``). Let g be the *improvement* of the variant over its
-comparison, in the metric's own direction of better (g = ours − baseline for higher-is-better
-metrics, baseline − ours for lower-is-better ones, e.g. absorption and MSE), and [g_lo, g_hi] its 95%
-confidence interval over seeds when one exists. With m = {MARGIN:.0%} of |baseline|:
 
-* claim "better":    supported if g_lo > 0; contradicted if g_hi < 0; otherwise within noise.
-* claim "worse":     the same with the sign of g flipped.
-* claim "not worse" ("maintains", "matches"): supported if g_lo ≥ −m; contradicted if g_hi < −m;
-  otherwise within noise.
-* claim "equal":     supported if −m ≤ g_lo and g_hi ≤ m; contradicted if g_lo > m or g_hi < −m;
-  otherwise within noise.
-* No interval (single runs, no seeded group to borrow a run-to-run SD from): the interval collapses
-  to g itself, except that for "better"/"worse" a |g| below {TIE_TOL:.0%} of |baseline| is within noise.
-* Claims over several variants or metrics ("all variants improve", "every threshold") are
-  contradicted if any pair is, supported only if every pair is, within noise otherwise.
-* "best of" claims compare the variant with the best of the others; trend claims ("steadily improves
-  with α") use the Spearman ρ between λ and the metric: supported if ρ points the claimed way with
-  |ρ| ≥ {TREND_MIN_RHO}, contradicted if it points the other way with |ρ| ≥ {TREND_MIN_RHO}.
-* A claim whose variants were not run at this profile is "not run"; a claim that needs something the
-  offline setup cannot produce (a Gemma-2-2B-specific number, data nobody recorded) is
-  "not testable offline".
-"""
+@dataclass(frozen=True)
+class MarginRule:
+    """The non-inferiority / equality margin of the metrics matching ``metrics``."""
+
+    metrics: str
+    """Regular expression, matched in full against the metric key (without an ``@task`` suffix)."""
+    kind: str
+    """One of ``MARGIN_KINDS``."""
+    value: float
+    """The amount (absolute), the multiple of the seed SD (seed_sd), or the fraction of |baseline| (relative)."""
+    why: str
+    """One sentence: why this margin for these metrics."""
+
+    def matches(self, metric: str) -> bool:
+        return re.fullmatch(self.metrics, metric.split("@", 1)[0]) is not None
+
+
+def margin_for(metric: str, rules: Sequence[MarginRule], noise_sd: float = math.nan,
+               baseline_value: float = math.nan) -> tuple[float, str]:
+    """The margin of ``metric`` in its own units, and how it was set (first matching rule wins).
+
+    A ``seed_sd`` rule without a measured seed SD falls back to ``MARGIN`` × |baseline| (and says so).
+    """
+    rule = next((r for r in rules if r.matches(metric)), None)
+    if rule is None:
+        raise KeyError(f"no margin rule matches metric {metric!r}; add one to docs/spec/claims.yaml (margins)")
+    if rule.kind == "absolute":
+        return float(rule.value), f"{rule.value:g} absolute"
+    if rule.kind == "seed_sd":
+        if noise_sd is not None and math.isfinite(noise_sd) and noise_sd > 0:
+            return float(rule.value * noise_sd), f"{rule.value:g} × seed SD ({noise_sd:.3g})"
+        return MARGIN * abs(baseline_value), f"{MARGIN:.0%} of |baseline| (no seed SD measured)"
+    return float(rule.value * abs(baseline_value)), f"{rule.value:.0%} of |baseline|"
 
 
 def verdict(our_value: float, baseline_value: float, direction: str, claimed_direction: str,
-            ci: tuple[float, float] | None = None, *, margin: float = MARGIN, tie_tol: float = TIE_TOL) -> str:
+            ci: tuple[float, float] | None = None, *, margin: float | None = None, tie_tol: float = TIE_TOL,
+            mde: float = math.nan, effect: float = math.nan) -> str:
     """Judge one claim on one measured comparison (see ``VERDICT_RULE``).
 
     ``direction``: "lower" or "higher" (which way the metric is better). ``claimed_direction``: one of
-    ``CLAIMED``. ``ci``: (lo, hi) of ``our_value − baseline_value`` or None. ``margin`` and
-    ``tie_tol`` are relative to |baseline_value|.
+    ``CLAIMED``. ``ci``: (lo, hi) of ``our_value − baseline_value`` or None. ``margin``: the
+    non-inferiority / equality margin in the metric's units (None: ``MARGIN`` × |baseline|).
+    ``tie_tol`` is relative to |baseline_value|. ``mde``: the minimum detectable effect of this
+    comparison; ``effect``: the effect the claim is about (both in the metric's units). A result that
+    would be "within noise" is "underpowered" when ``mde > effect``: the experiment could not have
+    seen the claimed effect, so its silence says nothing.
     """
     if direction not in ("lower", "higher"):
         raise ValueError(f"direction must be 'lower' or 'higher', got {direction!r}")
@@ -103,31 +124,32 @@ def verdict(our_value: float, baseline_value: float, direction: str, claimed_dir
     else:
         lo = hi = g
         has_ci = False
-    m = margin * abs(baseline_value)
+    m = MARGIN * abs(baseline_value) if margin is None else float(margin)
+    if m < 0 or not math.isfinite(m):
+        raise ValueError(f"margin must be a finite number ≥ 0, got {margin!r}")
+    unresolved = UNDERPOWERED if (math.isfinite(mde) and math.isfinite(effect) and mde > effect) else NOISE
     if claimed_direction in ("better", "worse"):
         if claimed_direction == "worse":
             lo, hi, g = -hi, -lo, -g
-        if not has_ci and abs(g) < tie_tol * abs(baseline_value):
-            return NOISE
-        if not has_ci and g == 0:
+        if not has_ci and (abs(g) < tie_tol * abs(baseline_value) or g == 0):
             return NOISE
         if lo > 0:
             return SUPPORTED
         if hi < 0:
             return CONTRADICTED
-        return NOISE
+        return unresolved
     if claimed_direction == "not_worse":
         if lo >= -m:
             return SUPPORTED
         if hi < -m:
             return CONTRADICTED
-        return NOISE
+        return unresolved
     # equal
     if -m <= lo and hi <= m:
         return SUPPORTED
     if lo > m or hi < -m:
         return CONTRADICTED
-    return NOISE
+    return unresolved
 
 
 def trend_verdict(rho: float, direction: str, claimed_direction: str = "better", n_points: int = 0,
@@ -145,7 +167,8 @@ def trend_verdict(rho: float, direction: str, claimed_direction: str = "better",
 
 
 def combine_verdicts(verdicts: Iterable[str]) -> str:
-    """"All of these hold": contradicted if any is, supported only if every run pair is."""
+    """"All of these hold": contradicted if any is, supported only if every run pair is; otherwise
+    within noise if any adequately powered pair is, underpowered if every unresolved pair is."""
     run = [v for v in verdicts if v not in (NOT_RUN, NOT_TESTABLE)]
     if not run:
         return NOT_RUN
@@ -153,7 +176,7 @@ def combine_verdicts(verdicts: Iterable[str]) -> str:
         return CONTRADICTED
     if all(v == SUPPORTED for v in run):
         return SUPPORTED
-    return NOISE
+    return NOISE if NOISE in run else UNDERPOWERED
 
 
 # ------------------------------------------------------------------------------------------------
@@ -194,6 +217,9 @@ class Claim:
     """For "best of": the variants the claimed best is compared with."""
     bound: float | None = None
     """For "overhead ≤ bound": the largest relative overhead the claim allows."""
+    claimed_effect_rel: float | None = None
+    """The size of the effect the paper claims, as a fraction of the baseline ("42% reduction" → 0.42),
+    where the paper states one; None: the claim is about any effect of at least the metric's margin."""
     orig_map: Mapping[str, str] = field(default_factory=dict)
     """Overrides of ``DEFAULT_ORIG_MAP`` (our variant → original run) for this claim."""
     testable: bool = True
@@ -226,7 +252,7 @@ class DataFileError(ValueError):
 def _claim_field_types() -> dict[str, tuple[str, bool]]:
     """Claim field → (kind, required). Kinds: str, str?, strs, num?, bool, map."""
     kinds = {"baseline": "str?", "metrics": "strs", "variants": "strs", "others": "strs", "bound": "num?",
-             "orig_map": "map", "testable": "bool"}
+             "orig_map": "map", "testable": "bool", "claimed_effect_rel": "num?"}
     out = {}
     for f in dataclasses.fields(Claim):
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
@@ -254,19 +280,60 @@ _KIND_TEXT = {"str": "a string", "str?": "a string or null", "strs": "a list of 
               "bool": "true or false", "map": "a mapping of strings to strings"}
 
 
-def parse_claims(doc: Any, source: str | Path = "<claims>", runs: Mapping[str, Any] | None = None
-                 ) -> tuple[tuple[Claim, ...], dict[str, dict[str, str]]]:
-    """Validate the parsed ``claims.yaml`` document and build the claims and the default original-run
-    map. ``runs``: the original runs (for checking that every mapped run exists). Any problem raises
+@dataclass(frozen=True)
+class ClaimsData:
+    """The content of ``claims.yaml``."""
+
+    claims: tuple[Claim, ...]
+    """Every claim, in file order."""
+    original_map: dict[str, dict[str, str]]
+    """Paper → our variant → the original run it reproduces (a claim may override entries)."""
+    margins: tuple[MarginRule, ...]
+    """Margin rules, first match wins."""
+
+
+def _parse_margins(rows: Any, where: str) -> tuple[MarginRule, ...]:
+    fields_ = {f.name for f in dataclasses.fields(MarginRule)}
+    if not isinstance(rows, list) or not rows:
+        raise DataFileError(f"{where}: 'margins' must be a non-empty list of {{{', '.join(sorted(fields_))}}} mappings")
+    out = []
+    for i, row in enumerate(rows, start=1):
+        name = f"{where}: margin rule #{i}"
+        if not isinstance(row, Mapping):
+            raise DataFileError(f"{name}: expected a mapping, got {type(row).__name__}")
+        if set(row) != fields_:
+            raise DataFileError(f"{name}: keys must be {sorted(fields_)} (unknown: {sorted(set(row) - fields_)}, "
+                                f"missing: {sorted(fields_ - set(row))})")
+        if not isinstance(row["metrics"], str) or not isinstance(row["why"], str) or not row["why"].strip():
+            raise DataFileError(f"{name}: 'metrics' (a regular expression) and 'why' must be non-empty strings")
+        try:
+            re.compile(row["metrics"])
+        except re.error as exc:
+            raise DataFileError(f"{name}: 'metrics' is not a valid regular expression ({exc})") from None
+        if row["kind"] not in MARGIN_KINDS:
+            raise DataFileError(f"{name}: kind must be one of {MARGIN_KINDS}, got {row['kind']!r}")
+        value = row["value"]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise DataFileError(f"{name}: value must be a number ≥ 0, got {value!r}")
+        out.append(MarginRule(row["metrics"], row["kind"], float(value), row["why"].strip()))
+    if not any(r.matches("any_unlisted_metric") for r in out):
+        raise DataFileError(f"{where}: the last margin rule must match every metric (metrics: '.*')")
+    return tuple(out)
+
+
+def parse_claims(doc: Any, source: str | Path = "<claims>", runs: Mapping[str, Any] | None = None) -> ClaimsData:
+    """Validate the parsed ``claims.yaml`` document and build the claims, the default original-run
+    map and the margin rules. ``runs``: the original runs (for checking that every mapped run exists). Any problem raises
     :class:`DataFileError` naming ``source``, the claim (position and id) and what to fix."""
     where = str(source)
+    top = {"margins", "original_map", "claims"}
     if not isinstance(doc, Mapping):
-        raise DataFileError(f"{where}: expected a mapping with keys 'original_map' and 'claims', got {type(doc).__name__}")
-    unknown = set(doc) - {"original_map", "claims"}
-    missing = {"original_map", "claims"} - set(doc)
+        raise DataFileError(f"{where}: expected a mapping with keys {sorted(top)}, got {type(doc).__name__}")
+    unknown, missing = set(doc) - top, top - set(doc)
     if unknown or missing:
-        raise DataFileError(f"{where}: top-level keys must be 'original_map' and 'claims' "
+        raise DataFileError(f"{where}: top-level keys must be {sorted(top)} "
                             f"(unknown: {sorted(unknown)}, missing: {sorted(missing)})")
+    margins = _parse_margins(doc["margins"], where)
     omap = doc["original_map"]
     if not isinstance(omap, Mapping) or not all(
             str(p) in PAPERS and isinstance(m, Mapping) and all(isinstance(k, str) and isinstance(v, str)
@@ -312,11 +379,10 @@ def parse_claims(doc: Any, source: str | Path = "<claims>", runs: Mapping[str, A
         bad = sorted({r for m in original_map.values() for r in m.values() if r not in runs})
         if bad:
             raise DataFileError(f"{where}: original_map names original run(s) {bad} that are not rows of original_runs.csv")
-    return tuple(out), original_map
+    return ClaimsData(tuple(out), original_map, margins)
 
 
-def load_claims(path: str | Path = CLAIMS_FILE, runs: Mapping[str, Any] | None = None
-                ) -> tuple[tuple[Claim, ...], dict[str, dict[str, str]]]:
+def load_claims(path: str | Path = CLAIMS_FILE, runs: Mapping[str, Any] | None = None) -> ClaimsData:
     """Read and validate ``claims.yaml`` (see :func:`parse_claims`)."""
     path = Path(path)
     try:
@@ -391,10 +457,62 @@ for _row in ORIGINAL_RUNS.values():
 ORIG_ALIASES = {"mse": "mse_legacy", "ev": "ev_legacy"}
 """Our metric → the field the original runs recorded (the papers printed the legacy definitions)."""
 
-CLAIMS, DEFAULT_ORIG_MAP = load_claims(runs=ORIGINAL_RUNS)
-"""``CLAIMS``: every numbered claim of both papers that the ledger tracks (``docs/spec/claims.yaml``).
-``DEFAULT_ORIG_MAP``: our variant → the original run it reproduces, per paper (a claim may override
-entries with ``orig_map``)."""
+_DATA = load_claims(runs=ORIGINAL_RUNS)
+CLAIMS: tuple[Claim, ...] = _DATA.claims
+"""Every numbered claim of both papers that the ledger tracks (``docs/spec/claims.yaml``)."""
+DEFAULT_ORIG_MAP: dict[str, dict[str, str]] = _DATA.original_map
+"""Our variant → the original run it reproduces, per paper (a claim may override entries with ``orig_map``)."""
+MARGINS: tuple[MarginRule, ...] = _DATA.margins
+"""Per-metric margin rules (``docs/spec/claims.yaml``, ``margins``), first match wins."""
+
+
+def verdict_rule_text(margins: Sequence[MarginRule] = ()) -> str:
+    """The verdict rule in words, with the margin table (printed by notebook 07, quoted in the README)."""
+    table = "\n".join(
+        f"  - {r.metrics}: " + {"absolute": f"{r.value:g} (absolute)", "seed_sd": f"{r.value:g} × the pooled seed SD",
+                                "relative": f"{r.value:.0%} of |baseline|"}[r.kind] + f". {r.why}"
+        for r in margins)
+    return f"""\
+Verdict rule (``saelib.claims.verdict``). Let g be the *improvement* of the variant over its
+comparison, in the metric's own direction of better (g = ours − baseline for higher-is-better
+metrics, baseline − ours for lower-is-better ones, e.g. absorption and MSE), and [g_lo, g_hi] its 95%
+confidence interval over seeds when one exists. m is the metric's margin (table below):
+
+* claim "better":    supported if g_lo > 0; contradicted if g_hi < 0; otherwise unresolved.
+* claim "worse":     the same with the sign of g flipped.
+* claim "not worse" ("maintains", "matches"): supported if g_lo ≥ −m; contradicted if g_hi < −m;
+  otherwise unresolved.
+* claim "equal":     supported if −m ≤ g_lo and g_hi ≤ m; contradicted if g_lo > m or g_hi < −m;
+  otherwise unresolved.
+* Power. Each comparison has a minimum detectable effect at the seeds it has (two-sample, two-sided
+  α = 0.05, power 0.8, from the metric's pooled seed SD s with ν degrees of freedom):
+  MDE = (t_(0.975, ν) + t_(0.8, ν)) · s · √(1/n_a + 1/n_b)  (≈ 2.8 · s · √(1/n_a + 1/n_b) for large ν).
+  The effect the claim is about is the paper's stated size where it gives one (a fraction of our
+  baseline, e.g. "42% reduction"), otherwise m. An unresolved claim is "underpowered" when
+  MDE > that effect (the experiment could not have seen it: its silence says nothing), and
+  "within noise" when MDE ≤ that effect (it could have, and did not).
+* No interval (single runs, no seeded group to borrow a run-to-run SD from): the interval collapses
+  to g itself, except that for "better"/"worse" a |g| below {TIE_TOL:.0%} of |baseline| is within noise;
+  no MDE can be stated.
+* Claims over several variants or metrics ("all variants improve", "every threshold") are
+  contradicted if any pair is, supported only if every pair is, within noise if any pair is, and
+  underpowered otherwise.
+* "best of" claims compare the variant with the best of the others; trend claims ("steadily improves
+  with α") use the Spearman ρ between λ and the metric: supported if ρ points the claimed way with
+  |ρ| ≥ {TREND_MIN_RHO}, contradicted if it points the other way with |ρ| ≥ {TREND_MIN_RHO}.
+* A claim whose variants were not run at this profile is "not run"; a claim that needs something the
+  offline setup cannot produce (a Gemma-2-2B-specific number, data nobody recorded) is
+  "not testable offline".
+
+Margins m per metric (``docs/spec/claims.yaml``, first match wins; a seed-SD rule without any seeded
+group falls back to {MARGIN:.0%} of |baseline|):
+{table}
+"""
+
+
+VERDICT_RULE = verdict_rule_text(MARGINS)
+"""The verdict rule with this repository's margin table."""
+
 
 
 def claim_ids() -> list[str]:
@@ -468,6 +586,14 @@ class Evaluation:
     """95% CI half-width of ``baseline_value`` over seeds."""
     noise_sd: float = math.nan
     """Pooled run-to-run SD of the binding metric."""
+    margin: float = math.nan
+    """The binding metric's margin m, in its units."""
+    margin_rule: str = ""
+    """How m was set (absolute, × seed SD, % of baseline, fallback)."""
+    effect: float = math.nan
+    """The effect the claim is about on the binding pair (paper's stated size, else m), in metric units."""
+    mde: float = math.nan
+    """Minimum detectable effect of the binding pair at its seeds (NaN without a seed SD)."""
     binding: str = ""
     """Which (variant vs baseline, metric) pair decided a multi-pair claim; "" for a single pair."""
     pairs_run: int = 0
@@ -476,14 +602,60 @@ class Evaluation:
     """How many pairs the claim has."""
 
 
-def _ci_half(vals: Sequence[float]) -> float:
-    from .results import mean_ci
+@dataclass
+class _Pair:
+    """One (variant, baseline, metric) comparison of a claim."""
 
+    variant: str
+    baseline: str | None
+    metric: str
+    verdict: str
+    diff: DiffCI | None = None
+    rel: float = math.nan
+    margin: float = math.nan
+    margin_rule: str = ""
+    effect: float = math.nan
+    mde: float = math.nan
+
+
+def _ci_half(vals: Sequence[float]) -> float:
     return mean_ci(vals)["ci"]
 
 
-def evaluate_claim(claim: Claim, source: _Source) -> Evaluation:
-    """Apply the verdict rule to ``claim`` on ``source`` (our results or the original runs)."""
+def effect_of_interest(claim: Claim, margin: float, baseline_value: float) -> float:
+    """The effect the claim is about, in the metric's units: the paper's stated relative size times
+    |baseline| for a "better"/"worse" claim that states one, otherwise the margin."""
+    if claim.claimed in ("better", "worse") and claim.claimed_effect_rel is not None:
+        return abs(claim.claimed_effect_rel * baseline_value)
+    return margin
+
+
+def _judge_pair(claim: Claim, source: _Source, variant: str, baseline: str, metric: str, d: str,
+                margins: Sequence[MarginRule]) -> _Pair:
+    diff = source.compare(variant, baseline, metric)
+    if diff.n_a == 0 or diff.n_b == 0:
+        return _Pair(variant, baseline, metric, NOT_RUN, diff)
+    a = float(np.mean(source.values(variant, metric)))
+    b = float(np.mean(source.values(baseline, metric)))
+    if claim.comparison == "overhead ≤ bound":
+        over = a / b - 1.0
+        return _Pair(variant, baseline, metric, verdict(over, claim.bound, "lower", "not_worse", None, margin=0.0),
+                     diff, over)
+    sd, df = source.noise(metric)
+    m, rule = margin_for(metric, margins, sd, b)
+    effect = effect_of_interest(claim, m, b)
+    power_mde = mde(sd, df, diff.n_a, diff.n_b)
+    ci = (diff.lo, diff.hi) if diff.has_ci else None
+    v = verdict(a, b, d, claim.claimed, ci, margin=m, mde=power_mde, effect=effect)
+    sign = 1.0 if d == "higher" else -1.0
+    rel = sign * (a - b) / abs(b) if b else sign * (a - b)
+    return _Pair(variant, baseline, metric, v, diff, rel, m, rule, effect, power_mde)
+
+
+def evaluate_claim(claim: Claim, source: _Source, margins: Sequence[MarginRule] | None = None) -> Evaluation:
+    """Apply the verdict rule to ``claim`` on ``source`` (our results or the original runs), with the
+    per-metric ``margins`` (default: ``MARGINS`` from claims.yaml)."""
+    margins = MARGINS if margins is None else margins
     if not claim.testable:  # still show our value for reference where the claim names one
         vals = source.values(claim.variants[0], claim.metrics[0]) if claim.variants and claim.metrics else []
         return Evaluation(NOT_TESTABLE, value=float(np.mean(vals)) if vals else math.nan, value_ci=_ci_half(vals))
@@ -495,7 +667,7 @@ def evaluate_claim(claim: Claim, source: _Source) -> Evaluation:
         rho = float(stats.spearmanr([p[0] for p in pts], [p[1] for p in pts])[0]) if n >= 3 else math.nan
         return Evaluation(trend_verdict(rho, direction(metric), claim.claimed, n), value=rho, pairs_run=n,
                           pairs_total=len(claim.variants))
-    pairs = []
+    pairs: list[_Pair] = []
     for metric in claim.metrics:
         d = direction(metric)
         if d is None:  # descriptive metric (L0): only an "equal" claim makes sense, either sign works
@@ -506,49 +678,35 @@ def evaluate_claim(claim: Claim, source: _Source) -> Evaluation:
             if claim.comparison == "best of":
                 cands = [(o, np.mean(source.values(o, metric))) for o in claim.others if source.values(o, metric)]
                 if not cands or not source.values(variant, metric):
-                    pairs.append((variant, None, metric, NOT_RUN, None, math.nan))
+                    pairs.append(_Pair(variant, None, metric, NOT_RUN))
                     continue
                 best = max(cands, key=lambda c: c[1]) if d == "higher" else min(cands, key=lambda c: c[1])
                 baseline = best[0]
             else:
                 baseline = claim.baseline
-            diff = source.compare(variant, baseline, metric)
-            if diff.n_a == 0 or diff.n_b == 0:
-                pairs.append((variant, baseline, metric, NOT_RUN, diff, math.nan))
-                continue
-            a = float(np.mean(source.values(variant, metric)))
-            b = float(np.mean(source.values(baseline, metric)))
-            if claim.comparison == "overhead ≤ bound":
-                over = a / b - 1.0
-                v = verdict(over, claim.bound, "lower", "not_worse", None, margin=0.0)
-                pairs.append((variant, baseline, metric, v, diff, over))
-                continue
-            ci = (diff.lo, diff.hi) if diff.has_ci else None
-            v = verdict(a, b, d, claim.claimed, ci)
-            sign = 1.0 if d == "higher" else -1.0
-            rel = sign * (a - b) / abs(b) if b else sign * (a - b)
-            pairs.append((variant, baseline, metric, v, diff, rel))
-    run = [p for p in pairs if p[3] != NOT_RUN]
-    overall = combine_verdicts(p[3] for p in pairs)
+            pairs.append(_judge_pair(claim, source, variant, baseline, metric, d, margins))
+    run = [p for p in pairs if p.verdict != NOT_RUN]
+    overall = combine_verdicts(p.verdict for p in pairs)
     if not run:
         return Evaluation(NOT_RUN, pairs_total=len(pairs))
-    # the binding pair: a contradicting one if any, else the least favourable relative improvement
-    contra = [p for p in run if p[3] == overall] if overall == CONTRADICTED else run
+    # the binding pair: one with the overall verdict if any pair has it (a contradicting one for a
+    # contradicted claim), and among those the least favourable relative improvement
+    cands = [p for p in run if p.verdict == overall] or run
     if claim.comparison == "overhead ≤ bound":
-        bind = max(contra, key=lambda p: p[5])
+        bind = max(cands, key=lambda p: p.rel)
     else:
-        bind = min(contra, key=lambda p: p[5] if claim.claimed != "worse" else -p[5])
-    variant, baseline, metric, _, diff, rel = bind
-    a_vals, b_vals = source.values(variant, metric), source.values(baseline, metric)
+        bind = min(cands, key=lambda p: p.rel if claim.claimed != "worse" else -p.rel)
+    a_vals, b_vals = source.values(bind.variant, bind.metric), source.values(bind.baseline, bind.metric)
     if claim.comparison == "overhead ≤ bound":  # value = relative overhead, compared with the bound
-        value, base, value_ci, base_ci = rel, float(claim.bound), math.nan, math.nan
+        value, base, value_ci, base_ci = bind.rel, float(claim.bound), math.nan, math.nan
     else:
         value, base = float(np.mean(a_vals)), float(np.mean(b_vals))
         value_ci, base_ci = _ci_half(a_vals), _ci_half(b_vals)
     return Evaluation(
-        overall, value=value, baseline_value=base, diff=diff, value_ci=value_ci,
-        baseline_ci=base_ci, noise_sd=source.noise(metric)[0],
-        binding="" if len(pairs) == 1 else f"{variant} vs {baseline}, {metric}", pairs_run=len(run),
+        overall, value=value, baseline_value=base, diff=bind.diff, value_ci=value_ci,
+        baseline_ci=base_ci, noise_sd=source.noise(bind.metric)[0], margin=bind.margin,
+        margin_rule=bind.margin_rule, effect=bind.effect, mde=bind.mde,
+        binding="" if len(pairs) == 1 else f"{bind.variant} vs {bind.baseline}, {bind.metric}", pairs_run=len(run),
         pairs_total=len(pairs))
 
 
@@ -557,6 +715,14 @@ def _text(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     return str(value)
+
+
+def _finite(x) -> bool:
+    """True for a finite number (False for None, NaN, "" from a CSV round trip)."""
+    try:
+        return x is not None and math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
 
 
 def _fmt(x: float, ci: float = math.nan, digits: int = 4) -> str:
@@ -580,14 +746,28 @@ def _evidence(claim: Claim, e: Evaluation) -> str:
     return f"95% CI ({d.method}; {d.n_a} vs {d.n_b} seeds)"
 
 
-def build_ledger(results: Results, claims: Sequence[Claim] = CLAIMS) -> pd.DataFrame:
-    """One row per claim: the paper's statement, the original runs' verdict, our value with its CI, and
-    our verdict. Every verdict comes from :func:`verdict` / :func:`trend_verdict`."""
+STANDARD_SAE = "relu_l1_matched"
+"""The "standard SAE" of every "vs standard SAE" claim: ReLU + L1 with λ matched to the original
+standard SAE's sparsity (L0/d ≈ 0.021)."""
+LITERAL_STANDARD = "relu_l1"
+"""ReLU + L1 at the papers' literal λ = 0.04, which at our activation scale is dense (L0 > d); kept
+beside every standard-SAE comparison, labelled ``LITERAL_LABEL``."""
+LITERAL_LABEL = "literal λ=0.04 (dense)"
+
+
+def build_ledger(results: Results, claims: Sequence[Claim] = CLAIMS,
+                 margins: Sequence[MarginRule] | None = None) -> pd.DataFrame:
+    """One row per claim: the paper's statement, the original runs' verdict, our value with its CI, the
+    margin, the minimum detectable effect, and our verdict. Every verdict comes from :func:`verdict` /
+    :func:`trend_verdict`. A claim against ``STANDARD_SAE`` is also judged against ``LITERAL_STANDARD``
+    (columns ``literal_*``)."""
     ours = _Ours(results)
     rows = []
     for c in claims:
-        e = evaluate_claim(c, ours)
-        o = evaluate_claim(c, _Original(c))
+        e = evaluate_claim(c, ours, margins)
+        o = evaluate_claim(c, _Original(c), margins)
+        lit = (evaluate_claim(dataclasses.replace(c, baseline=LITERAL_STANDARD), ours, margins)
+               if c.baseline == STANDARD_SAE else None)
         dirs = list(dict.fromkeys(direction(m) or "none (descriptive)" for m in c.metrics))
         ratio = e.value / e.baseline_value if e.baseline_value and math.isfinite(e.baseline_value) else math.nan
         diff = e.diff
@@ -621,6 +801,13 @@ def build_ledger(results: Results, claims: Sequence[Claim] = CLAIMS) -> pd.DataF
             "our_ratio": ratio if c.comparison != "overhead ≤ bound" else math.nan,
             "seed_sd": e.noise_sd,
             "effect_over_seed_sd": (diff.diff / e.noise_sd) if diff and e.noise_sd and math.isfinite(e.noise_sd) else math.nan,
+            "margin": e.margin,
+            "margin_rule": e.margin_rule,
+            "effect_of_interest": e.effect,
+            "mde": e.mde,
+            "literal_baseline": f"{LITERAL_STANDARD} ({LITERAL_LABEL})" if lit else "",
+            "literal_value": lit.baseline_value if lit else math.nan,
+            "literal_verdict": lit.verdict if lit else "",
             "binding_pair": e.binding,
             "pairs_run": f"{e.pairs_run}/{e.pairs_total}",
             "evidence": _evidence(c, e),
@@ -651,17 +838,32 @@ def ledger_display(ledger: pd.DataFrame) -> pd.DataFrame:
             orig = _fmt(r["original_value"])
             if orig and math.isfinite(r["original_baseline"]):
                 orig += f" vs {_fmt(r['original_baseline'])}"
+        power = ""
+        if _finite(r.get("margin")) and r["comparison"] not in ("trend over λ", "overhead ≤ bound"):
+            power = f"m = {r['margin']:.3g}"
+            if _finite(r.get("effect_of_interest")) and r["effect_of_interest"] != r["margin"]:
+                power += f"; claimed effect {r['effect_of_interest']:.3g}"
+            power += f"; MDE {r['mde']:.3g} ({_text(r['n_seeds'])} seeds)" if _finite(r.get("mde")) else "; MDE: no seed SD"
+        literal = ""
+        if _text(r.get("literal_verdict")):
+            lv = r["literal_value"]
+            literal = (f"vs {LITERAL_STANDARD} {lv:.4g}: " if _finite(lv) else "") + r["literal_verdict"]
         out.append({
             "id": r["claim_id"], "claim": r["claim"], "paper says": r["paper_value"],
             "metric (better)": f"{r['metric']} ({r['better']})",
             "compared": (f"{r['variant']} vs {r['baseline']}" if _text(r["baseline"]) else _text(r["variant"]))
             + (f"; decided by {r['binding_pair']}" if _text(r["binding_pair"]) else ""),
             "original runs": f"{orig} → {r['original_verdict']}" if orig else r["original_verdict"],
-            "ours": ours, "verdict": r["verdict"] + (" (no CI)" if r["evidence"] == "single run, no CI" else ""),
+            "ours": ours, "margin, power": power,
+            "verdict": r["verdict"] + (" (no CI)" if r["evidence"] == "single run, no CI" else ""),
+            LITERAL_LABEL: literal,
         })
     return pd.DataFrame(out)
 
 
 __all__ = ["Claim", "CLAIMS", "CLAIMED", "VERDICTS", "VERDICT_RULE", "SUPPORTED", "CONTRADICTED", "NOISE",
-           "NOT_TESTABLE", "NOT_RUN", "MARGIN", "TIE_TOL", "ORIGINAL_RUNS", "verdict", "trend_verdict",
-           "combine_verdicts", "evaluate_claim", "build_ledger", "ledger_display", "claim_ids", "Evaluation"]
+           "UNDERPOWERED", "NOT_TESTABLE", "NOT_RUN", "MARGIN", "MARGINS", "MarginRule", "TIE_TOL", "ORIGINAL_RUNS",
+           "verdict", "trend_verdict", "combine_verdicts", "evaluate_claim", "effect_of_interest", "margin_for",
+           "verdict_rule_text", "build_ledger", "ledger_display", "claim_ids", "Evaluation", "ClaimsData",
+           "DataFileError", "load_claims", "load_original_runs", "parse_claims", "STANDARD_SAE", "LITERAL_STANDARD",
+           "LITERAL_LABEL"]

@@ -285,6 +285,29 @@ def diff_ci(a: Iterable[float], b: Iterable[float], *, noise_sd: float = math.na
     return DiffCI(d, math.nan, math.nan, "none", len(a), len(b))
 
 
+POWER = 0.8
+"""Power at which the minimum detectable effect is stated."""
+ALPHA = 0.05
+"""Two-sided significance level of the minimum detectable effect (and of every 95% interval)."""
+
+
+def mde(noise_sd: float, noise_df: int, n_a: int, n_b: int, *, alpha: float = ALPHA, power: float = POWER) -> float:
+    """Minimum detectable effect of a two-sample comparison of group means (two-sided ``alpha``,
+    ``power``), from the metric's pooled seed SD ``s`` with ``noise_df`` degrees of freedom ν:
+
+        MDE = (t_{1−α/2, ν} + t_{power, ν}) · s · √(1/n_a + 1/n_b)
+
+    (the usual normal-theory formula with Student-t quantiles for an SD estimated from ν seeds-minus-one;
+    α = 0.05, power 0.8, ν = ∞ gives the familiar 2.80 · s · √(1/n_a + 1/n_b)). An effect smaller than
+    this would be missed more than 20% of the time by the 95% interval. NaN without a seed SD
+    (``noise_df < 1``) or without values in a group.
+    """
+    if n_a < 1 or n_b < 1 or noise_df < 1 or noise_sd is None or not math.isfinite(noise_sd):
+        return math.nan
+    q = float(stats.t.ppf(1 - alpha / 2, noise_df) + stats.t.ppf(power, noise_df))
+    return q * float(noise_sd) * math.sqrt(1 / n_a + 1 / n_b)
+
+
 # ------------------------------------------------------------------------------------------------
 # The loaded results
 # ------------------------------------------------------------------------------------------------
@@ -560,4 +583,4 @@ def penalty_family(results: Results, reference: str) -> list[str]:
 
 __all__ = ["EVALS", "Results", "DiffCI", "ResultFormatError", "load_results", "read_core", "read_absorption",
            "read_scr", "read_probing", "read_unlearning", "seed_base", "mean_ci", "pooled_sd", "diff_ci",
-           "seed_table", "matched_baseline", "penalty_family", "direction", "label", "axis_label"]
+           "seed_table", "mde", "ALPHA", "POWER", "matched_baseline", "penalty_family", "direction", "label", "axis_label"]

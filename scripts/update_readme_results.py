@@ -172,7 +172,11 @@ def render_results_section(root: str | Path) -> str:
               f"{len(ledger)} claims (`results/claims_ledger.csv`, all columns there). The verdict rule is in "
               "`saelib/claims.py` (`VERDICT_RULE`) and printed in `notebooks/07_figures.py`. \"Original runs\" applies "
               "the same rule to the original Gemma-2-2B runs' recorded numbers (`docs/spec/original_runs.md`); "
-              "\"(no CI)\" marks a single-run comparison.", "",
+              "\"(no CI)\" marks a single-run comparison. Each metric has its own margin m (absolute for bounded "
+              "scores, a multiple of the measured seed SD otherwise; `docs/spec/claims.yaml`), and each comparison its "
+              "minimum detectable effect (MDE: two-sample, α = 0.05, power 0.8, from the pooled seed SD). "
+              "**underpowered** means the claim is unresolved and the MDE exceeds the effect the claim is about: "
+              "the experiment could not have seen it. **within noise** means it could have, and did not.", "",
               md_table(counts.reset_index()), md_table(ledger_display(ledger)), "### Figures", ""]
     for stem, caption in FIGURES:
         if (root / "figures" / f"{stem}.png").exists():

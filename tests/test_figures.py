@@ -352,6 +352,18 @@ def test_ledger_verdicts_on_synthetic_results(synthetic):
     assert L.loc["000-s6.5-overhead", "our_value"] == pytest.approx(0.10)
     assert L.loc["000-s6.5-overhead", "verdict"] == claims.SUPPORTED
     assert set(L["verdict"]) <= set(claims.VERDICTS)
+    # "MSE matches the baseline": ortho_run4 101 vs TopK 100 (3 vs 3 seeds, SD 1). Margin = 2 × seed SD = 2;
+    # Welch CI of g = −1 ± 2.27 straddles −2; MDE = (t.975,6 + t.8,6)·1·sqrt(2/3) = (2.446912 + 0.905703) · 0.816497
+    # = 2.737 > 2 → underpowered (not "within noise")
+    row = L.loc["004-abstract-mse"]
+    assert row["margin"] == pytest.approx(2.0) and row["margin_rule"] == "2 × seed SD (1)"
+    assert row["mde"] == pytest.approx((2.446912 + 0.905703) * 0.816497, rel=1e-5)
+    assert row["verdict"] == claims.UNDERPOWERED
+    # a bounded score uses its absolute margin: KL 0.89 vs 0.95 is beyond 0.01 → contradicted
+    assert L.loc["000-abstract-kl", "margin"] == pytest.approx(0.01)
+    assert L.loc["000-abstract-kl", "verdict"] == claims.CONTRADICTED
+    shown = claims.ledger_display(L.reset_index()).set_index("id")
+    assert shown.loc["004-abstract-mse", "margin, power"] == "m = 2; MDE 2.74 (3 vs 3 seeds)"
 
 
 # ------------------------------------------------------------------------------------------------
