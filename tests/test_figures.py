@@ -281,7 +281,8 @@ def test_every_value_axis_names_metric_and_direction(synthetic):
         fig = build(r)
         for ax in fig.axes:
             if ax.get_visible() and ax.get_ylabel():
-                assert "is better" in ax.get_ylabel(), (build.__name__, ax.get_ylabel())
+                assert "is better" in ax.get_ylabel() or "descriptive" in ax.get_ylabel(), (build.__name__,
+                                                                                             ax.get_ylabel())
         plt.close(fig)
 
 
