@@ -364,3 +364,14 @@ def test_bad_original_runs_file_fails_loudly(tmp_path):
         claims.load_original_runs(bad)
     with pytest.raises(claims.DataFileError, match="does not exist"):
         claims.load_original_runs(tmp_path / "nope.csv")
+
+
+def test_notebook_states_every_margin_rule():
+    """The margin table in notebook 07's markdown names every rule of claims.yaml with its value."""
+    text = (ROOT / "notebooks" / "07_figures.py").read_text(encoding="utf-8").replace("\\|", "|")
+    for rule in claims.MARGINS:
+        assert f"`{rule.metrics}`" in text, rule.metrics
+        amount = {"absolute": f"{rule.value:g} absolute", "relative": f"{rule.value:.0%} of the baseline",
+                  "seed_sd": f"{rule.value:g} × the pooled seed SD"}[rule.kind]
+        assert amount in text, (rule.metrics, amount)
+    assert "underpowered" in text and "MDE = (t₀.₉₇₅,ν + t₀.₈,ν) · s · √(1/n_a + 1/n_b)" in text

@@ -408,6 +408,15 @@ def test_effect_sentences_answer_the_question():
     s = m.effect_sentences(eff)
     assert "**no** — higher absorption (worse)" in s[0] and "0.0500 vs 0.0400" in s[0]
     assert "**no detectable change**" in s[1]
+    # with the comparison kind, seeds and a missing L1 control
+    eff["comparison"] = ["vs plain TopK", "vs L1 control"]
+    eff["n_variant"], eff["n_baseline"], eff["status"] = [5, 5], [5, 1], ["", ""]
+    missing = {"variant": "e", "baseline": "topk_l1", "comparison": "vs L1 control", "metric": "",
+               "status": "not run (topk_l1 has no results)"}
+    s = m.effect_sentences(pd.concat([eff, pd.DataFrame([missing])], ignore_index=True))
+    assert s[0] == "- `e` vs L1 control `topk_l1`: not run (topk_l1 has no results)."
+    assert "vs `b` (vs plain TopK): 0.0500 vs 0.0400" in s[1] and "; 5 vs 5 seeds)" in s[1]
+    assert "(vs L1 control)" in s[2] and "5 vs 1 seeds" in s[2]
 
 
 def test_headline_table_and_probing_baseline_lines():
@@ -421,6 +430,8 @@ def test_headline_table_and_probing_baseline_lines():
     assert lines[0].startswith("| variant | ") and "↓" in lines[0] and "↑" in lines[0]
     assert lines[2] == "| `topk` | 0.02 ± 0.004 (n = 3) | 0.95 ± 0.01 (n = 3) |"
     assert lines[3] == "| `relu_l1` | 0.005 (1 run) | not run |"
+    head["note"] = ["", "", "literal λ=0.04 (dense)", "literal λ=0.04 (dense)"]
+    assert m.headline_lines(head)[3] == "| `relu_l1` (literal λ=0.04 (dense)) | 0.005 (1 run) | not run |"
     assert m.headline_lines(pd.DataFrame()) == ["- No headline variant was run at this profile."]
     summary = pd.DataFrame({"llm_top_1_test_accuracy": [0.6, 0.6], "llm_test_accuracy": [0.9, 0.9],
                             "sae_top_1_test_accuracy": [0.61, 0.7], "sae_test_accuracy": [0.85, 0.8]},
