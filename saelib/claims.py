@@ -368,6 +368,14 @@ def parse_claims(doc: Any, source: str | Path = "<claims>", runs: Mapping[str, A
             raise DataFileError(f"{name}: comparison must be one of {COMPARISONS}, got {row['comparison']!r}")
         if row["id"] in seen:
             raise DataFileError(f"{name}: duplicate id {row['id']!r}")
+        for metric in row["metrics"]:
+            try:
+                d = direction(metric)
+            except KeyError:
+                raise DataFileError(f"{name}: metric {metric!r} is not a metric saelib.results knows "
+                                    "(add its label and direction there, or fix the name)") from None
+            if d is None and row["claimed"] != "equal" and row.get("testable", True):
+                raise DataFileError(f"{name}: {metric!r} has no direction of better, so only claimed: equal applies")
         seen.add(row["id"])
         if runs is not None:
             bad = [r for r in row.get("orig_map", {}).values() if r not in runs]

@@ -333,6 +333,8 @@ def _yaml_doc():
     (lambda d: d["claims"][1].update(id=d["claims"][0]["id"]), r"duplicate id"),
     (lambda d: d["claims"][1].update(orig_map={"topk": "HO/run9"}), r"original run\(s\) \['HO/run9'\]"),
     (lambda d: d.update(extra=1), r"top-level keys"),
+    (lambda d: d["claims"][1].update(metrics=["kl_scor"]), r"claim #2 \('000-abstract-kl'\): metric 'kl_scor' is not"),
+    (lambda d: d["claims"][1].update(metrics=["l0"]), r"'l0' has no direction of better"),
     (lambda d: d["margins"][0].update(kind="percent"), r"margin rule #1: kind must be one of"),
     (lambda d: d["margins"][1].pop("why"), r"margin rule #2: keys must be"),
     (lambda d: d["margins"][0].update(metrics="(kl"), r"margin rule #1: 'metrics' is not a valid regular expression"),
