@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import matplotlib.pyplot as plt
+import matplotlib.transforms as mtransforms
 import numpy as np
 import pandas as pd
 import seaborn as sns
 from scipy import stats
 
+from .io import atomic_write_text
 from .plotting import set_style
 from .results import Results, axis_label, direction, label, matched_baseline, penalty_family, seed_base, seed_table
 
@@ -145,8 +148,6 @@ def bar_panel(ax, results: Results, variants: Sequence[str], metric: str, *, bas
     extra (metric, label) drawn as a dotted line from ``baseline`` (e.g. the residual-stream probe).
     Returns the plotted numbers.
     """
-    import matplotlib.transforms as mtransforms
-
     bars = bool(ZERO_BASED.search(metric.split("@")[0]))
     below = mtransforms.blended_transform_factory(ax.transData, ax.transAxes)
     rows = []
@@ -549,10 +550,6 @@ def md_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
 
 def write_table(df: pd.DataFrame, path_stem) -> list:
     """Write ``df`` as ``<stem>.csv`` and ``<stem>.md`` (atomic); list columns are joined with spaces."""
-    from pathlib import Path
-
-    from .io import atomic_write_text
-
     out = df.copy()
     for col in out.columns:
         if out[col].map(lambda v: isinstance(v, (list, tuple))).any():

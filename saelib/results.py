@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+import textwrap
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,8 +110,6 @@ def label(metric: str) -> str:
 def axis_label(metric: str, *, wrap: int | None = 30) -> str:
     """Axis label: the metric's name (wrapped at ``wrap`` characters) and which way is better,
     e.g. ``absorption (legacy score …)\n↓ lower is better``."""
-    import textwrap
-
     d = direction(metric)
     arrow = {"lower": "↓ lower is better", "higher": "↑ higher is better", None: "(descriptive)"}[d]
     if not wrap:
