@@ -848,7 +848,7 @@ def ledger_display(ledger: pd.DataFrame) -> pd.DataFrame:
                 orig += f" vs {_fmt(r['original_baseline'])}"
         power = ""
         if _finite(r.get("margin")) and r["comparison"] not in ("trend over λ", "overhead ≤ bound"):
-            power = f"m = {r['margin']:.3g}"
+            power = f"m = {r['margin']:.3g}" + (" (5% fallback)" if "no seed SD" in _text(r.get("margin_rule")) else "")
             if _finite(r.get("effect_of_interest")) and r["effect_of_interest"] != r["margin"]:
                 power += f"; claimed effect {r['effect_of_interest']:.3g}"
             power += f"; MDE {r['mde']:.3g} ({_text(r['n_seeds'])} seeds)" if _finite(r.get("mde")) else "; MDE: no seed SD"
