@@ -30,6 +30,38 @@
 #   se = s·√(1/n_a + 1/n_b) with the pooled degrees of freedom. With no seeded group at all, there is
 #   no interval and the ledger says "(no CI)".
 # * Baseline bands: the baseline's mean ± 95% CI (from its seeds, or from the pooled SD).
+#
+# ## Margins and power
+# "Maintains", "matches" and "no worse" claims need a margin m: how much worse still counts as the
+# same. There is no blanket 5%. Each metric has its own m, set in `docs/spec/claims.yaml`
+# (`margins`, first match wins) and printed with the verdict rule below:
+#
+# | metrics | margin m | why |
+# |---|---|---|
+# | `(kl\|ce)_score(_keep_bos)?` | 0.01 absolute | A bounded score (1 = the SAE costs nothing, 0 = as bad as zeroing the residual). The original runs span 0.978–0.992, so 0.01 is the gap between CompeteSAE and TopK there. A KL score of 0.921 against 0.951 is three margins worse, not "no worse". |
+# | `ev(_legacy)?\|cossim\|frac_alive` | 0.01 absolute | Bounded fractions: one hundredth of the range. |
+# | `(sae\|llm)_(top_\d+_)?test_accuracy\|probe_gap_top20_top1` | 0.01 absolute | One percentage point of probe accuracy, about the binomial SE of an accuracy near 0.9 on a few hundred test examples. |
+# | `scr_(metric\|dir1\|dir2)_threshold_\d+\|tpp_threshold_\d+_\w+` | 0.02 absolute | Normalised scores. The original runs recorded 0.03–0.33 (TopK 0.12–0.29), so 0.02 is about a tenth of a typical TopK value. |
+# | `unlearning_score` | 0.02 absolute | A bounded score reported to two or three decimals. |
+# | `l0\|l1\|l2_ratio\|train_wall_time_s` | 5% of the baseline | Descriptive quantities whose scale is set by the configuration ("k = 320", "same speed"). |
+# | `.*` (MSE, absorption scores, split features …) | 2 × the pooled seed SD | Unbounded or scale-dependent: a change within two run-to-run SDs is what retraining with another seed does. Where no seeded group exists (the original single runs), 5% of the baseline, and the ledger says so. |
+#
+# **Minimum detectable effect.** Each ledger row states the MDE of its comparison at the seeds it
+# has: two-sample, two-sided α = 0.05, power 0.8, from the metric's pooled seed SD s with ν degrees
+# of freedom,
+#
+# MDE = (t₀.₉₇₅,ν + t₀.₈,ν) · s · √(1/n_a + 1/n_b)
+#
+# (≈ 2.8 · s · √(1/n_a + 1/n_b) for large ν: about 1.8 s for 5 vs 5 seeds, 3.1 s for 1 vs 5).
+# The effect a claim is about is the paper's stated size where it gives one (for example
+# "42% reduction" is 0.42 × our baseline). Otherwise it is the metric's margin m.
+#
+# **`underpowered`** is the verdict of an unresolved claim (its 95% interval reaches both sides of the
+# decision point) whose MDE is larger than that effect. The experiment could not have seen the
+# claimed effect, so its silence is no evidence either way: more seeds would be needed. **`within
+# noise`** is kept for an unresolved claim whose MDE is at most that effect. The experiment could
+# have seen the effect and did not, which is evidence against the claim. Single runs with no
+# seeded group at all have no MDE, and their verdicts say "(no CI)".
 
 # %% tags=["parameters"]
 profile = None
@@ -80,8 +112,14 @@ figures.key_metrics_table(results).round(4)
 
 # %% [markdown]
 # ## Headline rows: mean ± 95% CI over seeds
-# Each penalty beside the same TopK SAE without it (CompeteSAE's k = 100·d/2304, orthogonality's
-# k = 320·d/2304), plus the ReLU + L1 SAE both papers called "standard".
+# Each penalty sits beside the same TopK SAE without it (CompeteSAE's k = 100·d/2304,
+# orthogonality's k = 320·d/2304). Each as-described reading also sits beside its **L1 control**:
+# the same TopK SAE with only the reading's L1 term (0.04), `topk_k100_l1` for CompeteSAE and
+# `topk_l1` for orthogonality. Last come two ReLU + L1 SAEs. `relu_l1_matched` is the "standard SAE"
+# of every "vs standard SAE" claim. Its λ is matched to the original standard SAE's sparsity
+# (L0/d ≈ 0.021) by the rule in notebook 02, not tuned on any eval. `relu_l1` is the papers'
+# literal λ = 0.04, **literal λ=0.04 (dense)**: at our activation scale it fires more latents than
+# d, so it is kept in the tables for reference only.
 
 # %%
 headline = figures.headline_table(results)
@@ -90,7 +128,12 @@ save_figure(figures.fig_headline(results), figures_dir / "headline_seeds")
 headline.pivot(index="group", columns="metric", values="mean").round(4)
 
 # %% [markdown]
-# ## Did the penalty help? Effect against the no-penalty twin, next to the run-to-run spread
+# ## Did the penalty help? Effect against the no-penalty twin and the L1 control, next to the run-to-run spread
+# Each penalised SAE is compared with the same TopK SAE without the penalty (`vs plain TopK`, dots).
+# The as-described readings are also compared with their L1 controls (`vs L1 control`, diamonds).
+# That second difference is the co-activation term's own effect, beyond the L1 term it comes with.
+# Seeds are pooled, five where they were run. A comparison whose control has no results shows
+# "not run".
 # `effect_over_seed_sd` is the change in units of the metric's run-to-run SD: an effect of a
 # fraction of one SD is seed noise whatever its sign.
 
@@ -135,13 +178,18 @@ for stem, build in [("ortho_fig1_absorption", figures.fig_ortho_absorption), ("o
 # the loud attribute. For these SAEs it does not, with or without a penalty, so S_n stays close to 0
 # and the SCR verdicts in the ledger mostly come out "within noise". That is a finding about these
 # SAEs on these tasks. It says nothing either way about the papers' Bias-in-Bios numbers; the `paper`
-# profile runs SAEBench's SCR tasks.
+# profile runs SAEBench's SCR tasks. When the seeds cannot resolve SCR's 0.02 margin, the verdict
+# reads "underpowered" rather than "within noise".
 
 # %% [markdown]
 # ## Penalty strength sweep
 # Every penalised variant whose settings equal a reference run's except λ, against λ ÷ the
 # reference λ (log axis). References: CompeteSAE run 6 and the prose reading; orthogonality run 4
-# and the prose reading. The band is the same-k TopK SAE without penalty.
+# and the prose reading. The band is the same-k TopK SAE without penalty. The last column is the
+# penalty's share of the loss at the end of training (`penalty_over_mse_final`, penalty / MSE, log
+# axis). The dotted line is the original runs' level: the spec puts their penalty at ≲ 1e-3 of the
+# loss. A penalty far below that line cannot move anything. Results that predate the ratio show
+# "not recorded".
 
 # %%
 sweep = figures.sweep_table(results)
@@ -151,9 +199,14 @@ sweep.pivot_table(index=["penalty", "reading", "lam_mult"], columns="metric", va
 
 # %% [markdown]
 # ## Claims ledger
-# One row per numbered claim of both papers (`saelib/claims.py`), each traced to a row of
-# `docs/spec/original_runs.md`. The same rule judges the original runs' recorded numbers
-# ("original_verdict") and ours ("verdict"):
+# One row per numbered claim of both papers, each traced to a row of `docs/spec/original_runs.md`.
+# The claims are data in `docs/spec/claims.yaml` and the original runs' numbers in
+# `docs/spec/original_runs.csv`; both are validated on load. The same rule (`saelib/claims.py`)
+# judges the original runs' recorded numbers ("original_verdict") and ours ("verdict"). Each row
+# also shows its margin, the MDE at its seeds (see "Margins and power" above) and, for
+# standard-SAE claims, the verdict against the literal λ = 0.04 SAE (column
+# "literal λ=0.04 (dense)"). The as-described readings get their own rows against plain TopK and
+# against their L1 controls.
 
 # %%
 print(claims.VERDICT_RULE)

@@ -10,37 +10,59 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import matplotlib.pyplot as plt
+import matplotlib.transforms as mtransforms
 import numpy as np
 import pandas as pd
 import seaborn as sns
 from scipy import stats
 
+from .io import atomic_write_text
 from .plotting import set_style
 from .results import Results, axis_label, direction, label, matched_baseline, penalty_family, seed_base, seed_table
 
 # ------------------------------------------------------------------------------------------------
 # Variant groups used by the figures (any subset may be present)
 # ------------------------------------------------------------------------------------------------
-COMPETE_VARIANTS = ("relu_l1", "topk", "topk_k100", "compete_run1", "compete_run2", "compete_run3", "compete_run4",
-                    "compete_run5", "compete_run6", "compete_no_warmup", "compete_reduced_dict", "compete_described")
-"""Paper 000's absorption-by-variant plot, in this order."""
+COMPETE_VARIANTS = ("relu_l1_matched", "relu_l1", "topk", "topk_k100", "topk_k100_l1", "compete_run1", "compete_run2",
+                    "compete_run3", "compete_run4", "compete_run5", "compete_run6", "compete_no_warmup",
+                    "compete_reduced_dict", "compete_described", "compete_described_matched")
+"""Paper 000's absorption-by-variant plot, in this order (the standard SAE first: L0-matched, then the
+literal λ = 0.04 one)."""
 TABLE1_ROWS = (("Full model", "compete_run6", {"kl_score": .991, "mse_legacy": 1.414, "scr_metric_threshold_2": .167}),
                ("No warmup", "compete_no_warmup", {"kl_score": .981, "mse_legacy": 2.031, "scr_metric_threshold_2": .092}),
                ("No competition", "topk_k100", {"kl_score": .720, "mse_legacy": 4.438, "scr_metric_threshold_2": .043}),
                ("Reduced dict size", "compete_reduced_dict", {"kl_score": .978, "mse_legacy": 2.031, "scr_metric_threshold_2": .117}))
 """Paper 000 Table 1: configuration, our variant, the paper's printed numbers (KL, MSE, SCR t=2)."""
 TABLE1_METRICS = ("kl_score", "mse", "mse_legacy", "scr_metric_threshold_2", "mean_absorption_score")
-ORTHO_VARIANTS = ("topk", "ortho_run1", "ortho_run3", "ortho_run4", "ortho_run2", "ortho_run5", "ortho_described")
-"""Paper 004's configurations (baseline, then runs 1–4 by increasing λ, the wider run 5, the prose reading)."""
+ORTHO_VARIANTS = ("topk", "topk_l1", "ortho_run1", "ortho_run3", "ortho_run4", "ortho_run2", "ortho_run5",
+                  "ortho_described", "ortho_described_matched")
+"""Paper 004's configurations (baseline and its L1 control, then runs 1–4 by increasing λ, the wider run
+5, the prose reading and its L1-matched twin)."""
 SWEEP_REFERENCES = {("competition", "as_run"): "compete_run6", ("competition", "as_described"): "compete_described",
                     ("orthogonality", "as_run"): "ortho_run4", ("orthogonality", "as_described"): "ortho_described"}
 """The λ × 1 variant of each (penalty, reading) sweep."""
 SWEEP_METRICS = ("mean_absorption_score", "mse", "ev", "kl_score", "scr_metric_threshold_2", "sae_top_1_test_accuracy")
-HEADLINE_GROUPS = ("topk", "ortho_run4", "topk_k100", "compete_run6", "relu_l1")
-"""Seeded headline variants: each penalty beside its no-penalty twin, plus the L1 SAE."""
+HEADLINE_GROUPS = ("topk", "topk_l1", "ortho_run4", "ortho_described", "topk_k100", "topk_k100_l1", "compete_run6",
+                   "compete_described", "relu_l1_matched", "relu_l1")
+"""Seeded headline variants: each penalty beside its no-penalty twin and (as-described readings) its L1
+control, plus the standard SAE (L0-matched, and the literal λ = 0.04 one)."""
+L1_CONTROLS = {"compete_described": "topk_k100_l1", "ortho_described": "topk_l1"}
+"""As-described reading → its L1 control: the same TopK SAE with the reading's L1 term (0.04) and no
+co-activation term. The difference between the two is the co-activation term's own effect."""
+VARIANT_NOTES = {"relu_l1": "literal λ=0.04 (dense)",
+                 "relu_l1_matched": "standard SAE: ReLU + L1, λ matched to L0/d ≈ 0.021",
+                 "topk_l1": "L1 control of ortho_described", "topk_k100_l1": "L1 control of compete_described",
+                 "compete_described_matched": "as described, L1 coefficient matched by the same rule",
+                 "ortho_described_matched": "as described, L1 coefficient matched by the same rule"}
+"""What a reader must know about a row that its name does not say (shown in tables)."""
+RATIO_METRIC = "penalty_over_mse_final"
+"""The penalty's share of the loss at the end of training (penalty / MSE), drawn beside the λ sweep."""
+ORIGINAL_RATIO = 1e-3
+"""The spec: in the original runs the penalty sat at ≲ 1e-3 of the loss."""
 HEADLINE_METRICS = ("mean_absorption_score", "mean_absorption_fraction_score", "mse", "kl_score",
                     "scr_metric_threshold_2", "sae_top_1_test_accuracy", "sae_test_accuracy", "unlearning_score")
 EFFECT_METRICS = ("mean_absorption_score", "mean_absorption_fraction_score", "mse", "kl_score",
@@ -48,15 +70,19 @@ EFFECT_METRICS = ("mean_absorption_score", "mean_absorption_fraction_score", "ms
 
 _PALETTE = sns.color_palette("colorblind", 10)
 FAMILY_COLORS = {"baseline": _PALETTE[7], "relu": _PALETTE[5], "competition": _PALETTE[1],
-                 "orthogonality": _PALETTE[0], "other": _PALETTE[4]}
+                 "orthogonality": _PALETTE[0], "l1 control": _PALETTE[8], "other": _PALETTE[4]}
 READING_STYLE = {"as_run": dict(ls="-", marker="o"), "as_described": dict(ls="--", marker="s")}
 
 
 def family(results: Results, variant: str) -> str:
-    """Colour family of a variant: baseline (unpenalised TopK), relu, competition, orthogonality, other."""
+    """Colour family of a variant: baseline (unpenalised TopK), relu, competition, orthogonality,
+    l1 control, other."""
+    if seed_base(variant) in L1_CONTROLS.values():
+        return "l1 control"
     cfg = results.penalty_cfgs.get(variant) or results.penalty_cfgs.get(seed_base(variant))
     if cfg:
-        return cfg.get("kind", "other")
+        kind = cfg.get("kind", "other")
+        return kind if kind in FAMILY_COLORS else "other"
     if variant.startswith("relu"):
         return "relu"
     if variant.startswith("compete"):
@@ -78,10 +104,13 @@ def variant_label(results: Results, variant: str) -> str:
         return f"Ortho run {m.group(1)}" + (f"\nλ={lam:g}" if math.isfinite(lam) else "")
     if m := re.fullmatch(r"sweep_(compete|ortho)_(run|desc)_x(.+)", variant):
         return f"{m.group(1)} {'as run' if m.group(2) == 'run' else 'as described'} λ×{m.group(3)}"
-    names = {"relu_l1": "ReLU+L1", "jumprelu": "JumpReLU", "topk": f"TopK{ktxt}", "topk_k100": f"TopK{ktxt}\n(no competition)",
+    names = {"relu_l1": "ReLU+L1 literal\nλ=0.04 (dense)", "relu_l1_matched": "ReLU+L1\nL0-matched",
+             "jumprelu": "JumpReLU", "topk": f"TopK{ktxt}", "topk_k100": f"TopK{ktxt}\n(no competition)",
+             "topk_l1": f"TopK{ktxt} + L1\n(L1 control)", "topk_k100_l1": f"TopK{ktxt} + L1\n(L1 control)",
              "batchtopk": f"BatchTopK{ktxt}", "compete_no_warmup": "Compete\nno warmup",
              "compete_reduced_dict": "Compete\nreduced dict", "compete_described": "Compete\nas described",
-             "ortho_described": "Ortho\nas described"}
+             "compete_described_matched": "Compete as\ndescribed, L1 m.", "ortho_described": "Ortho\nas described",
+             "ortho_described_matched": "Ortho as\ndescribed, L1 m."}
     return names.get(variant, variant)
 
 
@@ -119,8 +148,6 @@ def bar_panel(ax, results: Results, variants: Sequence[str], metric: str, *, bas
     extra (metric, label) drawn as a dotted line from ``baseline`` (e.g. the residual-stream probe).
     Returns the plotted numbers.
     """
-    import matplotlib.transforms as mtransforms
-
     bars = bool(ZERO_BASED.search(metric.split("@")[0]))
     below = mtransforms.blended_transform_factory(ax.transData, ax.transAxes)
     rows = []
@@ -131,7 +158,7 @@ def bar_panel(ax, results: Results, variants: Sequence[str], metric: str, *, bas
         if not vals:
             ax.text(i, 0.03, "not\nrun", transform=below, ha="center", va="bottom", color="0.45", fontsize=8)
             continue
-        color = FAMILY_COLORS[family(results, v)]
+        color = FAMILY_COLORS.get(family(results, v), FAMILY_COLORS["other"])
         if bars:
             ax.bar(i, s["mean"], color=color, alpha=0.85, width=0.7)
         else:
@@ -200,7 +227,7 @@ def _finish(fig, title: str, results: Results) -> plt.Figure:
 def fig_competesae_absorption(results: Results) -> plt.Figure:
     """Absorption (legacy and current scores) for every CompeteSAE variant and the baselines."""
     set_style()
-    fig, axes = plt.subplots(2, 1, figsize=(13, 7.5), sharex=True)
+    fig, axes = plt.subplots(2, 1, figsize=(15, 7.5), sharex=True)
     for ax, metric in zip(axes, ("mean_absorption_score", "mean_absorption_fraction_score")):
         bar_panel(ax, results, COMPETE_VARIANTS, metric, baseline="topk_k100", show_l0=True)
     axes[0].set_title("dashed line/band: TopK at CompeteSAE's k without the penalty (the 'no competition' twin)", fontsize=9)
@@ -275,8 +302,9 @@ def fig_ortho_probing(results: Results) -> plt.Figure:
 # ------------------------------------------------------------------------------------------------
 # λ sweep
 # ------------------------------------------------------------------------------------------------
-def sweep_table(results: Results, metrics: Sequence[str] = SWEEP_METRICS) -> pd.DataFrame:
-    """One row per (penalty, reading, variant, metric): λ, λ / λ_reference, seed mean ± CI."""
+def sweep_table(results: Results, metrics: Sequence[str] = SWEEP_METRICS + (RATIO_METRIC,)) -> pd.DataFrame:
+    """One row per (penalty, reading, variant, metric): λ, λ / λ_reference, seed mean ± CI (the
+    penalty / MSE ratio at the end of training included by default)."""
     rows = []
     for (kind, reading), ref in SWEEP_REFERENCES.items():
         members = penalty_family(results, ref)
@@ -292,13 +320,39 @@ def sweep_table(results: Results, metrics: Sequence[str] = SWEEP_METRICS) -> pd.
                                        "metric", "n", "mean", "ci95"])
 
 
-def fig_lambda_sweep(results: Results, metrics: Sequence[str] = SWEEP_METRICS) -> plt.Figure:
+def _ratio_panel(ax, results: Results, table: pd.DataFrame, kind: str) -> None:
+    """penalty / MSE at the end of training against λ ÷ paper's λ (log–log), with the original runs'
+    level (≲ ``ORIGINAL_RATIO``) as a dotted line; "not recorded" when no result has the ratio."""
+    sub = table[(table["penalty"] == kind) & (table["metric"] == RATIO_METRIC) & (table["n"] > 0)
+                & (table["mean"] > 0)]
+    ax.set_xscale("log")
+    ax.set_xlabel("λ ÷ paper's λ (log scale)")
+    ax.set_ylabel("penalty / MSE at end of training\n(log; descriptive)", fontsize=8)
+    if sub.empty:
+        _not_run(ax, "penalty / MSE not recorded\n(results predate it, or not run)")
+        ax.set_yticks([])
+        return
+    for reading, grp in sub.groupby("reading"):
+        grp = grp.sort_values("lam_mult")
+        style = READING_STYLE[reading]
+        ax.plot(grp["lam_mult"], grp["mean"], color=FAMILY_COLORS[kind], ls=style["ls"], marker=style["marker"],
+                ms=5, lw=1.4, label=reading.replace("_", " "))
+    ax.set_yscale("log")
+    ax.axhline(ORIGINAL_RATIO, color="0.2", ls=":", lw=1.2, label=f"original runs ≲ {ORIGINAL_RATIO:g}")
+    ax.axvline(1.0, color="0.6", lw=0.8)
+    ax.legend(fontsize=7, loc="best")
+
+
+def fig_lambda_sweep(results: Results, metrics: Sequence[str] = SWEEP_METRICS, ratio: bool = True) -> plt.Figure:
     """Each metric against λ ÷ the paper's λ (log), per penalty (rows) and reading (line style); the
-    grey band is the no-penalty TopK SAE with the same k (mean ± 95% CI)."""
+    grey band is the no-penalty TopK SAE with the same k (mean ± 95% CI). ``ratio``: a last column
+    with the penalty's share of the loss (penalty / MSE at the end of training), so a reader can place
+    the original runs (≲ 1e-3 of the loss)."""
     set_style()
-    table = sweep_table(results, metrics)
+    table = sweep_table(results, tuple(metrics) + ((RATIO_METRIC,) if ratio else ()))
     kinds = ("competition", "orthogonality")
-    fig, axes = plt.subplots(len(kinds), len(metrics), figsize=(3.3 * len(metrics), 3.4 * len(kinds)), squeeze=False)
+    ncol = len(metrics) + int(ratio)
+    fig, axes = plt.subplots(len(kinds), ncol, figsize=(3.3 * ncol, 3.4 * len(kinds)), squeeze=False)
     for r, kind in enumerate(kinds):
         legend_done = False  # one legend per row, on its first panel with data
         for c, metric in enumerate(metrics):
@@ -329,8 +383,11 @@ def fig_lambda_sweep(results: Results, metrics: Sequence[str] = SWEEP_METRICS) -
             if not sub.empty and not legend_done:
                 ax.legend(fontsize=7, loc="best")
                 legend_done = True
+        if ratio:
+            _ratio_panel(axes[r, ncol - 1], results, table, kind)
     return _finish(fig, "Penalty strength sweep: does a stronger penalty change anything? "
-                        "(band = TopK with the same k, no penalty)", results)
+                        "(band = TopK with the same k, no penalty; last column: the penalty's share of the loss)",
+                   results)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -340,7 +397,8 @@ def headline_table(results: Results, groups: Sequence[str] = HEADLINE_GROUPS,
                    metrics: Sequence[str] = HEADLINE_METRICS) -> pd.DataFrame:
     """Seed mean ± 95% CI (t) and SD for the headline variants."""
     t = seed_table(results, metrics, groups)
-    t.insert(2, "better", [direction(m) for m in t["metric"]])
+    t.insert(1, "note", [VARIANT_NOTES.get(g, "") for g in t["group"]])
+    t.insert(3, "better", [direction(m) for m in t["metric"]])
     return t
 
 
@@ -358,17 +416,45 @@ def fig_headline(results: Results, groups: Sequence[str] = HEADLINE_GROUPS,
     return _finish(fig, "Headline variants: mean ± 95% CI over seeds (dots: individual seeds)", results)
 
 
-def effects_table(results: Results, metrics: Sequence[str] = EFFECT_METRICS) -> pd.DataFrame:
-    """Every penalised variant against its no-penalty twin (same k and width): Δ with its 95% CI,
-    the metric's run-to-run SD, and Δ / SD (how many seed-SDs the effect is)."""
-    rows = []
+COMPARISON_TWIN = "vs plain TopK"
+"""Effect of a penalty against the same TopK SAE (same k and width) without it."""
+COMPARISON_L1 = "vs L1 control"
+"""Effect of an as-described reading against the same TopK SAE with only its L1 term."""
+EFFECT_COLUMNS = ["variant", "baseline", "comparison", "penalty", "reading", "lam", "metric", "better",
+                  "baseline_mean", "diff", "diff_lo", "diff_hi", "ci_method", "n_variant", "n_baseline",
+                  "rel_change_pct", "seed_sd", "effect_over_seed_sd", "status"]
+
+
+def effect_comparisons(results: Results) -> list[tuple[str, str, str]]:
+    """(variant, baseline, comparison) for every penalised variant present: against its no-penalty twin
+    (``matched_baseline``), and for an as-described reading also against its L1 control
+    (``L1_CONTROLS``), listed even when the control was not run so that the gap shows."""
+    out = []
     for v in results.variants:
         if seed_base(v) != v and seed_base(v) in results.variants:
             continue
         if not results.penalty_cfgs.get(v):
             continue
         base = matched_baseline(results, v)
-        if base is None:
+        if base is not None:
+            out.append((v, base, COMPARISON_TWIN))
+        if v in L1_CONTROLS:
+            out.append((v, L1_CONTROLS[v], COMPARISON_L1))
+    return out
+
+
+def effects_table(results: Results, metrics: Sequence[str] = EFFECT_METRICS) -> pd.DataFrame:
+    """Every penalised variant against its no-penalty twin (same k and width) and, for the as-described
+    readings, against their L1 controls: Δ with its 95% CI, the metric's run-to-run SD, and Δ / SD (how
+    many seed-SDs the effect is). Seeds are pooled (5 where run). A comparison whose baseline has no
+    result gets one row with ``status`` "not run" and empty numbers."""
+    rows = []
+    for v, base, kind in effect_comparisons(results):
+        cfg = results.penalty_cfgs.get(v) or {}
+        common = {"variant": v, "baseline": base, "comparison": kind, "penalty": family(results, v),
+                  "reading": cfg.get("reading"), "lam": results.penalty_lam(v)}
+        if not results.has(base):
+            rows.append({**common, "metric": "", "status": f"not run ({base} has no results)"})
             continue
         for metric in metrics:
             d = results.compare(v, base, metric)
@@ -376,51 +462,56 @@ def effects_table(results: Results, metrics: Sequence[str] = EFFECT_METRICS) -> 
                 continue
             b = float(np.mean(results.values(base, metric)))
             sd, _ = results.noise(metric)
-            rows.append({"variant": v, "baseline": base, "penalty": family(results, v),
-                         "reading": (results.penalty_cfgs[v] or {}).get("reading"), "lam": results.penalty_lam(v),
-                         "metric": metric, "better": direction(metric), "baseline_mean": b, "diff": d.diff,
+            rows.append({**common, "metric": metric, "better": direction(metric), "baseline_mean": b, "diff": d.diff,
                          "diff_lo": d.lo, "diff_hi": d.hi, "ci_method": d.method, "n_variant": d.n_a,
                          "n_baseline": d.n_b, "rel_change_pct": 100 * d.diff / abs(b) if b else math.nan,
-                         "seed_sd": sd, "effect_over_seed_sd": d.diff / sd if sd and math.isfinite(sd) else math.nan})
-    return pd.DataFrame(rows, columns=["variant", "baseline", "penalty", "reading", "lam", "metric", "better",
-                                       "baseline_mean", "diff", "diff_lo", "diff_hi", "ci_method", "n_variant",
-                                       "n_baseline", "rel_change_pct", "seed_sd", "effect_over_seed_sd"])
+                         "seed_sd": sd, "effect_over_seed_sd": d.diff / sd if sd and math.isfinite(sd) else math.nan,
+                         "status": ""})
+    return pd.DataFrame(rows, columns=EFFECT_COLUMNS)
+
+
+def _effect_row_label(results: Results, variant: str, comparison: str) -> str:
+    name = variant_label(results, variant).replace("\n", " ")
+    return f"{name} {comparison}" if comparison == COMPARISON_L1 or variant in L1_CONTROLS else name
 
 
 def fig_effects(results: Results, metrics: Sequence[str] = EFFECT_METRICS) -> plt.Figure:
-    """Forest plot: change of each metric caused by each penalty, relative to the no-penalty twin (%),
-    with 95% CIs; the grey band is ± the metric's 95% run-to-run spread; the green half is "better"."""
+    """Forest plot: change of each metric caused by each penalty, relative to the no-penalty twin (%) and,
+    for the as-described readings, relative to their L1 controls, with 95% CIs; the grey band is ± the
+    metric's 95% run-to-run spread; the green half is "better"; "not run" marks a missing comparison."""
     set_style()
     t = effects_table(results, metrics)
     ncol = 3
     nrow = math.ceil(len(metrics) / ncol)
-    variants = list(dict.fromkeys(t["variant"])) if len(t) else []
-    fig, axes = plt.subplots(nrow, ncol, figsize=(5.6 * ncol, max(2.4, 0.5 * len(variants) + 1.6) * nrow),
+    keys = list(dict.fromkeys(zip(t["variant"], t["comparison"]))) if len(t) else []
+    fig, axes = plt.subplots(nrow, ncol, figsize=(6.0 * ncol, max(2.4, 0.5 * len(keys) + 1.6) * nrow),
                              squeeze=False)
     for ax, metric in zip(axes.flat, metrics):
         better = direction(metric)
-        sub = t[t["metric"] == metric].set_index("variant").reindex(variants)
+        sub = t[t["metric"] == metric].set_index(["variant", "comparison"])
         ax.axvline(0, color="0.3", lw=1)
         ax.set_title(label(metric), fontsize=9)
-        ax.set_xlabel("change vs no-penalty twin (%)\n" +
+        ax.set_xlabel("change vs the comparison SAE (%)\n" +
                       ("← penalty better (lower)" if better == "lower" else "penalty better (higher) →"), fontsize=8)
         if sub["diff"].notna().sum() == 0:
             _not_run(ax)
             ax.set_yticks([])
             continue
         extent = 1e-9
-        for y, (v, r) in enumerate(sub.iterrows()):
-            if pd.isna(r["diff"]):
+        for y, key in enumerate(keys):
+            if key not in sub.index or pd.isna(sub.loc[key, "diff"]):
+                ax.text(0, y, "not run", ha="center", va="center", color="0.45", fontsize=8)
                 continue
+            r = sub.loc[key]
             scale = 100 / abs(r["baseline_mean"]) if r["baseline_mean"] else 1.0
             x = r["diff"] * scale
             err, lo, hi = None, x, x
             if math.isfinite(r["diff_lo"]):
                 lo, hi = r["diff_lo"] * scale, r["diff_hi"] * scale
                 err = [[x - lo], [hi - x]]
-            ax.errorbar(x, y, xerr=err, fmt="o", color=FAMILY_COLORS.get(r["penalty"], FAMILY_COLORS["other"]),
-                        capsize=3, ms=6, zorder=3)
-            note = f"{x:+.1f}%" + ("" if err is not None else " (no CI)")
+            ax.errorbar(x, y, xerr=err, fmt="o" if key[1] == COMPARISON_TWIN else "D",
+                        color=FAMILY_COLORS.get(r["penalty"], FAMILY_COLORS["other"]), capsize=3, ms=6, zorder=3)
+            note = f"{x:+.1f}%" + ("" if err is not None else " (no CI)") + f" n={int(r['n_variant'])}v{int(r['n_baseline'])}"
             ax.annotate(note, (x, y), xytext=(0, 7), textcoords="offset points", ha="center", fontsize=7)
             extent = max(extent, abs(lo), abs(hi))
             if math.isfinite(r["seed_sd"]):
@@ -433,12 +524,13 @@ def fig_effects(results: Results, metrics: Sequence[str] = EFFECT_METRICS) -> pl
             ax.axvspan(-lim, 0, color=sns.color_palette("colorblind")[2], alpha=0.07, lw=0)
         else:
             ax.axvspan(0, lim, color=sns.color_palette("colorblind")[2], alpha=0.07, lw=0)
-        ax.set_yticks(range(len(variants)), [variant_label(results, v).replace("\n", " ") for v in variants], fontsize=8)
-        ax.set_ylim(len(variants) - 0.4, -0.6)
+        ax.set_yticks(range(len(keys)), [_effect_row_label(results, v, c) for v, c in keys], fontsize=8)
+        ax.set_ylim(len(keys) - 0.4, -0.6)
     for ax in list(axes.flat)[len(metrics):]:
         ax.set_visible(False)
-    return _finish(fig, "Did the penalty help? Each penalised SAE vs the same TopK SAE without it "
-                        "(whiskers: 95% CI; grey: ±1.96 run-to-run SD; green side: better)", results)
+    return _finish(fig, "Did the penalty help? Each penalised SAE vs the same TopK SAE without it (dots) and, "
+                        "as described, vs its L1 control (diamonds)\n(whiskers: 95% CI; grey: ±1.96 run-to-run SD; "
+                        "green side: better)", results)
 
 
 def md_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
@@ -458,10 +550,6 @@ def md_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
 
 def write_table(df: pd.DataFrame, path_stem) -> list:
     """Write ``df`` as ``<stem>.csv`` and ``<stem>.md`` (atomic); list columns are joined with spaces."""
-    from pathlib import Path
-
-    from .io import atomic_write_text
-
     out = df.copy()
     for col in out.columns:
         if out[col].map(lambda v: isinstance(v, (list, tuple))).any():
@@ -478,11 +566,14 @@ def key_metrics_table(results: Results, metrics: Iterable[str] = HEADLINE_METRIC
     wide = t.pivot(index="group", columns="metric", values="mean")
     ci = t.pivot(index="group", columns="metric", values="ci").add_suffix("_ci95")
     n = t.groupby("group")["n"].max().rename("n_seeds")
-    return pd.concat([n, wide, ci], axis=1).reset_index()
+    out = pd.concat([n, wide, ci], axis=1).reset_index()
+    out.insert(1, "note", [VARIANT_NOTES.get(g, "") for g in out["group"]])
+    return out
 
 
 __all__ = ["bar_panel", "variant_label", "family", "fig_competesae_absorption", "table1_competesae",
            "fig_competesae_table1", "fig_ortho_absorption", "fig_ortho_scr", "fig_ortho_reconstruction",
            "fig_ortho_probing", "sweep_table", "fig_lambda_sweep", "headline_table", "fig_headline", "effects_table",
            "fig_effects", "key_metrics_table", "md_table", "write_table", "COMPETE_VARIANTS", "ORTHO_VARIANTS", "TABLE1_ROWS",
-           "SWEEP_REFERENCES", "HEADLINE_GROUPS", "HEADLINE_METRICS"]
+           "SWEEP_REFERENCES", "HEADLINE_GROUPS", "HEADLINE_METRICS", "L1_CONTROLS", "VARIANT_NOTES", "RATIO_METRIC",
+           "effect_comparisons", "COMPARISON_TWIN", "COMPARISON_L1"]

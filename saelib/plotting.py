@@ -1,6 +1,8 @@
 """Seaborn styling and small figure helpers shared by the notebooks."""
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -16,9 +18,6 @@ def set_style() -> None:
 
 def save_figure(fig: plt.Figure, path_stem: str | Path) -> list[Path]:
     """Save ``fig`` as PNG and PDF next to each other (atomic: temp file then rename)."""
-    import os
-    import tempfile
-
     stem = Path(path_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     written = []

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+import textwrap
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,10 +65,12 @@ _LABELS: dict[str, str] = {
     "llm_test_accuracy": "residual probe, all dims",
     "unlearning_score": "unlearning score",
     "probe_gap_top20_top1": "probing gap top-20 − top-1",
+    "penalty_over_mse_final": "penalty / MSE at the end of training",
 }
 _LOWER = {"mse", "mse_legacy", "train_wall_time_s", "mean_absorption_score", "mean_absorption_fraction_score",
           "mean_full_absorption_score", "max_letter_absorption_rate", "probe_gap_top20_top1"}
-_NO_DIRECTION = {"l0", "l1", "l2_ratio", "mean_num_split_features", "mean_num_split_features_legacy"}
+_NO_DIRECTION = {"l0", "l1", "l2_ratio", "mean_num_split_features", "mean_num_split_features_legacy",
+                 "penalty_over_mse_final"}
 
 
 def direction(metric: str) -> str | None:
@@ -107,8 +110,6 @@ def label(metric: str) -> str:
 def axis_label(metric: str, *, wrap: int | None = 30) -> str:
     """Axis label: the metric's name (wrapped at ``wrap`` characters) and which way is better,
     e.g. ``absorption (legacy score …)\n↓ lower is better``."""
-    import textwrap
-
     d = direction(metric)
     arrow = {"lower": "↓ lower is better", "higher": "↑ higher is better", None: "(descriptive)"}[d]
     if not wrap:
@@ -285,6 +286,29 @@ def diff_ci(a: Iterable[float], b: Iterable[float], *, noise_sd: float = math.na
     return DiffCI(d, math.nan, math.nan, "none", len(a), len(b))
 
 
+POWER = 0.8
+"""Power at which the minimum detectable effect is stated."""
+ALPHA = 0.05
+"""Two-sided significance level of the minimum detectable effect (and of every 95% interval)."""
+
+
+def mde(noise_sd: float, noise_df: int, n_a: int, n_b: int, *, alpha: float = ALPHA, power: float = POWER) -> float:
+    """Minimum detectable effect of a two-sample comparison of group means (two-sided ``alpha``,
+    ``power``), from the metric's pooled seed SD ``s`` with ``noise_df`` degrees of freedom ν:
+
+        MDE = (t_{1−α/2, ν} + t_{power, ν}) · s · √(1/n_a + 1/n_b)
+
+    (the usual normal-theory formula with Student-t quantiles for an SD estimated from ν seeds-minus-one;
+    α = 0.05, power 0.8, ν = ∞ gives the familiar 2.80 · s · √(1/n_a + 1/n_b)). An effect smaller than
+    this would be missed more than 20% of the time by the 95% interval. NaN without a seed SD
+    (``noise_df < 1``) or without values in a group.
+    """
+    if n_a < 1 or n_b < 1 or noise_df < 1 or noise_sd is None or not math.isfinite(noise_sd):
+        return math.nan
+    q = float(stats.t.ppf(1 - alpha / 2, noise_df) + stats.t.ppf(power, noise_df))
+    return q * float(noise_sd) * math.sqrt(1 / n_a + 1 / n_b)
+
+
 # ------------------------------------------------------------------------------------------------
 # The loaded results
 # ------------------------------------------------------------------------------------------------
@@ -296,7 +320,8 @@ class Results:
     """Index = variant name; numeric metric columns; NaN where an eval did not run."""
     meta: pd.DataFrame
     """Index = variant; columns: group, seed, arch, k, d_sae, d_in, penalty_kind, penalty_reading,
-    penalty_lam, profile, model, layer, train_tokens, evals (which result families exist)."""
+    penalty_lam, l1_coef (an L1 term's coefficient, if any), profile, model, layer, train_tokens, evals
+    (which result families exist)."""
     penalty_cfgs: dict[str, dict | None]
     """Variant → its ``penalty_cfg`` from the core result (None for unpenalised SAEs)."""
     per_task: pd.DataFrame
@@ -398,6 +423,7 @@ def _meta_from_core(variant: str, doc: Mapping[str, Any]) -> dict[str, Any]:
         "penalty_kind": pen.get("kind") if pen else None,
         "penalty_reading": pen.get("reading") if pen else None,
         "penalty_lam": pen.get("lam") if pen else None,
+        "l1_coef": sae.get("l1_coef") or (pen.get("l1_coef") if pen else None) or (pen.get("lam_l1") if pen else None),
         "profile": doc.get("profile"),
         "model": doc.get("model"),
         "layer": doc.get("layer"),
@@ -525,23 +551,29 @@ def seed_table(results: Results, metrics: Iterable[str], groups: Iterable[str] |
 
 
 def matched_baseline(results: Results, variant: str) -> str | None:
-    """The unpenalised TopK variant with the same k and width as ``variant`` (its "no penalty" twin)."""
+    """The plain TopK variant with the same k and width as ``variant`` (its "no penalty" twin): no
+    penalty, no L1 term (L1 controls such as ``topk_l1`` are not twins). Among several, the shortest
+    name wins (``topk`` before ``topk_copy``)."""
     if variant not in results.meta.index:
         return None
     me = results.meta.loc[variant]
     if pd.isna(me.get("k")) or pd.isna(me.get("d_sae")):
         return None
+    found = []
     for other, row in results.meta.iterrows():
         if other == variant or seed_base(other) != other or results.penalty_cfgs.get(other):
             continue
+        l1 = row.get("l1_coef")
+        if (l1 is not None and not pd.isna(l1) and float(l1) > 0) or other.endswith("_l1"):
+            continue
         if row.get("arch") == "topk" and row.get("k") == me["k"] and row.get("d_sae") == me["d_sae"]:
-            return other
-    return None
+            found.append(other)
+    return min(found, key=lambda v: (len(v), v)) if found else None
 
 
 def penalty_family(results: Results, reference: str) -> list[str]:
     """Variants whose penalty equals ``reference``'s in everything but λ (same k, width, kind, reading,
-    ramp, τ …): the points of a λ sweep through ``reference``. Seed replicates are left out."""
+    ramp, τ …): the points of a λ sweep through ``reference``. Seed replicates and λ = 0 are left out."""
     ref = results.penalty_cfgs.get(reference)
     if not ref or reference not in results.meta.index:
         return []
@@ -552,6 +584,8 @@ def penalty_family(results: Results, reference: str) -> list[str]:
         if not cfg or seed_base(v) != v or v not in results.meta.index:
             continue
         row = results.meta.loc[v]
+        if not results.penalty_lam(v) > 0:  # λ = 0 (e.g. an L1 control with the same settings): not a sweep point
+            continue
         if {k: x for k, x in cfg.items() if k != "lam"} == ref_key and row.get("k") == me.get("k") \
                 and row.get("d_sae") == me.get("d_sae"):
             out.append(v)
@@ -560,4 +594,4 @@ def penalty_family(results: Results, reference: str) -> list[str]:
 
 __all__ = ["EVALS", "Results", "DiffCI", "ResultFormatError", "load_results", "read_core", "read_absorption",
            "read_scr", "read_probing", "read_unlearning", "seed_base", "mean_ci", "pooled_sd", "diff_ci",
-           "seed_table", "matched_baseline", "penalty_family", "direction", "label", "axis_label"]
+           "seed_table", "mde", "ALPHA", "POWER", "matched_baseline", "penalty_family", "direction", "label", "axis_label"]

@@ -71,8 +71,12 @@ def _fmt_scale(scale: dict) -> str:
 
 
 def effect_sentences(effects: pd.DataFrame, metric: str = "mean_absorption_score") -> list[str]:
-    """One plain sentence per penalised variant: did it lower (= improve) absorption vs its twin?"""
+    """One plain sentence per penalised variant and comparison (plain TopK twin, L1 control): did it
+    lower (= improve) absorption? A comparison whose baseline was not run says so."""
     out = []
+    if "status" in effects:
+        for _, r in effects[effects["status"].fillna("").astype(str).str.startswith("not run")].iterrows():
+            out.append(f"- `{r['variant']}` {r.get('comparison', 'vs')} `{r['baseline']}`: {r['status']}.")
     for _, r in effects[effects["metric"] == metric].iterrows():
         has_ci = not (pd.isna(r["diff_lo"]) or pd.isna(r["diff_hi"]))
         if has_ci and r["diff_hi"] < 0:
@@ -86,9 +90,14 @@ def effect_sentences(effects: pd.DataFrame, metric: str = "mean_absorption_score
                      ", single run, no CI"
         ci = f", 95% CI [{r['diff_lo']:+.4f}, {r['diff_hi']:+.4f}]" if has_ci else ""
         sd = f"; run-to-run SD {r['seed_sd']:.4f}" if not pd.isna(r["seed_sd"]) else ""
+        seeds = ""
+        if "n_variant" in r and not pd.isna(r.get("n_variant")) and not pd.isna(r.get("n_baseline")):
+            seeds = f"; {int(r['n_variant'])} vs {int(r['n_baseline'])} seeds"
+        kind = r.get("comparison")
+        kind = f" ({kind})" if isinstance(kind, str) and kind else ""
         out.append(f"- `{r['variant']}` ({r['penalty']}, {str(r['reading']).replace('_', ' ')}, λ = {r['lam']:g}) vs "
-                   f"`{r['baseline']}`: {r['baseline_mean'] + r['diff']:.4f} vs {r['baseline_mean']:.4f} "
-                   f"(Δ {r['diff']:+.4f}{ci}{sd}) → {answer}.")
+                   f"`{r['baseline']}`{kind}: {r['baseline_mean'] + r['diff']:.4f} vs {r['baseline_mean']:.4f} "
+                   f"(Δ {r['diff']:+.4f}{ci}{sd}{seeds}) → {answer}.")
     return out
 
 
@@ -109,7 +118,11 @@ def headline_lines(headline: pd.DataFrame) -> list[str]:
     metrics = list(dict.fromkeys(headline["metric"]))
     arrows = {"lower": "↓", "higher": "↑", None: ""}
     header = ["variant"] + [f"{label(m)} {arrows[direction(m)]}".strip() for m in metrics]
-    rows = [[f"`{g}`"] + [cells.get(g, {}).get(m, "not run") for m in metrics] for g in dict.fromkeys(headline["group"])]
+    notes = {}
+    if "note" in headline:
+        notes = {g: n for g, n in zip(headline["group"], headline["note"]) if isinstance(n, str) and n}
+    rows = [[f"`{g}`" + (f" ({notes[g]})" if g in notes else "")] + [cells.get(g, {}).get(m, "not run") for m in metrics]
+            for g in dict.fromkeys(headline["group"])]
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(row) + " |" for row in rows]
     return out
@@ -172,7 +185,11 @@ def render_results_section(root: str | Path) -> str:
               f"{len(ledger)} claims (`results/claims_ledger.csv`, all columns there). The verdict rule is in "
               "`saelib/claims.py` (`VERDICT_RULE`) and printed in `notebooks/07_figures.py`. \"Original runs\" applies "
               "the same rule to the original Gemma-2-2B runs' recorded numbers (`docs/spec/original_runs.md`); "
-              "\"(no CI)\" marks a single-run comparison.", "",
+              "\"(no CI)\" marks a single-run comparison. Each metric has its own margin m (absolute for bounded "
+              "scores, a multiple of the measured seed SD otherwise; `docs/spec/claims.yaml`), and each comparison its "
+              "minimum detectable effect (MDE: two-sample, α = 0.05, power 0.8, from the pooled seed SD). "
+              "**underpowered** means the claim is unresolved and the MDE exceeds the effect the claim is about: "
+              "the experiment could not have seen it. **within noise** means it could have, and did not.", "",
               md_table(counts.reset_index()), md_table(ledger_display(ledger)), "### Figures", ""]
     for stem, caption in FIGURES:
         if (root / "figures" / f"{stem}.png").exists():
