@@ -353,6 +353,16 @@ def test_tokenize_by_genre_keeps_each_row_within_one_genre(tiny_model):
         tokenize_by_genre(tok, ds.select(range(6)), context=64, n_sequences=30)
 
 
+def test_token_shares_count_the_budgeted_prefix(tiny_model):
+    tok = _tok(tiny_model)
+    ds = datasets.Dataset.from_list([{"text": "market " * 10, "genre": "news"}, {"text": "return x " * 10, "genre": "code"},
+                                     {"text": "tasty " * 50, "genre": "review"}])
+    n = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in ds["text"]]
+    out = C.token_shares(tok, ds, n[0] + n[1] + 5, batch_docs=2)
+    assert out["tokens"].to_dict() == {"code": n[1], "news": n[0], "review": 5}
+    assert abs(out["share"].sum() - 1) < 1e-9 and out["modern"].all()
+
+
 # ---------------------------------------------------------------- the real corpus (built once, cached)
 
 
@@ -427,6 +437,13 @@ def test_training_split_and_eval_task_texts_are_disjoint_by_content_hash(full_co
     sample = [t for t in S.read_sae_probes_file("161_agnews_0", ("1",)) if is_eval_doc(t)][:100]
     sample += [t for t in S.read_sae_probes_file("157_amazon_5star") if is_eval_doc(t)][:100]
     assert len(sample) == 200 and not [t for t in sample if len(t) > 100 and t.strip() in joined]
+
+
+@pytest.mark.slow
+def test_training_tokens_are_mostly_modern_prose(full_corpus, tiny_model):
+    shares = C.token_shares(tiny_model.tokenizer, C.load_corpus("offline", "train", seed=0), 1_048_576)  # the default budget
+    assert shares["tokens"].sum() == 1_048_576 and set(shares.index) == set(S.GENRES)
+    assert shares.loc[shares["modern"], "share"].sum() > 0.6 and shares["share"].max() < 0.2
 
 
 @pytest.mark.slow

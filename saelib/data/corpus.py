@@ -60,7 +60,7 @@ __all__ = [
     "GenreTokens", "build_offline_records", "clean_gcide", "columns", "composition", "content_sha256", "corpus_fingerprint",
     "dedupe_paragraphs", "doc_hash", "exclude_training", "gcide_entries", "genre_composition", "group_paragraphs",
     "heldout_by_genre", "is_biomedical", "load_corpus", "load_offline_corpus", "pack_documents", "paragraphs",
-    "select_documents", "source_table", "split_of", "split_of_doc", "tokenize_by_genre", "tokenize_corpus",
+    "select_documents", "source_table", "split_of", "token_shares", "split_of_doc", "tokenize_by_genre", "tokenize_corpus",
     "training_document_hashes", "word_count",
 ]
 
@@ -330,6 +330,29 @@ def genre_composition(ds) -> pd.DataFrame:
     table.columns = [f"words_{c}" for c in table.columns]
     if "words_train" in table:
         table["share_train"] = table["words_train"] / table["words_train"].sum()
+    return table
+
+
+def token_shares(tokenizer, ds, max_tokens: int, *, batch_docs: int = 256) -> pd.DataFrame:
+    """Tokens per genre in the first documents of ``ds`` (in its order) that hold ``max_tokens``
+    tokens, as the training extraction takes them (``tokenize_corpus`` with that budget), with each
+    genre's share and whether it is modern prose or code (:data:`MODERN_GENRES`)."""
+    c = columns(ds, "text", "genre")
+    counts: dict[str, int] = {}
+    total = 0
+    for start in range(0, len(c["text"]), batch_docs):
+        texts = c["text"][start : start + batch_docs]
+        for ids, g in zip(tokenizer(texts, add_special_tokens=False)["input_ids"], c["genre"][start : start + batch_docs]):
+            take = min(len(ids), max_tokens - total)
+            counts[g] = counts.get(g, 0) + take
+            total += take
+            if total >= max_tokens:
+                break
+        if total >= max_tokens:
+            break
+    table = pd.DataFrame({"tokens": pd.Series(counts, dtype="int64")}).sort_index()
+    table["share"] = table["tokens"] / max(total, 1)
+    table["modern"] = [g in MODERN_GENRES for g in table.index]
     return table
 
 
