@@ -489,6 +489,12 @@ def test_pile_loader_streams_with_budget_and_split(monkeypatch):
         load_pile("train")
     _fake_hub(monkeypatch, [{"text": "no meta here"}])
     assert load_pile("all", max_docs=1)["genre"] == ["pile"]
+    from saelib.data.hub import select_split
+
+    assert list(select_split(texts + ["  "], "heldout")) == [t for t in texts if split_of(t) == "heldout"]
+    assert list(select_split(texts[:5], "all")) == texts[:5]
+    with pytest.raises(ValueError, match="unknown split"):
+        list(select_split(texts, "eval"))
 
 
 def test_pile_offline_gives_hub_unavailable(monkeypatch):
