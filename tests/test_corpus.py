@@ -11,7 +11,7 @@ import torch
 from saelib.data import corpus as C
 from saelib.data import corpus_sources as S
 from saelib.data.corpus import CorpusConfig, pack_documents, select_documents, tokenize_by_genre, tokenize_corpus
-from saelib.data.split import DOC_SPLITS, doc_hash, hash_bucket, is_eval_doc, split_of, split_of_doc
+from saelib.data.split import DOC_SPLITS, doc_hash, eval_docs, hash_bucket, is_eval_doc, split_of, split_of_doc
 from saelib.data.text import cut_lines, dedupe_paragraphs, group_paragraphs, word_count
 
 RAW_MED = """Diluent \\Dil"u*ent\\, n.
@@ -62,6 +62,7 @@ def test_split_of_doc_shares_and_layout():
         b = int(hashlib.sha256(" ".join(t.split()).encode()).hexdigest()[:16], 16) % 10_000
         assert split_of_doc(t) == ("eval" if b < 5000 else "heldout" if b < 5200 else "train")
         assert is_eval_doc(t) == (b < 5000)
+    assert eval_docs(texts[:500]) == [t for t, s in zip(texts[:500], sides) if s == "eval"]
     # the eval side does not move with the heldout share; the two-way split has no eval side
     assert [s == "eval" for s in sides[:3000]] == [split_of_doc(t, heldout_percent=10) == "eval" for t in texts[:3000]]
     two = [split_of(t, 2.0) for t in texts]

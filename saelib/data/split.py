@@ -29,6 +29,7 @@ __all__ = [
     "split_of_doc",
     "split_of",
     "is_eval_doc",
+    "eval_docs",
 ]
 
 SPLITS = ("train", "heldout")
@@ -91,6 +92,11 @@ def split_of_doc(text: str, *, heldout_percent: float = HELDOUT_PERCENT, eval_pe
 def is_eval_doc(text: str) -> bool:
     """Whether an evaluation task may use ``text`` (``split_of_doc(text) == "eval"`` with the defaults)."""
     return split_of_doc(text) == "eval"
+
+
+def eval_docs(texts):
+    """The texts an evaluation task may use (:func:`is_eval_doc`), in order."""
+    return [t for t in texts if is_eval_doc(t)]
 
 
 def split_of(text: str, heldout_percent: float = HELDOUT_PERCENT) -> str:
