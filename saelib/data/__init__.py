@@ -14,7 +14,7 @@ from .corpus import (
     tokenize_corpus,
     training_document_hashes,
 )
-from .split import doc_hash, is_eval_doc, split_of_doc
+from .split import doc_hash, eval_docs, is_eval_doc, split_of_doc
 
 __all__ = [
     "EVAL_ONLY_SOURCES",
@@ -24,6 +24,7 @@ __all__ = [
     "CorpusSourceError",
     "composition",
     "doc_hash",
+    "eval_docs",
     "exclude_training",
     "is_eval_doc",
     "load_corpus",
