@@ -5,8 +5,8 @@ Read from the Debian package ``wordnet-base`` (``/usr/share/wordnet/data.noun``,
 18 = ``noun.person``; WordNet 3.0 licence, BSD-like). A gloss qualifies when it *starts* with a
 nationality of :data:`NATIONALITY_GROUPS` followed, within its first :data:`PROFESSION_WINDOW` words,
 by a profession of :data:`PROFESSION_GROUPS` ("United States film actor", "English lyric poet").
-The text of a record is the gloss itself with the synset's first lemma in front
-("Conrad Aiken: United States writer (1889-1973)").
+The text of a record is the gloss with the synset's longest lemma (the fullest name) in front
+("Conrad Potter Aiken: United States writer (1889-1973)").
 
 :func:`is_person_gloss` is the same test on a raw gloss: the training corpus (``saelib.data.corpus``)
 must drop every gloss for which it is true, from its WordNet *and* its GCIDE source (GCIDE carries
@@ -101,7 +101,9 @@ def read_wordnet_people(limit: int | None = None, *, root: str | Path = WORDNET_
             if parsed is None:
                 continue
             nationality, profession = parsed
-            lemma = fields[4].replace("_", " ")
+            n_words = int(fields[3], 16)
+            lemmas = [fields[4 + 2 * i].replace("_", " ") for i in range(n_words)]
+            lemma = max(lemmas, key=len)  # first of the longest
             out.append({"text": f"{lemma}: {gloss}", "nationality": nationality,
                         "nationality_group": NATIONALITY_GROUPS[nationality], "profession": profession,
                         "profession_group": PROFESSION_GROUPS[profession]})
