@@ -147,6 +147,9 @@ def test_config_from_params_and_skips(tmp_path):
     prep = sp.prepare_sae_probes(cfg, model=lambda: pytest.fail("model loaded"), model_name="m", layer=0,
                                  cache_dir=tmp_path, data_dir=FIX)
     assert prep.tasks == {} and len(prep.skipped) == 1 and "too small" in prep.skipped[0]
+    every = sp.prepare_sae_probes(sp.SaeProbesConfig(tasks="all"), model=None, model_name="m", layer=0,
+                                  cache_dir=tmp_path, data_dir=FIX)
+    assert len(every.skipped) == 8  # the fixture table's eight binary datasets, each too small here
 
 
 def test_last_token_residuals_match_a_single_forward_and_cache(tiny_model, tmp_path):

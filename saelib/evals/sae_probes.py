@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data.sae_probes_data import BinaryDataset, read_binary_dataset
+from ..data.sae_probes_data import BinaryDataset, binary_dataset_names, read_binary_dataset
 from ..data.task_types import TaskUnavailable
 from ..io import atomic_save_safetensors, atomic_write_json
 
@@ -60,7 +60,8 @@ class SaeProbesConfig:
     """Settings of the sae-probes eval (sae-probes' ``normal`` setting unless capped)."""
 
     tasks: tuple[str, ...] = DEFAULT_TASKS
-    """Numbered sae-probes binary datasets (``sae_probes_data.binary_dataset_names()`` lists all 113)."""
+    """Numbered sae-probes binary datasets; the string ``"all"`` = every binary dataset of the master
+    table (113, ``sae_probes_data.binary_dataset_names()``)."""
     ks: tuple[int, ...] = (1, 2, 5)
     """Numbers of top latents given to the SAE probe (SAEBench's wrapper default)."""
     n_train: int | None = None
@@ -87,7 +88,7 @@ class SaeProbesConfig:
     """Prompts per model forward pass."""
 
     def __post_init__(self) -> None:
-        self.tasks = tuple(self.tasks)
+        self.tasks = ("all",) if self.tasks == "all" else tuple(self.tasks)
         self.ks = tuple(int(k) for k in self.ks)
         if self.reg_type not in ("l1", "l2"):
             raise ValueError(f"reg_type must be 'l1' or 'l2', got {self.reg_type!r}")
@@ -368,7 +369,8 @@ def prepare_sae_probes(cfg: SaeProbesConfig, *, model, model_name: str, layer: i
     called only when a cache is missing) and fit the residual baselines. A dataset that is missing
     or too small for the split is skipped with a one-line note."""
     prep = SaeProbesPrep(cfg, {})
-    for name in cfg.tasks:
+    names = binary_dataset_names(data_dir=data_dir) if cfg.tasks == ("all",) else cfg.tasks
+    for name in names:
         start = time.time()
         try:
             ds = read_binary_dataset(name, data_dir=data_dir, max_rows=cfg.max_rows)
