@@ -167,3 +167,14 @@ def test_missing_package_is_one_line_unavailable(monkeypatch):
     monkeypatch.setattr(sae_probes_data, "package_dir", lambda name: None)
     with pytest.raises(TaskUnavailable, match=r"pip install --no-deps sae-probes==0\.4\.2"):
         sae_probes_data.sae_probes_data_dir()
+
+
+def test_wikidata_occupation_gender_join_on_fixture():
+    recs = sae_probes_data.read_wikidata_occupation_gender("actor", data_dir=SP)
+    assert Counter((r["occupation"], r["gender"]) for r in recs) == {("other", "female"): 6, ("actor", "female"): 5,
+                                                                      ("actor", "male"): 1}
+    assert len({r["text"] for r in recs}) == len(recs)
+    with pytest.raises(KeyError, match="unknown occupation"):
+        sae_probes_data.read_wikidata_occupation_gender("pilot", data_dir=SP)
+    task = tasks.get_scr_task("sp_wikidata_actor_gender")
+    assert (task.column_a, task.a_pos, task.column_b, task.b_pos) == ("occupation", "actor", "gender", "male")

