@@ -40,6 +40,7 @@ from torch import Tensor
 
 from ..data.sae_probes_data import BinaryDataset, binary_dataset_names, read_binary_dataset
 from ..data.task_types import TaskUnavailable
+from ..hooks import residuals_batch
 from ..io import atomic_save_safetensors, atomic_write_json
 
 EVAL_TYPE_ID = "sparse_probing_sae_probes"
@@ -260,8 +261,6 @@ def last_token_ids(tokenizer, texts: Sequence[str], context: int) -> list[list[i
 def last_token_residuals(model, texts: Sequence[str], layer: int, *, context: int = 1024, batch_size: int = 32) -> Tensor:
     """``(N, D)`` float32 residual at ``layer`` at each prompt's last token (right padding; causal
     attention keeps the last real token's residual independent of the padding)."""
-    from ..hooks import residuals_batch
-
     if not texts:
         raise ValueError("no texts to encode")
     model.check_layer(layer)
