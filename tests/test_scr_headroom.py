@@ -86,3 +86,15 @@ def test_rounds_must_be_positive():
     x, quads = _synthetic(a, b, n_train=8, n_test=4)
     with pytest.raises(ValueError, match="rounds"):
         oracle_headroom_from_quadrants(x, quads, cfg=CFG, rounds=0)
+
+
+def test_extra_rounds_remove_orthogonal_directions_that_stay_removed():
+    # B along an oblique direction (3 e1 + 2 e2): later rounds add directions orthogonal to the first, so the
+    # first removal is never undone (the original B probe stays at chance) and S_oracle stays high
+    a = lambda a_, b_: np.eye(6)[0] * (3.0 if a_ else -3.0)
+    b = lambda a_, b_: (np.eye(6)[1] * 3.0 + np.eye(6)[2] * 2.0) * (1 if b_ else -1)
+    x, quads = _synthetic(a, b, seed=2)
+    one = oracle_headroom_from_quadrants(x, quads, cfg=CFG, rounds=1)[1]
+    three = oracle_headroom_from_quadrants(x, quads, cfg=CFG, rounds=3)[1]
+    assert three.rounds >= 2 and three.removed_probe_acc <= 0.65 and one.removed_probe_acc <= 0.65
+    assert three.s_oracle >= 0.85 and three.s_oracle >= one.s_oracle - 0.05

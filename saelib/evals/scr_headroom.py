@@ -10,8 +10,9 @@ module measures that on the model side, with no SAE: the spurious probe's own di
 and the biased probe is re-tested on A's balanced test set. S_oracle is S with that accuracy in
 place of acc_ablated (same guard on the denominator as SCR). A task is trusted for SCR when
 S_oracle ≥ :data:`MIN_ORACLE_S` (issue 13: 0.5). ``rounds`` > 1 repeats the removal with a B probe
-retrained on the already-projected residuals (each round removes one more direction), for a
-spurious attribute spread over several directions.
+retrained on the already-projected residuals, its direction orthogonalised against the ones already
+removed (so each round removes one more direction and none comes back), for a spurious attribute
+spread over several directions.
 
 Everything here is a pure function of pooled residual arrays and the SCR sets/probes of
 :mod:`saelib.evals.scr`; the headroom row of the SCR notebook comes from :func:`headroom_rows`.
@@ -64,7 +65,7 @@ class OracleHeadroom:
     s_oracle: float
     """(acc_removed − acc_biased) / (acc_oracle − acc_biased); 0 below SCR's denominator guard."""
     rounds: int
-    """Directions removed."""
+    """Directions removed (orthonormalised; fewer than asked when a retrained probe adds no new one)."""
 
     @property
     def trusted(self) -> bool:
@@ -88,18 +89,28 @@ def oracle_headroom(side: ScrModelSide, xbar_ND: Tensor, *, direction: int = 1, 
     sets = side.sets
     tr_rm, y_tr_rm = sets.rows["train"][removed_key], sets.labels["train"][removed_key]
     te_rm, y_te_rm = sets.rows["test"][removed_key], sets.labels["test"][removed_key]
-    x = torch.as_tensor(xbar_ND).float()
+    x0 = torch.as_tensor(xbar_ND).float()
+    center = x0[tr_rm].mean(0)
+    x, basis = x0, []
     probe = side.probes[removed_key]
     for r in range(rounds):
         if r > 0:
             probe, _ = train_torch_probe(x[tr_rm], y_tr_rm, x[te_rm], y_te_rm, cfg.probe)
-        x = remove_direction(x, probe.weight_D, x[tr_rm].mean(0))
+        u = probe.weight_D.float().clone()
+        for b in basis:  # Gram-Schmidt: each round removes one new direction, earlier ones stay removed
+            u = u - (u @ b) * b
+        if u.norm() < 1e-6 * probe.weight_D.norm():
+            break
+        basis.append(u / u.norm())
+        x = x0
+        for b in basis:
+            x = remove_direction(x, b, center)
     te, y_te = sets.rows["test"][eval_key], sets.labels["test"][eval_key]
     acc_removed = side.probes["biased"].accuracy(x[te], y_te)
     removed_acc = side.probes[removed_key].accuracy(x[te_rm], y_te_rm)
     base, oracle = side.clean[f"biased_on_{eval_key}"], side.clean[eval_key]
     s = scr_score(acc_removed, base, oracle, min_denominator=cfg.min_denominator)
-    return OracleHeadroom(direction, base, oracle, acc_removed, removed_acc, float(s), rounds)
+    return OracleHeadroom(direction, base, oracle, acc_removed, removed_acc, float(s), len(basis))
 
 
 def oracle_headroom_from_quadrants(xbar_ND: Tensor, quadrants: dict[str, dict[str, np.ndarray]], *,
