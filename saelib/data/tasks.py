@@ -529,7 +529,9 @@ SCR_TASKS: dict[str, ScrTask] = {
 }
 """Offline SCR tasks. ``wordnet_people_profession_nationality`` (the default): profession group (A,
 like SAEBench's profession) × nationality group (B, like gender), biased set = American artists vs
-European scientists; the spurious attribute is concentrated (the issue's residual oracle: S = 0.80).
+European scientists. Measured on Gemma-3-270M layer 8, mean-pooled, q = 84 train / 43 test
+(``saelib.evals.scr_headroom``): biased probe 0.895 on A and 0.593 on B (so ``scr_metric`` is dir2),
+S_oracle 0.77 (dir1) and 0.81 (dir2) removing one probe direction, 0.82 / 0.91 removing three.
 ``sp_wikidata_{actor,politician}_gender``: occupation (A) × gender (B) of sae-probes' Wikidata
 contexts, quadrants of 64-213 texts (the issue's oracle: S = 0.38 and 0.20: mean pooling dilutes
 the name at the end of a long context). ``reviews_domain_sentiment`` and ``news_exam_genre_topic``: the earlier pairings, whose biased
