@@ -170,3 +170,17 @@ def test_last_token_residuals_match_a_single_forward_and_cache(tiny_model, tmp_p
     x2, hit2 = sp.cached_last_token_residuals(lambda: pytest.fail("model loaded"), texts, model_name=tiny_model.name,
                                               layer=2, context=64, cache_dir=tmp_path, name="t")
     assert (hit1, hit2) == (False, True) and torch.equal(x1, x2)
+
+
+@pytest.mark.skipif(SP_DIR is None, reason="sae-probes not installed")
+def test_end_to_end_on_a_real_dataset_with_the_tiny_model(tiny_model, tmp_path):
+    cfg = sp.SaeProbesConfig(tasks=("5_hist_fig_ismale",), n_train=32, n_test=16, context=32, ks=(1,))
+    prep = sp.prepare_sae_probes(cfg, model=tiny_model, model_name=tiny_model.name, layer=2, cache_dir=tmp_path)
+    td = prep.tasks["5_hist_fig_ismale"]
+    assert td.x_train_ND.shape == (32, tiny_model.d_model) and len(td.y_test) == 16
+    assert td.y_train.sum() == 16 and td.y_test.sum() == 8  # sae-probes' balanced split
+    assert 0.0 <= td.llm["test_acc"] <= 1.0 and not td.cache_hit
+    res = sp.sae_probes_sae(prep, _PlantedSae(tiny_model.d_model, 24))
+    out = sp.sae_probes_output(prep, res, variant="v")
+    assert out["eval_result_details"][0]["dataset_name"] == "5_hist_fig_ismale"
+    assert out["eval_result_unstructured"]["5_hist_fig_ismale"]["n_train"] == 32
