@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from saelib.data import sae_probes_data, tasks, wordnet_people
+from saelib.data.split import is_eval_doc
 from saelib.data.task_types import SourceError, TaskUnavailable, sample_balanced, shrunk_counts
 
 FIX = Path(__file__).parent / "fixtures"
@@ -18,16 +19,21 @@ HAS_WORDNET = (wordnet_people.WORDNET_DIR / "data.noun").exists()
 
 # ---- sae-probes readers (fixtures cut from the real files: 12 rows per target, prompts cut to 400 chars) --
 def test_saebench_layout_sources_from_fixture():
+    # the corpus trains on these files, so only rows on the eval side of the document split are read
+    assert all(sae_probes_data.shared_with_training(f) for f in ("161_agnews_0", "157_amazon_5star", "158_code_C"))
+    raw = sae_probes_data.read_dataset_frame("161_agnews_0", data_dir=SP, eval_side_only=False)
+    assert len(raw) == 24
     ag = sae_probes_data.read_saebench_source("sp_ag_news", data_dir=SP)
-    assert Counter(r["label"] for r in ag) == {"0": 12, "1": 12, "2": 12}  # positives only: negatives are code
+    assert Counter(r["label"] for r in ag) == {"0": 3, "1": 8, "2": 5}  # positives only: negatives are code
+    assert all(is_eval_doc(r["text"]) for r in ag)
     assert not any("GNU General Public License" in r["text"] for r in ag)
-    assert any(r["text"].startswith("Barry Bonds Hits 700th Career Home Run") for r in ag)
+    world = {str(p) for p, t in zip(raw["prompt"], raw["target"]) if t == 1 and is_eval_doc(str(p))}
+    assert {r["text"] for r in ag if r["label"] == "0"} == world
     code = sae_probes_data.read_saebench_source("sp_github_code", data_dir=SP)
-    assert Counter(r["label"] for r in code) == {"C": 12, "Python": 12, "HTML": 12}
+    assert Counter(r["label"] for r in code) == {"C": 7, "Python": 5, "HTML": 3}
     amazon = sae_probes_data.read_saebench_source("sp_amazon_sentiment", data_dir=SP)
-    assert Counter(r["label"] for r in amazon) == {"5.0": 12, "1.0": 12}
-    five = [r["text"] for r in amazon if r["label"] == "5.0"]
-    assert five[0].startswith("Title: Great fun\nReview:")
+    assert Counter(r["label"] for r in amazon) == {"5.0": 6, "1.0": 5}
+    assert all(r["text"].startswith("Title: ") and "\nReview: " in r["text"] for r in amazon)
     with pytest.raises(KeyError, match="unknown sae-probes source"):
         sae_probes_data.read_saebench_source("sp_nope", data_dir=SP)
 
@@ -52,8 +58,8 @@ def test_binary_dataset_labels_and_master_table():
 def test_sae_probes_fixture_rows_are_real_rows():
     if not HAS_SAE_PROBES:
         pytest.skip("sae-probes not installed")
-    real = sae_probes_data.read_dataset_frame("161_agnews_0")
-    cut = sae_probes_data.read_dataset_frame("161_agnews_0", data_dir=SP)
+    real = sae_probes_data.read_dataset_frame("161_agnews_0", eval_side_only=False)
+    cut = sae_probes_data.read_dataset_frame("161_agnews_0", data_dir=SP, eval_side_only=False)
     first = {str(p)[:400] for p in real["prompt"].head(40)}
     assert set(cut["prompt"].astype(str)) <= first
 
@@ -64,9 +70,10 @@ def test_real_saebench_layout_counts_and_no_import():
 
     got = {n: Counter(r["label"] for r in tasks.dedupe(sae_probes_data.read_saebench_source(n)))
            for n in sae_probes_data.SAEBENCH_SOURCES}
-    assert got["sp_ag_news"] == {"0": 2000, "1": 2000, "2": 2000}
-    assert got["sp_amazon_sentiment"] == {"5.0": 1000, "1.0": 999}
-    assert sum(got["sp_github_code"].values()) == 5972 and min(got["sp_github_code"].values()) > 1900
+    # the eval half of each file (2,000 positives per AG News class, 1,000 reviews per rating before the split)
+    assert got["sp_ag_news"] == {"0": 988, "1": 993, "2": 1023}
+    assert got["sp_amazon_sentiment"] == {"5.0": 495, "1.0": 485}
+    assert got["sp_github_code"] == {"C": 977, "Python": 1018, "HTML": 990}
     assert "sae_probes" not in sys.modules  # found with find_spec, never imported (its __init__ needs xgboost)
     ds = tasks.load_source("sp_ag_news", n_train=5, n_test=3, seed=0)
     assert Counter(zip(ds["label"], ds["split"])) == {(c, s): n for c in "012" for s, n in (("train", 5), ("test", 3))}
@@ -171,8 +178,8 @@ def test_missing_package_is_one_line_unavailable(monkeypatch):
 
 def test_wikidata_occupation_gender_join_on_fixture():
     recs = sae_probes_data.read_wikidata_occupation_gender("actor", data_dir=SP)
-    assert Counter((r["occupation"], r["gender"]) for r in recs) == {("other", "female"): 6, ("actor", "female"): 5,
-                                                                      ("actor", "male"): 1}
+    assert Counter((r["occupation"], r["gender"]) for r in recs) == {("other", "female"): 2, ("actor", "female"): 3}
+    assert all(is_eval_doc(r["text"]) for r in recs)
     assert len({r["text"] for r in recs}) == len(recs)
     with pytest.raises(KeyError, match="unknown occupation"):
         sae_probes_data.read_wikidata_occupation_gender("pilot", data_dir=SP)

@@ -21,6 +21,12 @@ Two uses:
   (Yelp, five ratings).
 - The sae-probes eval itself (:func:`read_binary_dataset`): any binary dataset by its numbered name,
   labels encoded as sae-probes does (sklearn ``LabelEncoder``: sorted unique targets → 0, 1).
+
+The SAE training corpus reads some of these files (``corpus_sources.SAE_PROBES_TRAINING_FILES``:
+AG News, Amazon, Yelp, movie reviews, SST-2, code, Wikidata, ...). From those files every reader
+here keeps only the rows on the ``eval`` side of the document-level split
+(``split.is_eval_doc(prompt)``, the raw prompt as stored), so no evaluation text is ever trained on;
+rows of the other files are kept as they are.
 """
 from __future__ import annotations
 
@@ -30,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .corpus_sources import SAE_PROBES_TRAINING_FILES
+from .split import is_eval_doc
 from .task_types import CODE_SKIP_CHARS, SourceError, TaskUnavailable, clean_text, package_dir
 
 SAE_PROBES_PIN = "sae-probes==0.4.2"
@@ -67,12 +75,21 @@ def _read_zst_csv(path: Path):
     return pd.read_csv(io.BytesIO(raw))
 
 
-def read_dataset_frame(name: str, *, data_dir: str | Path | None = None):
-    """``cleaned_data/<name>.csv.zst`` as a pandas frame (columns ``prompt``, ``target``, ...)."""
+def shared_with_training(name: str) -> bool:
+    """Whether the SAE training corpus reads the file ``name`` (its rows are then split by document)."""
+    return name in SAE_PROBES_TRAINING_FILES
+
+
+def read_dataset_frame(name: str, *, data_dir: str | Path | None = None, eval_side_only: bool = True):
+    """``cleaned_data/<name>.csv.zst`` as a pandas frame (columns ``prompt``, ``target``, ...), file
+    order; for a file the training corpus reads, only its ``eval``-side rows unless ``eval_side_only``
+    is False."""
     df = _read_zst_csv(sae_probes_data_dir(data_dir) / "cleaned_data" / f"{name}.csv.zst")
     missing = {"prompt", "target"} - set(df.columns)
     if missing:
         raise SourceError(f"sae-probes dataset {name}: columns {sorted(missing)} missing (has {list(df.columns)})")
+    if eval_side_only and shared_with_training(name):
+        df = df[[is_eval_doc(str(p)) for p in df["prompt"]]].reset_index(drop=True)
     return df
 
 
@@ -98,11 +115,12 @@ class BinaryDataset:
     """Target values for label 0 and label 1."""
 
 
-def read_binary_dataset(name: str, *, data_dir: str | Path | None = None, max_rows: int = 5000) -> BinaryDataset:
-    """The first ``max_rows`` rows of a binary dataset (sae-probes reads at most 5,000), labels
-    encoded like sklearn's ``LabelEncoder``. Raises ``SourceError`` unless there are exactly two
-    target values."""
-    df = read_dataset_frame(name, data_dir=data_dir).iloc[:max_rows]
+def read_binary_dataset(name: str, *, data_dir: str | Path | None = None, max_rows: int = 5000,
+                        eval_side_only: bool = True) -> BinaryDataset:
+    """The first ``max_rows`` rows of a binary dataset (sae-probes reads at most 5,000; counted after
+    the eval-side filter of :func:`read_dataset_frame`), labels encoded like sklearn's
+    ``LabelEncoder``. Raises ``SourceError`` unless there are exactly two target values."""
+    df = read_dataset_frame(name, data_dir=data_dir, eval_side_only=eval_side_only).iloc[:max_rows]
     targets = df["target"].to_numpy()
     classes = np.unique(targets)
     if len(classes) != 2:
@@ -197,5 +215,5 @@ def read_wikidata_occupation_gender(occupation: str, limit: int | None = None, *
     return out
 
 
-__all__ = ["WIKIDATA_GENDER_FILE", "WIKIDATA_OCCUPATION_FILES", "read_wikidata_occupation_gender", "SAE_PROBES_PIN", "sae_probes_data_dir", "read_dataset_frame", "binary_dataset_names", "BinaryDataset",
+__all__ = ["shared_with_training", "WIKIDATA_GENDER_FILE", "WIKIDATA_OCCUPATION_FILES", "read_wikidata_occupation_gender", "SAE_PROBES_PIN", "sae_probes_data_dir", "read_dataset_frame", "binary_dataset_names", "BinaryDataset",
            "read_binary_dataset", "ClassFiles", "SAEBENCH_SOURCES", "read_saebench_source", "TEXT_KEEP_CHARS"]

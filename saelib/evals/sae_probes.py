@@ -21,6 +21,8 @@ Protocol of ``sae-probes==0.4.2`` in its ``normal`` setting, as its code does it
   baseline (sae-probes' ``logreg`` baseline). Reported: test accuracy, ROC AUC, weighted F1.
 - **k**: SAEBench's wrapper default [1, 2, 5] (sae-probes alone: 1, 2, 4, …, 512).
 
+Departure kept on purpose: for the dataset files the SAE training corpus also reads, only their
+``eval``-side rows are used (``SaeProbesConfig.eval_side_only``), so no probe text was trained on.
 The CPU profile may cap the train/test sizes and the context (``SaeProbesConfig.n_train`` …); the
 JSON records what was used. The model side (last-token residuals and the L2 baseline) is computed
 once per model / layer / dataset and cached; each SAE only encodes the cached vectors.
@@ -87,6 +89,10 @@ class SaeProbesConfig:
     """Solver iterations of each logistic regression (sae-probes: 1000)."""
     batch_size: int = 32
     """Prompts per model forward pass."""
+    eval_side_only: bool = True
+    """For a dataset file the SAE training corpus also reads (SST-2, movie reviews, AG News, ...), use
+    only its rows on the ``eval`` side of the document-level split (``saelib.data.split``) — sae-probes'
+    split is then drawn from those rows. False reproduces sae-probes on the whole file."""
 
     def __post_init__(self) -> None:
         self.tasks = ("all",) if self.tasks == "all" else tuple(self.tasks)
@@ -372,7 +378,7 @@ def prepare_sae_probes(cfg: SaeProbesConfig, *, model, model_name: str, layer: i
     for name in names:
         start = time.time()
         try:
-            ds = read_binary_dataset(name, data_dir=data_dir, max_rows=cfg.max_rows)
+            ds = read_binary_dataset(name, data_dir=data_dir, max_rows=cfg.max_rows, eval_side_only=cfg.eval_side_only)
             n_train, n_test = default_sizes(len(ds.y), n_train=cfg.n_train, n_test=cfg.n_test)
             train, test = sae_probes_split(ds.y, n_train, n_test, seed=cfg.seed)
         except (TaskUnavailable, ValueError) as exc:
