@@ -1,7 +1,9 @@
 """Paper-profile labelled datasets: the SAEBench hub sets for sparse probing, SCR and TPP.
 
 The loading code is the real one (``datasets.load_dataset`` on the hub ids SAEBench uses); offline
-it fails fast with :class:`~saelib.models.HubUnavailableError`. Every loader also takes
+it fails fast with :class:`~saelib.models.HubUnavailableError`. Task types come from
+:mod:`saelib.data.task_types`; the registries here are merged with the offline ones in
+:mod:`saelib.data.tasks` (which imports this module, never the other way). Every loader also takes
 ``data_dir``: a local copy with the same records (``train.jsonl``/``test.jsonl``, or one
 ``<config>.jsonl`` per europarl language pair) goes through the same code path — the tests use
 small fixtures in ``tests/fixtures/hub/``.
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..models import HubUnavailableError
-from .tasks import (
+from .task_types import (
     CODE_MIN_CHARS,
     CODE_SKIP_CHARS,
     ProbingTask,
@@ -317,9 +319,9 @@ def load_scr_source(task: ScrTask, *, q_train: int, q_test: int, seed: int = 0, 
     quadrants (SAEBench's sizes, q = set size // 4), as a ``datasets.Dataset``."""
     import datasets
 
-    from .tasks import get_source
-
-    spec = get_source(task.source)
+    if task.source not in HUB_SOURCES:
+        raise KeyError(f"{task.name}: {task.source!r} is not a hub source; hub sources: {', '.join(sorted(HUB_SOURCES))}")
+    spec = HUB_SOURCES[task.source]
     records = dedupe(spec.read(None, data_dir=data_dir))
     a_col = "label" if task.column_a == "label" else task.column_a
     quad = {}

