@@ -93,7 +93,7 @@ class AbsorptionConfig:
     ksparse_l1_decay: float = 0.01
     """L1 coefficient of the latent-ranking probe (sum over latents, mean over letters)."""
     ksparse_epochs: int = 50
-    """Epochs of the latent-ranking probe (Adam, exponential LR decay)."""
+    """Epochs of the latent-ranking probe (Adam, exponential LR decay; SAEBench: 50)."""
     ksparse_batch_size: int = 4096
     """Minibatch of the latent-ranking probe."""
     ksparse_lr: float = 0.01
@@ -102,6 +102,14 @@ class AbsorptionConfig:
     """End learning rate of the latent-ranking probe."""
     ksparse_C: float = 1.0
     """Inverse L2 strength of the k-sparse logistic probes (sklearn's C, class-balanced weights)."""
+    ksparse_max_iter: int = 500
+    """L-BFGS iterations of the k-sparse probes (sklearn's max_iter in SAEBench; raw activations at
+    a real SAE's scale need several hundred)."""
+    ksparse_normalize: bool = False
+    """False (SAEBench): rank latents and fit the k-sparse probes on raw activations, ranking probe
+    with default init. True: named alternative (this repo's first version): activations divided by
+    their mean non-zero magnitude and a zero-initialised ranking probe, so the split features do not
+    depend on the SAE's activation scale."""
 
     # ---- scoring -----------------------------------------------------------------------------------
     full_absorption_cos_threshold: float = 0.025
@@ -140,7 +148,8 @@ class AbsorptionConfig:
             raise ValueError(f"max_k must be >= 1, got {self.max_k}")
         if self.max_absorbing_latents < 1:
             raise ValueError(f"max_absorbing_latents must be >= 1, got {self.max_absorbing_latents}")
-        for name in ("llm_batch_size", "sae_batch_size", "ksparse_batch_size", "ksparse_epochs", "probe_max_iter"):
+        for name in ("llm_batch_size", "sae_batch_size", "ksparse_batch_size", "ksparse_epochs", "probe_max_iter",
+                     "ksparse_max_iter"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -602,37 +611,65 @@ def encode_latents(sae, x_ND: Tensor, *, batch_size: int = 2048) -> SparseLatent
 # =====================================================================================================
 # k-sparse probing: split features
 # =====================================================================================================
+def _activation_scale(lat: SparseLatents, cfg: AbsorptionConfig) -> float:
+    """1.0 (SAEBench: raw activations), or with ``ksparse_normalize`` the mean non-zero magnitude."""
+    if not cfg.ksparse_normalize:
+        return 1.0
+    nz = lat.val_NM[lat.val_NM != 0]
+    return float(nz.abs().mean()) if nz.numel() else 1.0
+
+
+def _dataloader_permutation(n: int) -> Tensor:
+    """The order in which ``DataLoader(..., shuffle=True)`` visits ``n`` samples in one epoch,
+    drawing from torch's global RNG as it does: one draw for the iterator's base seed (unused
+    without workers), one that seeds the ``RandomSampler``'s generator."""
+    torch.empty((), dtype=torch.int64).random_()
+    seed = int(torch.empty((), dtype=torch.int64).random_().item())
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    return torch.randperm(n, generator=gen)
+
+
 def rank_latents(lat: SparseLatents, y_N: Tensor, cfg: AbsorptionConfig, n_classes: int = 26) -> Tensor:
     """L1-regularised one-vs-rest logistic probe on all latents; returns its weights ``(L, F)``.
 
-    BCE with pos_weight = neg/pos plus ``ksparse_l1_decay × mean_L Σ_F |w|``; Adam with an
-    exponentially decaying learning rate, zero init (so the ranking does not depend on latent order).
-    Activations are divided by their mean non-zero magnitude (one scalar) first.
+    SAEBench's ``train_k_sparse_probes`` ranking probe (``train_sparse_multi_probe``): a linear
+    layer on the **raw** SAE activations with PyTorch's default ``nn.Linear`` initialisation (drawn
+    after ``torch.manual_seed(cfg.seed)``), BCE with pos_weight = neg/pos plus
+    ``ksparse_l1_decay × mean_L Σ_F |w|``, Adam (weight decay 1e-6) with an exponentially decaying
+    learning rate, minibatches in ``DataLoader(shuffle=True)`` order. The global RNG is restored after.
+    Named alternative ``ksparse_normalize=True`` (this repo's first ranking): activations divided by
+    their mean non-zero magnitude, zero init (ranking independent of the activation scale).
     """
-    nz = lat.val_NM[lat.val_NM != 0]
-    scale = float(nz.abs().mean()) if nz.numel() else 1.0
+    scale = _activation_scale(lat, cfg)
     val = lat.val_NM / scale
     Y = Fn.one_hot(y_N.long(), n_classes).float()
     pw = _pos_weight(Y)
     F = lat.d_sae
-    weight = torch.zeros(F + 1, n_classes, requires_grad=True)
-    bias = torch.zeros(n_classes, requires_grad=True)
-    opt = torch.optim.Adam([weight, bias], lr=cfg.ksparse_lr, weight_decay=1e-6)
-    gamma = math.exp(math.log(cfg.ksparse_end_lr / cfg.ksparse_lr) / cfg.ksparse_epochs)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=gamma)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    with torch.enable_grad():
-        for _ in range(cfg.ksparse_epochs):
-            perm = torch.randperm(lat.n, generator=gen)
-            for s in range(0, lat.n, cfg.ksparse_batch_size):
-                b = perm[s : s + cfg.ksparse_batch_size]
-                logits = Fn.embedding_bag(lat.idx_NM[b], weight, per_sample_weights=val[b], mode="sum", padding_idx=F) + bias
-                loss = Fn.binary_cross_entropy_with_logits(logits, Y[b], pos_weight=pw)
-                loss = loss + cfg.ksparse_l1_decay * weight[:F].abs().sum(0).mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            sched.step()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        init = torch.nn.Linear(F, n_classes)
+        w0_LF, b0_L = init.weight.detach(), init.bias.detach()
+        if cfg.ksparse_normalize:
+            w0_LF, b0_L = torch.zeros_like(w0_LF), torch.zeros_like(b0_L)
+        # sparse rows: weight is (F + 1, L) with a zero padding row for embedding_bag
+        weight = torch.cat([w0_LF.T, torch.zeros(1, n_classes)]).contiguous().requires_grad_(True)
+        bias = b0_L.clone().requires_grad_(True)
+        opt = torch.optim.Adam([weight, bias], lr=cfg.ksparse_lr, weight_decay=1e-6)
+        gamma = math.exp(math.log(cfg.ksparse_end_lr / cfg.ksparse_lr) / cfg.ksparse_epochs)
+        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=gamma)
+        with torch.enable_grad():
+            for _ in range(cfg.ksparse_epochs):
+                perm = _dataloader_permutation(lat.n)
+                for s in range(0, lat.n, cfg.ksparse_batch_size):
+                    b = perm[s : s + cfg.ksparse_batch_size]
+                    logits = Fn.embedding_bag(lat.idx_NM[b], weight, per_sample_weights=val[b], mode="sum", padding_idx=F) + bias
+                    loss = Fn.binary_cross_entropy_with_logits(logits, Y[b], pos_weight=pw)
+                    loss = loss + cfg.ksparse_l1_decay * weight[:F].abs().sum(0).mean()
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                sched.step()
     return weight.detach()[:F].T.contiguous()
 
 
@@ -643,13 +680,14 @@ def fit_logistic_batched(X_LNK: Tensor, Y_LN: Tensor, *, C: float = 1.0, max_ite
     Returns weights ``(L, K)`` and biases ``(L,)``.
     """
     L, N, K = X_LNK.shape
-    Yf = Y_LN.float()
+    X_LNK = X_LNK.double()  # float64: at raw activation scales float32 stalls short of the optimum
+    Yf = Y_LN.double()
     n_pos = Yf.sum(1, keepdim=True)
     w_pos = N / (2 * n_pos.clamp_min(1))
     w_neg = N / (2 * (N - n_pos).clamp_min(1))
     sw = torch.where(Y_LN.bool(), w_pos, w_neg)
-    W = torch.zeros(L, K, requires_grad=True)
-    b = torch.zeros(L, requires_grad=True)
+    W = torch.zeros(L, K, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(L, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
                             tolerance_grad=1e-10, tolerance_change=1e-14)
 
@@ -663,7 +701,7 @@ def fit_logistic_batched(X_LNK: Tensor, Y_LN: Tensor, *, C: float = 1.0, max_ite
 
     with torch.enable_grad():
         opt.step(closure)
-    return W.detach(), b.detach()
+    return W.detach().float(), b.detach().float()
 
 
 @dataclass
@@ -681,7 +719,7 @@ class SplitFeatures:
     biases: list[Tensor]
     """``biases[k-1]``: (L,) biases of the k-sparse probes."""
     scale: float
-    """Activations were divided by this before the k-sparse probes."""
+    """Activations were divided by this before the k-sparse probes (1.0 unless ``ksparse_normalize``)."""
 
     @property
     def split_feats(self) -> list[list[int]]:
@@ -711,20 +749,24 @@ def choose_k(f1_K: list[float] | Tensor, threshold: float) -> int:
 
 def select_split_features(lat_train: SparseLatents, y_train_N: Tensor, lat_test: SparseLatents, y_test_N: Tensor,
                           cfg: AbsorptionConfig, *, ranking_LF: Tensor | None = None, n_classes: int = 26) -> SplitFeatures:
-    """k-sparse probing: rank latents per letter, fit k-sparse probes on train, F1 on test, pick k."""
+    """k-sparse probing: rank latents per letter, fit k-sparse probes on train, F1 on test, pick k.
+
+    As SAEBench's ``train_k_sparse_probes`` + ``add_feature_splits_to_metrics_df``: the k-sparse
+    probes are class-balanced L2 logistic regressions (sklearn's objective, C = ``ksparse_C``) on the
+    raw activations of each letter's top-k ranked latents (``ksparse_normalize``: divided by the
+    same scale as the ranking)."""
     if ranking_LF is None:
         ranking_LF = rank_latents(lat_train, y_train_N, cfg, n_classes)
     K = min(cfg.max_k, lat_train.d_sae)
     ranked_LK = ranking_LF.topk(K, dim=1).indices
-    nz = lat_train.val_NM[lat_train.val_NM != 0]
-    scale = float(nz.abs().mean()) if nz.numel() else 1.0
+    scale = _activation_scale(lat_train, cfg)
     Xtr = lat_train.columns(ranked_LK) / scale
     Xte = lat_test.columns(ranked_LK) / scale
     Ytr = Fn.one_hot(y_train_N.long(), n_classes).T.contiguous()
     Yte = Fn.one_hot(y_test_N.long(), n_classes).T.contiguous()
     f1s, weights, biases = [], [], []
     for k in range(1, K + 1):
-        w, b = fit_logistic_batched(Xtr[:, :, :k], Ytr, C=cfg.ksparse_C)
+        w, b = fit_logistic_batched(Xtr[:, :, :k], Ytr, C=cfg.ksparse_C, max_iter=cfg.ksparse_max_iter)
         s_LN = torch.einsum("lnk,lk->ln", Xte[:, :, :k], w) + b[:, None]
         f1, _, _ = f1_scores((s_LN > 0).T, Yte.T)
         f1s.append(f1)
