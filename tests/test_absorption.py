@@ -52,27 +52,47 @@ WORDS = ["cat", "Cat", "dog", "fish", "apple", "ant", "bee", "zebra", "yak", "ow
          "jay", "kiwi", "lark", "mole", "newt", "pig", "quail", "rat", "seal", "toad", "urchin", "vole", "wasp", "xerus"]
 
 
-def test_build_vocab_filters_splits_by_word_and_is_deterministic():
+def test_build_vocab_filters_like_saebench_and_splits_deterministically():
     vocab = {f"\u2581{w}": i + 10 for i, w in enumerate(WORDS)}
-    vocab.update({"\u2581a": 3, "cat": 4, "\u2581cat2": 5, "\u2581caf\u00e9": 6, "\u2581x": 7, "<bos>": 1})
+    vocab.update({"\u2581a": 3, "cat": 4, "\u2581cat2": 5, "\u2581caf\u00e9": 6, "\u2581x": 7, "<bos>": 1, "\u2581": 8})
     cfg = ab.AbsorptionConfig(seed=3)
     df = ab.build_vocab(vocab, cfg)
-    assert sorted(df["word"]) == sorted(WORDS)  # 1-letter, no-marker, digit and accented tokens dropped
+    # letters only, leading space optional, one letter is enough; digits, accents, bare marker dropped
+    assert sorted(df["text"]) == sorted([f" {w}" for w in WORDS] + [" a", "cat", " x"])
+    assert (df["word"] == df["text"].str.strip()).all()
     assert list(df["token_id"]) == sorted(df["token_id"])
     assert (df["letter"] == df["word"].str[0].str.lower()).all()
     assert (df["letter_idx"] == df["letter"].map(LET.index)).all()
-    # case variants share a split; 80/20 of the distinct lower-cased words
-    by_word = df.groupby(df["word"].str.lower())["split"].nunique()
-    assert (by_word == 1).all()
-    n_groups = len(by_word)
-    n_train_groups = df[df["split"] == "train"]["word"].str.lower().nunique()
-    assert n_train_groups == round(0.8 * n_groups)
+    assert (df["split"] == "train").sum() == int(0.8 * len(df))  # SAEBench: int(n * 0.8) entries train
     again = ab.build_vocab(vocab, cfg)
     assert again.equals(df)
     other = ab.build_vocab(vocab, ab.AbsorptionConfig(seed=4))
     assert not other["split"].equals(df["split"])
     sub = ab.build_vocab(vocab, ab.AbsorptionConfig(seed=3, max_words=10))
-    assert len(sub) == 10 and set(sub["word"]) <= set(WORDS)
+    assert len(sub) == 10 and set(sub["text"]) <= set(df["text"])
+    # this repo's first filter and split, as named alternatives
+    strict = ab.build_vocab(vocab, ab.AbsorptionConfig(seed=3, min_word_letters=2, require_leading_space=True,
+                                                       group_case_variants=True))
+    assert sorted(strict["word"]) == sorted(WORDS)
+    by_word = strict.groupby(strict["word"].str.lower())["split"].nunique()
+    assert (by_word == 1).all()
+    assert strict[strict["split"] == "train"]["word"].str.lower().nunique() == int(0.8 * len(by_word))
+
+
+def test_build_vocab_maps_byte_fallback_entries_to_the_plain_token():
+    vocab = {"\u2581cat": 10, "\u2581dog": 11, "\u2581emu": 12, "A": 13, "<0x41>": 14, "\u2581owl": 15}
+
+    class Tok:
+        def get_vocab(self):
+            return dict(vocab)
+
+        def convert_tokens_to_string(self, tokens):
+            t = tokens[0]
+            return "A" if t == "<0x41>" else t.replace("\u2581", " ")
+
+    df = ab.build_vocab(Tok(), ab.AbsorptionConfig())
+    assert sorted(df["text"]) == sorted([" cat", " dog", " emu", "A", "A", " owl"])  # SAEBench keeps both "A"s
+    assert df.loc[df["token"] == "<0x41>", "token_id"].item() == 13  # the id tokenizing "A" gives
 
 
 def test_build_vocab_rejects_wrong_space_marker():
@@ -95,6 +115,7 @@ def test_build_prompts_layout_and_query_position(n_shot):
         split_words = set(vocab["word"].to_numpy()[rows])
         for i in range(len(ps)):
             word = vocab["word"].iloc[ps.rows_N[i]]
+            assert vocab["text"].iloc[ps.rows_N[i]] == f" {word}"
             text = ps.text(tok, i)
             lines = text.split("\n")
             assert lines[0] == "" and len(lines) == n_shot + 2
@@ -116,6 +137,18 @@ def test_build_prompts_layout_and_query_position(n_shot):
         fresh = ab.build_prompts(vocab, tok, cfg, "train", variant=1)
         assert torch.equal(fresh.tokens_NS[:, fresh.query_pos], same.tokens_NS[:, same.query_pos])
         assert not torch.equal(fresh.tokens_NS, same.tokens_NS)
+        # absorption prompts: examples from the whole vocabulary (SAEBench's calculator)
+        wide = ab.build_prompts(vocab, tok, cfg, "test", pool="all")
+        test_ids = set(vocab.loc[vocab["split"] == "test", "token_id"])
+        block = wide.tokens_NS.shape[1] - wide.query_pos + 2  # sep, word, " has the first letter:", answer
+        ex_cols = [wide.query_pos - (n_shot - j) * block for j in range(n_shot)]
+        assert all(wide.tokens_NS[:, c - 1].eq(tok.vocab["\n"]).all() for c in ex_cols)
+        ex_ids = set(wide.tokens_NS[:, ex_cols].flatten().tolist())
+        assert ex_ids <= set(vocab["token_id"]) and not ex_ids <= test_ids
+        # the Jan 2025 layout: no separator before the first line
+        legacy = ab.build_prompts(vocab, tok, ab.AbsorptionConfig(n_shot=n_shot, seed=1, prepend_separator=False), "train")
+        assert legacy.tokens_NS.shape[1] == same.tokens_NS.shape[1] - 1
+        assert not legacy.text(tok, 0).startswith("\n") and legacy.text(tok, 0) == same.text(tok, 0)[1:]
 
 
 def test_check_prompt_tokenization_flags_templates_that_do_not_round_trip():

@@ -156,3 +156,52 @@ def test_split_features_match_saebench(ksparse_both):
     add_feature_splits_to_metrics_df(df, max_k_value=b.cfg.max_k, f1_jump_threshold=b.cfg.f1_jump_threshold)
     assert b.ours.split_feats == [list(v) for v in df["split_feats"]]
     assert any(len(v) > 1 for v in b.ours.split_feats[:8])  # the planted split letters do split
+
+
+# ----------------------------------------------------------------------------------------------
+# vocabulary and prompts on the real Gemma-3 tokenizer
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def gemma_tok(tiny_model):
+    return tiny_model.tokenizer
+
+
+@pytest.fixture(scope="module")
+def full_vocab(gemma_tok):
+    return ab.build_vocab(gemma_tok, ab.AbsorptionConfig())
+
+
+def test_vocabulary_is_saebench_get_alpha_tokens(gemma_tok, full_vocab):
+    ref = get_alpha_tokens(gemma_tok)
+    assert len(full_vocab) == len(ref) > 100_000
+    assert sorted(full_vocab["text"]) == sorted(ref)
+    assert (full_vocab["text"].str.startswith(" ")).any() and (~full_vocab["text"].str.startswith(" ")).any()
+    # this repo's first filter ("▁" + >= 2 letters) is a strict subset
+    strict = ab.build_vocab(gemma_tok, ab.AbsorptionConfig(min_word_letters=2, require_leading_space=True))
+    assert len(strict) < 0.8 * len(full_vocab)
+
+
+@pytest.mark.parametrize("prepend", [True, False], ids=["v0.6.0", "jan2025"])
+@pytest.mark.parametrize("pool", ["split", "all"])
+def test_prompts_are_saebench_create_icl_prompt(gemma_tok, full_vocab, prepend, pool):
+    """Same seed, same example pool: our token-id prompts decode to SAEBench's prompt text, its
+    tokenization gives our ids, and SAEBench's read position −6 is our query position."""
+    cfg = ab.AbsorptionConfig(prepend_separator=prepend)
+    vocab = full_vocab.iloc[::40].reset_index(drop=True)  # ~3,500 words: same prompts, fewer of them
+    ps = ab.build_prompts(vocab, gemma_tok, cfg, "test", pool=pool, rng=random.Random(11))
+    rows = ps.rows_N
+    pool_texts = vocab["text"].tolist() if pool == "all" else vocab["text"].to_numpy()[rows].tolist()
+    random.seed(11)
+    ref = [create_icl_prompt(word=t, examples=pool_texts, base_template=cfg.template, answer_formatter=first_letter_formatter(),
+                             example_separator="\n", max_icl_examples=cfg.n_shot, prepend_separator_to_first_example=prepend)
+           for t in vocab["text"].to_numpy()[rows]]
+    assert len(ref) == len(ps) > 300
+    mismatched = 0
+    for i, r in enumerate(ref):
+        assert ps.text(gemma_tok, i) == r.base
+        assert gemma_tok.decode([int(ps.answer_ids_N[i])]) == r.answer
+        ids = gemma_tok(r.base)["input_ids"]
+        if ids != ps.tokens_NS[i].tolist():
+            mismatched += 1
+    assert ps.query_pos == ps.tokens_NS.shape[1] - 6  # SAEBench's prompt_token_pos
+    assert mismatched / len(ref) < 0.02  # words the tokenizer would split differently in context

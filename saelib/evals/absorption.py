@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,31 +47,44 @@ EVAL_TYPE_ID = "absorption_first_letter"
 
 @dataclass
 class AbsorptionConfig:
-    """Settings of the first-letter absorption eval. Defaults follow SAEBench except ``n_shot``."""
+    """Settings of the first-letter absorption eval. Defaults follow SAEBench 0.6.0 (see the module
+    docstring for which fields reproduce the Jan 2025 code and which are named alternatives)."""
 
     # ---- vocabulary and prompts (change these and the residual cache is rebuilt) -------------
-    n_shot: int = 2
-    """In-context example lines before the query (SAEBench: 10; on Gemma-3-270M 2-shot prompts are
-    answered correctly more often than 6-shot ones)."""
+    n_shot: int = 10
+    """In-context example lines before the query (SAEBench: 10, in every version)."""
     max_words: int | None = None
-    """Use at most this many vocabulary tokens (deterministic subsample before the split); None = all."""
-    min_word_letters: int = 2
-    """Shortest word (in letters) kept in the vocabulary."""
+    """Use at most this many vocabulary tokens (deterministic subsample before the split); None = all
+    (SAEBench). Fewer words = fewer prompts, the same prompt."""
+    min_word_letters: int = 1
+    """Shortest word (in letters) kept in the vocabulary (SAEBench: 1; this repo's first filter: 2)."""
+    require_leading_space: bool = False
+    """Keep only words with a leading space (SAEBench: False, the space is optional; this repo's
+    first filter: True)."""
     train_fraction: float = 0.8
-    """Fraction of (lower-cased) words used to train the probes; the rest is the test set."""
+    """Fraction of the vocabulary used to train the probes; the rest is the test set."""
+    group_case_variants: bool = False
+    """False (SAEBench): split vocabulary entries at random. True: "Cat", "cat", " cat" always land
+    in the same split (this repo's first split; no near-duplicate of a test word is trained on)."""
     seed: int = 42
     """Seed of the subsample, the split, the in-context examples and the probe minibatches."""
     template: str = "{word} has the first letter:"
-    """Prompt line; ``{word}`` is replaced by the word token (which carries its leading space)."""
+    """Prompt line (SAEBench's ``prompt_template``); ``{word}`` is replaced by the word token (which
+    carries its leading space, if any)."""
     answer_template: str = " {L}"
-    """Answer after each in-context line; ``{L}`` is the upper-case first letter (one token)."""
+    """Answer after each in-context line; ``{L}`` is the upper-case first letter (one token;
+    SAEBench's ``first_letter_formatter``)."""
     separator: str = "\n"
-    """Text before every line (also before the first one, as SAEBench's absorption prompts)."""
+    """Text between lines (SAEBench's ``example_separator``)."""
+    prepend_separator: bool = True
+    """Also put the separator before the first line: SAEBench since f7b1ad0 (2025-04-10, 0.6.0).
+    False = the Jan 2025 code behind the papers' legacy score (no leading newline)."""
     space_marker: str = "\u2581"
     """How the tokenizer's vocabulary marks a leading space (Gemma/SentencePiece: ``▁``)."""
     fresh_absorption_prompts: bool = True
-    """Measure absorption on new prompts for the test words (new in-context examples), as SAEBench
-    does; False reuses the probe's test prompts."""
+    """Measure absorption on new prompts for the test words whose in-context examples come from the
+    whole vocabulary, as SAEBench's ``FeatureAbsorptionCalculator`` does; False reuses the probe's
+    test prompts (examples from the test split)."""
 
     # ---- model I/O ------------------------------------------------------------------------------
     llm_batch_size: int = 256
@@ -162,8 +175,9 @@ class AbsorptionConfig:
 
     def prompt_settings(self) -> dict[str, Any]:
         """The fields that decide the prompts (and hence the cached residuals)."""
-        keys = ("n_shot", "max_words", "min_word_letters", "train_fraction", "seed", "template",
-                "answer_template", "separator", "space_marker", "fresh_absorption_prompts")
+        keys = ("n_shot", "max_words", "min_word_letters", "require_leading_space", "train_fraction",
+                "group_case_variants", "seed", "template", "answer_template", "separator", "prepend_separator",
+                "space_marker", "fresh_absorption_prompts")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -186,42 +200,87 @@ class _threads:
 # =====================================================================================================
 # Vocabulary and prompts
 # =====================================================================================================
-def build_vocab(tokenizer_or_vocab, cfg: AbsorptionConfig) -> pd.DataFrame:
-    """Single-token alphabetic words with the leading-space marker, split train/test by word.
+ALPHA = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+"""The characters a vocabulary word may consist of (SAEBench's ``ALL_ALPHA_LETTERS``)."""
 
-    ``tokenizer_or_vocab``: a tokenizer (``get_vocab()``) or a ``{token: id}`` mapping.
-    Returns one row per token, sorted by token id: ``word`` (letters only), ``token``, ``token_id``,
-    ``letter``, ``letter_idx``, ``split`` ("train" / "test"). Case variants of a word ("Cat", "cat")
-    always land in the same split. Deterministic for a given ``cfg.seed``.
+
+def _token_text(tokenizer, token: str, marker: str) -> str:
+    """What a vocabulary entry reads as: the tokenizer's ``convert_tokens_to_string`` (a leading
+    space for a marker token even where the tokenizer drops it, as SAEBench patches Mistral's),
+    or for a plain ``{token: id}`` mapping the entry with its space marker as a space."""
+    if tokenizer is None:
+        return token.replace(marker, " ")
+    text = tokenizer.convert_tokens_to_string([token])
+    if token.startswith(marker) and not text.startswith(" "):
+        text = " " + text
+    return text
+
+
+def is_alpha_word(text: str, *, allow_leading_space: bool = True, min_letters: int = 1,
+                  require_leading_space: bool = False) -> bool:
+    """SAEBench's ``get_alpha_tokens`` filter: ASCII letters only, after at most one leading space."""
+    spaced = text.startswith(" ")
+    if require_leading_space and not spaced:
+        return False
+    body = text[1:] if (spaced and allow_leading_space) else text
+    return len(body) >= max(1, min_letters) and all(c in ALPHA for c in body)
+
+
+def build_vocab(tokenizer_or_vocab, cfg: AbsorptionConfig) -> pd.DataFrame:
+    """The first-letter vocabulary (SAEBench's ``get_alpha_tokens``), split train/test.
+
+    Every vocabulary entry whose text is ASCII letters with an optional leading space (" cat",
+    "cat", " A"); ``min_word_letters`` / ``require_leading_space`` give this repo's first, stricter
+    filter ("▁" + ≥ 2 letters). ``tokenizer_or_vocab``: a tokenizer (``get_vocab()``,
+    ``convert_tokens_to_string``) or a ``{token: id}`` mapping (space marker read as a space).
+    Returns one row per entry, sorted by token id: ``text`` (what goes into the prompt, leading
+    space included), ``word`` (letters only), ``token``, ``token_id`` (the id the prompt uses: for a
+    byte-fallback entry such as ``<0x41>`` the id of the plain token with the same text, which is
+    what tokenizing the text gives), ``letter``, ``letter_idx``, ``split``.
+    Split (SAEBench): a random ``train_fraction`` of the entries, ``int(n · train_fraction)``
+    of them, trains; ``group_case_variants`` keeps "Cat", "cat", " cat" on one side instead.
+    Deterministic for a given ``cfg.seed``.
     """
-    vocab = tokenizer_or_vocab.get_vocab() if hasattr(tokenizer_or_vocab, "get_vocab") else dict(tokenizer_or_vocab)
-    pattern = re.compile(rf"^{re.escape(cfg.space_marker)}([A-Za-z]{{{cfg.min_word_letters},}})$")
-    rows = sorted((int(tid), m.group(1), tok) for tok, tid in vocab.items() if (m := pattern.match(tok)))
+    has_vocab = hasattr(tokenizer_or_vocab, "get_vocab")
+    vocab = tokenizer_or_vocab.get_vocab() if has_vocab else dict(tokenizer_or_vocab)
+    tokenizer = tokenizer_or_vocab if has_vocab and hasattr(tokenizer_or_vocab, "convert_tokens_to_string") else None
+    marker = cfg.space_marker
+    rows = []
+    for tok, tid in vocab.items():
+        text = _token_text(tokenizer, tok, marker)
+        if is_alpha_word(text, min_letters=cfg.min_word_letters, require_leading_space=cfg.require_leading_space):
+            plain = vocab.get(text.replace(" ", marker), tid)  # byte-fallback entries -> the plain token
+            rows.append((int(tid), text, tok, int(plain)))
+    rows.sort()
     if len(rows) < 4:
         raise ValueError(
-            f"only {len(rows)} vocabulary tokens look like '{cfg.space_marker}' + >= {cfg.min_word_letters} letters; "
+            f"only {len(rows)} vocabulary tokens are letters-only words (space marker {marker!r}); "
             "is space_marker right for this tokenizer?"
         )
     rng = np.random.default_rng(cfg.seed)
     if cfg.max_words is not None and len(rows) > cfg.max_words:
         keep = np.sort(rng.choice(len(rows), size=cfg.max_words, replace=False))
         rows = [rows[i] for i in keep]
-    groups = sorted({w.lower() for _, w, _ in rows})
+    texts = [t for _, t, _, _ in rows]
+    words = [t.strip() for t in texts]
+    groups = sorted({w.lower() for w in words}) if cfg.group_case_variants else list(range(len(rows)))
     order = rng.permutation(len(groups))
-    n_train = int(round(len(groups) * cfg.train_fraction))
+    n_train = int(len(groups) * cfg.train_fraction)
     if n_train == 0 or n_train == len(groups):
-        raise ValueError(f"{len(groups)} distinct words cannot be split {cfg.train_fraction:.0%}/rest; use more words")
+        raise ValueError(f"{len(groups)} words cannot be split {cfg.train_fraction:.0%}/rest; use more words")
     train_groups = {groups[i] for i in order[:n_train]}
     df = pd.DataFrame(
         {
-            "word": [w for _, w, _ in rows],
-            "token": [t for _, _, t in rows],
-            "token_id": [tid for tid, _, _ in rows],
-            "letter": [w[0].lower() for _, w, _ in rows],
+            "text": texts,
+            "word": words,
+            "token": [t for _, _, t, _ in rows],
+            "token_id": [p for _, _, _, p in rows],
+            "letter": [w[0].lower() for w in words],
         }
     )
     df["letter_idx"] = df["letter"].map(LETTERS.index).astype(int)
-    df["split"] = np.where(df["word"].str.lower().isin(train_groups), "train", "test")
+    keys = df["word"].str.lower() if cfg.group_case_variants else pd.Series(range(len(df)))
+    df["split"] = np.where(keys.isin(train_groups).to_numpy(), "train", "test")
     return df
 
 
@@ -273,69 +332,87 @@ def answer_token_ids(tokenizer, cfg: AbsorptionConfig) -> list[int]:
     return ids
 
 
-def _sample_examples(n: int, n_shot: int, rng: np.random.Generator, max_rounds: int = 1000) -> np.ndarray:
-    """(n, n_shot) indices in [0, n): distinct within a row and never the row's own index."""
-    if n_shot == 0:
-        return np.zeros((n, 0), dtype=np.int64)
-    if n < n_shot + 1:
-        raise ValueError(f"{n} words cannot give {n_shot} distinct in-context examples plus a query; use fewer shots")
-    ex = rng.integers(0, n, size=(n, n_shot))
-    own = np.arange(n)[:, None]
-    for _ in range(max_rounds):
-        srt = np.sort(ex, axis=1)
-        bad = (ex == own).any(1) | (srt[:, 1:] == srt[:, :-1]).any(1)
-        if not bad.any():
-            return ex
-        ex[bad] = rng.integers(0, n, size=(int(bad.sum()), n_shot))
-    raise RuntimeError("could not draw distinct in-context examples")  # pragma: no cover
+def sample_icl_examples(query_texts: list[str], pool_texts: list[str], n_shot: int, rng: random.Random,
+                        max_attempts: int = 1000) -> list[list[int]]:
+    """In-context examples for each query, as SAEBench's ``create_icl_prompt`` draws them: per query,
+    in order, ``rng.sample(pool, n_shot)``, redrawn while the query's text is among the examples.
+
+    Returns indices into ``pool_texts``. With ``rng = random.Random(s)`` the draws equal SAEBench's
+    after ``random.seed(s)`` on the same pool list.
+    """
+    if n_shot > len(pool_texts):
+        raise ValueError(f"{len(pool_texts)} words cannot give {n_shot} in-context examples; use fewer shots")
+    idx = range(len(pool_texts))
+    out = []
+    for q in query_texts:
+        for _ in range(max_attempts):
+            ex = rng.sample(idx, n_shot)
+            if all(pool_texts[i] != q for i in ex):
+                break
+        else:
+            raise ValueError(f"could not draw {n_shot} in-context examples without {q!r} in {max_attempts} attempts; use more words")
+        out.append(ex)
+    return out
 
 
-def build_prompts(vocab: pd.DataFrame, tokenizer, cfg: AbsorptionConfig, split: str, *, variant: int = 0) -> PromptSet:
-    """n-shot prompts for every word of ``split``, built from token ids.
+def build_prompts(vocab: pd.DataFrame, tokenizer, cfg: AbsorptionConfig, split: str, *, variant: int = 0,
+                  pool: str = "split", rng: random.Random | None = None) -> PromptSet:
+    """n-shot prompts for every word of ``split``, built from token ids (SAEBench's prompts).
 
-    Each prompt is ``BOS (sep line answer)×n_shot sep query-line``, e.g. for 2 shots
-    ``"<bos>\\n cat has the first letter: C\\n dog has the first letter: D\\n fish has the first letter:"``.
-    In-context examples come from the same split, never the query itself. ``variant`` picks an
-    independent draw of examples (the absorption prompts use variant 1).
+    Each prompt is ``BOS [sep] line answer (sep line answer)×(n_shot−1) sep query-line``; for 2 shots
+    ``"<bos>\\n cat has the first letter: C\\n dog has the first letter: D\\n fish has the first letter:"``
+    (SAEBench 0.6.0 ``create_icl_prompt`` with ``prepend_separator_to_first_example``; without
+    ``prepend_separator`` the Jan 2025 text, no leading "\\n"). In-context examples: ``pool="split"``
+    draws them from the same split (SAEBench's probe prompts), ``pool="all"`` from the whole
+    vocabulary (SAEBench's absorption prompts); never the query's text. ``rng`` defaults to a
+    ``random.Random`` seeded by ``(cfg.seed, split, variant, pool)``.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if pool not in ("split", "all"):
+        raise ValueError(f"pool must be 'split' or 'all', got {pool!r}")
     rows = np.flatnonzero((vocab["split"] == split).to_numpy())
     if len(rows) == 0:
         raise ValueError(f"the vocabulary has no {split!r} words")
+    pool_rows = rows if pool == "split" else np.arange(len(vocab))
+    texts = vocab["text"].tolist()
     pre, post = cfg.template.split("{word}")
     sep_ids, pre_ids, post_ids = _encode(tokenizer, cfg.separator), _encode(tokenizer, pre), _encode(tokenizer, post)
-    answers = answer_token_ids(tokenizer, cfg)
-    word_ids = vocab["token_id"].to_numpy()[rows].astype(np.int64)
-    letters = vocab["letter_idx"].to_numpy()[rows].astype(np.int64)
-    rng = np.random.default_rng([cfg.seed, 0 if split == "train" else 1, variant])
-    ex = _sample_examples(len(rows), cfg.n_shot, rng)
+    answers = np.asarray(answer_token_ids(tokenizer, cfg), dtype=np.int64)
+    all_ids = vocab["token_id"].to_numpy().astype(np.int64)
+    all_letters = vocab["letter_idx"].to_numpy().astype(np.int64)
+    if rng is None:
+        rng = random.Random(f"{cfg.seed}/{split}/{variant}/{pool}")
+    ex_pool = sample_icl_examples([texts[r] for r in rows], [texts[r] for r in pool_rows], cfg.n_shot, rng)
+    ex = pool_rows[np.asarray(ex_pool, dtype=np.int64).reshape(len(rows), cfg.n_shot)]
     bos = getattr(tokenizer, "bos_token_id", None)
     head = [] if bos is None else [int(bos)]
-    line = len(sep_ids) + len(pre_ids) + 1 + len(post_ids)
-    S = len(head) + cfg.n_shot * (line + 1) + line
+    line = len(pre_ids) + 1 + len(post_ids)
+    seps = [len(sep_ids) if (j > 0 or cfg.prepend_separator) else 0 for j in range(cfg.n_shot + 1)]
+    S = len(head) + sum(seps) + cfg.n_shot * (line + 1) + line
     tokens = np.empty((len(rows), S), dtype=np.int64)
     tokens[:, : len(head)] = head
     col = len(head)
     for j in range(cfg.n_shot + 1):
         query = j == cfg.n_shot
-        ids = word_ids if query else word_ids[ex[:, j]]
-        tokens[:, col : col + len(sep_ids) + len(pre_ids)] = sep_ids + pre_ids
-        col += len(sep_ids) + len(pre_ids)
+        ids = all_ids[rows] if query else all_ids[ex[:, j]]
+        lead = (sep_ids if seps[j] else []) + pre_ids
+        tokens[:, col : col + len(lead)] = lead
+        col += len(lead)
         tokens[:, col] = ids
         word_col = col
         col += 1
         tokens[:, col : col + len(post_ids)] = post_ids
         col += len(post_ids)
         if not query:
-            tokens[:, col] = np.asarray(answers, dtype=np.int64)[letters[ex[:, j]]]
+            tokens[:, col] = answers[all_letters[ex[:, j]]]
             col += 1
     assert col == S
     return PromptSet(
         tokens_NS=torch.from_numpy(tokens),
         query_pos=word_col,
-        answer_ids_N=torch.as_tensor(np.asarray(answers, dtype=np.int64)[letters]),
-        letter_idx_N=torch.from_numpy(letters),
+        answer_ids_N=torch.as_tensor(answers[all_letters[rows]]),
+        letter_idx_N=torch.from_numpy(all_letters[rows]),
         rows_N=rows,
     )
 
@@ -1001,7 +1078,8 @@ def prepare_absorption_data(model, layer: int, cfg: AbsorptionConfig, cache_dir:
     tok = model.tokenizer
     vocab = build_vocab(tok, cfg)
     prompts = {"train": build_prompts(vocab, tok, cfg, "train"), "test": build_prompts(vocab, tok, cfg, "test")}
-    prompts["absorption"] = build_prompts(vocab, tok, cfg, "test", variant=1) if cfg.fresh_absorption_prompts else prompts["test"]
+    prompts["absorption"] = (build_prompts(vocab, tok, cfg, "test", variant=1, pool="all")
+                             if cfg.fresh_absorption_prompts else prompts["test"])
     mismatch = check_prompt_tokenization(prompts["test"], tok)
     folder = cache_folder(cache_dir, model.name, layer, cfg)
     folder.mkdir(parents=True, exist_ok=True)
@@ -1039,7 +1117,7 @@ def prepare_absorption_data(model, layer: int, cfg: AbsorptionConfig, cache_dir:
         atomic_save_safetensors(probe_path, {"W_LD": probes.W_LD, "b_L": probes.b_L},
                                 metadata={"tokens_sha256": prompts["train"].sha256()})
     t_probe = time.perf_counter() - t0 - t_res - t_acc
-    test_words = [" " + w for w in vocab["word"].to_numpy()[prompts["test"].rows_N]]
+    test_words = list(vocab["text"].to_numpy()[prompts["test"].rows_N])
     info = {
         "model": model.name, "layer": layer, "cache_folder": str(folder), "n_vocab": int(len(vocab)),
         "n_train": len(prompts["train"]), "n_test": len(prompts["test"]), "prompt_length": int(prompts["test"].tokens_NS.shape[1]),
