@@ -576,3 +576,56 @@ def test_prepare_on_tiny_model_matches_hooks_and_reuses_cache(tiny_model, tmp_pa
     monkeypatch.setattr(ab, "prompt_accuracy", boom)
     again = ab.prepare_absorption_data(tiny_model, 2, cfg, tmp_path)
     assert torch.equal(again.x_train_ND, data.x_train_ND) and torch.equal(again.probes.W_LD, data.probes.W_LD)
+
+
+# ----------------------------------------------------------------------------------------------
+# legacy mean_absorption_score (SAEBench 293b385..bb8e145) on a hand-worked fixture
+# ----------------------------------------------------------------------------------------------
+def test_legacy_absorption_score_hand_worked():
+    """Three letters a, b, c with probe directions e0, e1, e2; latents 0, 1, 3 are their split
+    features; latent 2 has decoder (0.6, 0, 0.8): cos 0.6 with a's probe, 0.8 with c's.
+
+    Per word (TP = probe score > 0; candidate = TP with k-sparse score <= 0; absorbed = candidate,
+    split features silent, top latent by act·cos has cos >= 0.025, probe projection x·p >= 0 and
+    the top latent supplies >= 0.4 of it):
+      a0  f2=2,   x=(1.5,0,1)  candidate; top latent 2: 2·0.6 = 1.2 of 1.5 = 0.8  -> absorbed
+      a1  f2=0.5, x=(2,0,0)    candidate; 0.5·0.6 = 0.3 of 2 = 0.15 < 0.4         -> not absorbed
+      a2  f0=1,   x=(1,0,0)    TP, k-sparse probe fires: not a candidate
+      a3  x=(-1,0,0)           probe silent: not a TP
+      -> a: 1 absorbed / 3 TPs = 1/3; kept (a0, a1 are candidates with silent split features)
+      b0  f1=1e-3              candidate, but its split feature fires (>= 1e-8): dropped
+      b1  f1=1                 TP, not a candidate
+      -> b has no kept candidate: left out of the mean (rate 0/2 reported, not averaged)
+      c0  f=0, x=(0,0,0.5)     candidate; no latent projects: share 0                 -> not absorbed
+      c1  f2=1, x=(0,0,1)      candidate; 1·0.8 of 1 = 0.8, cos 0.8                   -> absorbed
+      c2, c3  f3=1             TPs, not candidates
+      c4  f2=1, x=(0,0,-0.5)   TP only through the probe bias (+2); projection -0.5 < 0 -> not absorbed
+      -> c: 1 / 5 TPs = 1/5
+    mean_absorption_score = (1/3 + 1/5) / 2 = 4/15 over n_letters_legacy = 2.
+    """
+    W_dec = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0.6, 0, 0.8], [0, 0, 1.0]])
+    probe_W = torch.eye(3)
+    split = [[0], [1], [3]]
+    #        word:  a0   a1   a2   a3   b0    b1   c0   c1   c2   c3   c4
+    y = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 2, 2, 2])
+    f = torch.zeros(11, 4)
+    f[0, 2], f[1, 2], f[2, 0], f[4, 1], f[5, 1], f[7, 2], f[8, 3], f[9, 3], f[10, 2] = 2, 0.5, 1, 1e-3, 1, 1, 1, 1, 1
+    x = torch.zeros(11, 3)
+    x[0] = torch.tensor([1.5, 0, 1])
+    x[1, 0], x[2, 0], x[3, 0], x[4, 1], x[5, 1], x[6, 2], x[7, 2], x[8, 2], x[9, 2], x[10, 2] = 2, 1, -1, 1, 1, 0.5, 1, 1, 1, -0.5
+    probe_scores = x @ probe_W.T
+    probe_scores[10, 2] += 2.0  # c4: the probe's bias makes it fire
+    ksparse = torch.full((11, 3), -1.0)
+    ksparse[2, 0], ksparse[5, 1], ksparse[8, 2], ksparse[9, 2] = 1.0, 1.0, 1.0, 1.0
+    lat = ab.SparseLatents(idx_NM=torch.arange(4).expand(11, 4).clone(), val_NM=f, d_sae=4)
+    res = ab.absorption_scores(y_test_N=y, probe_scores_NL=probe_scores, ksparse_scores_NL=ksparse, split_feats=split,
+                               lat_abs=lat, x_abs_ND=x, W_dec_FD=W_dec, probe_W_LD=probe_W,
+                               probe_f1_L=torch.ones(3), cfg=ab.AbsorptionConfig())
+    per = res.per_letter.set_index("letter")
+    assert per["num_probe_true_positives"].tolist() == [3, 2, 5]
+    assert per["num_legacy_candidates"].tolist() == [2, 1, 3]
+    assert per["num_absorption"].tolist() == [1, 0, 1]
+    assert per["legacy_included"].tolist() == [True, False, True]
+    assert per.loc["a", "absorption_rate"] == pytest.approx(1 / 3) and per.loc["c", "absorption_rate"] == pytest.approx(1 / 5)
+    assert res.summary["mean_absorption_score"] == pytest.approx(4 / 15)
+    assert res.summary["n_letters_legacy"] == 2

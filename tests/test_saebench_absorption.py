@@ -205,3 +205,85 @@ def test_prompts_are_saebench_create_icl_prompt(gemma_tok, full_vocab, prepend, 
             mismatched += 1
     assert ps.query_pos == ps.tokens_NS.shape[1] - 6  # SAEBench's prompt_token_pos
     assert mismatched / len(ref) < 0.02  # words the tokenizer would split differently in context
+
+
+# ----------------------------------------------------------------------------------------------
+# the feature-absorption calculator (current scores) on identical residuals, SAE and probe
+# ----------------------------------------------------------------------------------------------
+HOOK = "blocks.3.hook_resid_post"
+SUFFIX = " has the first letter:"
+
+
+class ResidualTableModel:
+    """``run_with_cache`` / ``to_tokens`` for SAEBench's calculator: the residual at position −6 of a
+    prompt is the table row of its query word (parsed from the prompt's last line)."""
+
+    def __init__(self, rows_by_word, seq=12):
+        self.rows_by_word, self.seq = rows_by_word, seq
+
+    def to_tokens(self, text):
+        return torch.zeros(1, self.seq, dtype=torch.long)
+
+    def run_with_cache(self, prompts, names_filter=()):
+        assert list(names_filter) == [HOOK]
+        D = next(iter(self.rows_by_word.values())).shape[0]
+        out = torch.zeros(len(prompts), self.seq, D)
+        for i, p in enumerate(prompts):
+            last = p.split("\n")[-1]
+            assert last.endswith(SUFFIX)
+            out[i, -6] = self.rows_by_word[last[: -len(SUFFIX)]]
+        return None, {HOOK: out}
+
+
+class CalcSAE:
+    def __init__(self, W_enc, b_enc, W_dec):
+        self.W_enc, self.b_enc, self.W_dec = W_enc, b_enc, W_dec
+        self.device = torch.device("cpu")
+
+    def encode(self, x):
+        return torch.relu(x @ self.W_enc + self.b_enc)
+
+
+def _calc_world(unit_rows, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    D, F, N = 12, 40, 300
+    W_dec = torch.randn(F, D, generator=g)
+    W_dec[:8, 0] += 3.0  # latents 0..7 lean on the probe direction e0 (cos above 0.1 for most)
+    if unit_rows:
+        W_dec = W_dec / W_dec.norm(dim=1, keepdim=True)
+    else:
+        W_dec = W_dec * (0.5 + 2 * torch.rand(F, 1, generator=g))
+    W_enc = torch.randn(D, F, generator=g) * 0.7
+    b_enc = -0.8 * torch.ones(F)
+    x = torch.randn(N, D, generator=g)
+    x[:, 0] += 1.5 * torch.rand(N, generator=g)
+    words = [f" w{i}" for i in range(N)]
+    probe = torch.zeros(D)
+    probe[0], probe[1] = 2.0, 0.3
+    return CalcSAE(W_enc, b_enc, W_dec), x, words, probe
+
+
+@pytest.mark.parametrize("unit_rows,fold", [(True, True), (False, False)], ids=["unit-rows-folded", "raw-rows-cos"])
+def test_absorption_calculator_matches_saebench(unit_rows, fold):
+    """Per word: absorption fraction and full absorption as SAEBench's ``FeatureAbsorptionCalculator``.
+    SAEBench projects with activation × cos; ours with ``fold_decoder_norm`` uses activation ×
+    (W_dec · p), equal for unit-norm decoder rows (SAELens SAEs after SAEBench's norm folding)."""
+    sae, x, words, probe = _calc_world(unit_rows)
+    main = [0, 3]
+    calc = FeatureAbsorptionCalculator(model=ResidualTableModel(dict(zip(words, x))), icl_word_list=words,
+                                       max_icl_examples=2, base_template="{word}" + SUFFIX, word_token_pos=-6,
+                                       batch_size=64)
+    ref = calc.calculate_absorption(sae, words=words, probe_direction=probe, main_feature_ids=main, layer=3,
+                                    show_progress=False)
+    cfg = ab.AbsorptionConfig(fold_decoder_norm=fold)
+    ours = ab.word_absorption(sae.encode(x), x, sae.W_dec, probe, main, cfg)
+    ref_frac = torch.tensor([float(r.absorption_fraction) for r in ref.word_results])
+    ref_full = torch.tensor([r.is_full_absorption for r in ref.word_results])
+    torch.testing.assert_close(ours["absorption_fraction"], ref_frac.float(), rtol=1e-5, atol=1e-6)
+    assert torch.equal(ours["is_full_absorption"], ref_full)
+    assert torch.tensor([r.top_projection_feature_scores[0].feature_id for r in ref.word_results]).equal(ours["top_latent"])
+    # every branch of the rules is exercised
+    assert ref_full.any() and (~ref_full).any()
+    assert (ref_frac == 0).any() and (ref_frac == 1).any() and ((ref_frac > 0) & (ref_frac < 1)).any()
+    # the per-letter means SAEBench aggregates (sum / probe true positives) agree as well
+    assert float(ours["absorption_fraction"].mean()) == pytest.approx(float(ref_frac.mean()), rel=1e-6)
