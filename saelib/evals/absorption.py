@@ -6,18 +6,31 @@ The task: a prompt of in-context lines ``" cat has the first letter: C"`` ending
 the letter should fire on every such word; *absorption* is when it stays silent and a token-specific
 latent, whose decoder row carries the letter direction, fires instead.
 
+Reference: SAEBench 0.6.0 (``sae_bench.evals.absorption``) unless a step names another version;
+``tests/test_saebench_absorption.py`` runs SAEBench's functions and these on identical inputs.
+
 Steps (model side, once per model/layer, cached under ``eval_cache``):
-  1. ``build_vocab``: single tokens ``▁[A-Za-z]{2,}``, split 80/20 by lower-cased word.
-  2. ``build_prompts``: n-shot prompts built from token ids, so the query position is known exactly.
-  3. ``collect_residuals``: batched bf16 forward passes that stop after the hooked layer.
-  4. ``train_letter_probes``: 26 one-vs-rest logistic probes (BCE, pos_weight = neg/pos).
+  1. ``build_vocab``: SAEBench's ``get_alpha_tokens`` (ASCII letters, leading space optional),
+     split 80/20 at random. Named alternative: ``min_word_letters=2, require_leading_space=True,
+     group_case_variants=True`` (this repo's first vocabulary).
+  2. ``build_prompts``: SAEBench's ``create_icl_prompt`` prompts (10 shots, template
+     ``"{word} has the first letter:"``, answers ``" L"``, separator ``"\\n"``), built from token ids
+     so the query position is known exactly; examples from the word's split (probe prompts) or the
+     whole vocabulary (absorption prompts), drawn as SAEBench draws them. ``prepend_separator``:
+     0.6.0's leading newline (f7b1ad0, 2025-04-10); False gives the Jan 2025 prompt text.
+  3. ``collect_residuals``: batched forward passes that stop after the hooked layer.
+  4. ``train_letter_probes``: 26 one-vs-rest logistic probes (BCE, pos_weight = neg/pos; full-batch
+     L-BFGS where SAEBench uses Adam).
   5. ``prompt_accuracy``: how often the model itself predicts the right letter.
 SAE side (per SAE, from the cached residuals):
   6. ``encode_latents``: each residual set is encoded once.
-  7. ``select_split_features``: an L1 logistic probe on the latents ranks them per letter; k-sparse
-     probes (k = 1..max_k) on the top-k latents; k grows while test F1 gains more than 0.03.
-  8. ``absorption_scores``: legacy ``mean_absorption_score`` (early-2025 SAEBench, what both papers
-     reported) and the current ``mean_absorption_fraction_score`` / ``mean_full_absorption_score``.
+  7. ``select_split_features``: SAEBench's ``train_k_sparse_probes``: an L1 probe on the raw
+     latents (default init) ranks them per letter; k-sparse probes (k = 1..max_k) on the top-k
+     latents; k grows while test F1 gains more than 0.03. Named alternative ``ksparse_normalize``.
+  8. ``absorption_scores``: legacy ``mean_absorption_score`` (SAEBench 293b385..bb8e145, Nov 2024 to
+     Jan 2025, what both papers reported; not in 0.6.0) and the current (0.6.0)
+     ``mean_absorption_fraction_score`` / ``mean_full_absorption_score``
+     (``FeatureAbsorptionCalculator``'s per-word rules in ``word_absorption``).
 
 **Lower is better** for every absorption score (0 = no absorption).
 """
