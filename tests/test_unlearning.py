@@ -324,8 +324,10 @@ def test_no_domain_specific_latent_scores_zero(planted_model):
 
 def test_unlearning_data_roundtrip(tmp_path, planted_model):
     data = _planted_data(planted_model, 2)
-    data.save(tmp_path)
-    back = U.UnlearningData.load(tmp_path)
+    path = U.data_cache_path(tmp_path, "planted", 2, "k" * 64)
+    data.save(path, "k" * 64)
+    assert U.UnlearningData.load(path, "other") is None  # saved under another key: a miss
+    back = U.UnlearningData.load(path, "k" * 64)
     assert torch.equal(back.forget_x_ND, data.forget_x_ND) and torch.equal(back.retain_eval_NS, data.retain_eval_NS)
     assert back.mean_norm == pytest.approx(data.mean_norm) and back.meta["layer"] == 2
     assert data.forget_x_ND.shape[0] == 8 * 15  # BOS excluded

@@ -13,8 +13,6 @@ affine), so the mean-pooled x' = x̄ − Σ_{i∈S} f̄_i W_dec[i]: mean-pooled 
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -24,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..io import atomic_save_safetensors
+from .common import content_key, load_cached, save_cached, stored_key
 
 
 @dataclass
@@ -77,21 +75,27 @@ class PooledActs:
         return self.offsets_N1[1:] - self.offsets_N1[:-1]
 
     def save(self, path: str | Path) -> Path:
-        meta = {k: json.dumps(v) for k, v in self.meta.items()}
-        return atomic_save_safetensors(path, {"acts_TD": self.acts_TD, "offsets_N1": self.offsets_N1,
-                                              "xbar_ND": self.xbar_ND}, metadata=meta)
+        """Write the cache atomically, keyed by ``meta["fingerprint"]`` (see :func:`load_or_build`)."""
+        key = self.meta.get("fingerprint")
+        if not key:
+            raise ValueError("PooledActs.save needs meta['fingerprint'] (the cache key); use load_or_build")
+        meta = {k: v for k, v in self.meta.items() if k != "cache_hit"}
+        return save_cached(path, key, {"acts_TD": self.acts_TD, "offsets_N1": self.offsets_N1,
+                                       "xbar_ND": self.xbar_ND}, meta)
 
     @classmethod
-    def load(cls, path: str | Path) -> "PooledActs":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
+    def load(cls, path: str | Path, fingerprint: str | None = None) -> "PooledActs | None":
+        """The cache at ``path`` if it was saved under ``fingerprint`` (None: the one in the file); None
+        when the file is missing or keyed differently."""
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"pooled activation cache {path} does not exist")
-        tensors = load_file(str(path))
-        with safe_open(str(path), framework="pt") as fh:
-            meta = {k: json.loads(v) for k, v in (fh.metadata() or {}).items()}
+        if fingerprint is None:
+            if not path.exists():
+                raise FileNotFoundError(f"pooled activation cache {path} does not exist")
+            fingerprint = stored_key(path)
+        found = load_cached(path, fingerprint) if fingerprint else None
+        if found is None:
+            return None
+        tensors, meta = found
         return cls(tensors["acts_TD"], tensors["offsets_N1"], tensors["xbar_ND"], meta)
 
 
@@ -105,12 +109,9 @@ def segment_mean(x_TD: Tensor, offsets_N1: Tensor) -> Tensor:
 
 
 def texts_fingerprint(texts: Sequence[str], *, model: str, layer: int, context: int) -> str:
-    """sha256 over the model name, layer, context and every text (order matters)."""
-    h = hashlib.sha256(f"{model}\0{layer}\0{context}\0".encode())
-    for text in texts:
-        h.update(text.encode("utf-8"))
-        h.update(b"\0\1")
-    return h.hexdigest()
+    """Cache key (:func:`saelib.evals.common.content_key`) of the model name, layer, context and
+    every text (order matters)."""
+    return content_key({"kind": "pooled", "model": model, "layer": int(layer), "context": int(context)}, list(texts))
 
 
 def tokenize_texts(tokenizer, texts: Sequence[str], context: int) -> list[list[int]]:
@@ -182,11 +183,10 @@ def load_or_build(model: "object | Callable[[], object]", texts: Sequence[str], 
     cfg = cfg or PooledConfig()
     fp = texts_fingerprint(texts, model=model_name, layer=layer, context=cfg.context)
     path = cache_path(cache_dir, model=model_name, layer=layer, context=cfg.context, name=name, fingerprint=fp)
-    if path.exists():
-        pooled = PooledActs.load(path)
-        if pooled.meta.get("fingerprint") == fp:
-            pooled.meta["cache_hit"] = True
-            return pooled
+    pooled = PooledActs.load(path, fp)
+    if pooled is not None:
+        pooled.meta["cache_hit"] = True
+        return pooled
     loaded = model() if callable(model) else model
     if loaded.name != model_name:
         raise ValueError(f"cache for {model_name!r} requested but the model is {loaded.name!r}")

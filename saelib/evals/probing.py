@@ -16,7 +16,6 @@ the probe picks up.
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
 import hashlib
 import math
 import warnings
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .common import limit_threads, saebench_document, write_saebench_json
 from .pooled import TaskDataConfig, TaskEvalConfig
 
 if TYPE_CHECKING:
@@ -136,19 +136,10 @@ def sparse_probe(X_NF, labels, splits, *, cfg: ProbingConfig | None = None, pref
     if cfg.normalize:
         X = X * feature_scale(X[np.asarray(splits).astype(str) == "train"])
     out: dict[str, dict[str, float]] = {}
-    with _one_thread():
+    with limit_threads(1):
         for cls in sorted(set(labels.tolist())):
             _probe_class(out, X, labels, splits, cls, cfg, prefix)
     return out
-
-
-@contextmanager
-def _one_thread():
-    """Run BLAS/OpenMP in one thread: small probe fits are overhead-bound on a shared 2-core machine."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1):
-        yield
 
 
 def _probe_class(out: dict, X: np.ndarray, labels: np.ndarray, splits, cls: str, cfg: ProbingConfig, prefix: str) -> None:
@@ -273,12 +264,8 @@ def train_torch_probe(X_train: Tensor, y_train, X_test: Tensor, y_test, cfg: Pro
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     Xs = (X_train if center is None else X_train - center) * scale
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops: thread hand-offs cost 10x the maths on a busy 2-core machine
-    try:
+    with limit_threads(1, blas=False):  # tiny ops: thread hand-offs cost 10x the maths on a busy 2-core machine
         best, best_acc = _train_loop(net, opt, loss_fn, Xs, ytr, X_test, yte, cfg, gen, scale, center)
-    finally:
-        torch.set_num_threads(threads)
     return best, best_acc
 
 
@@ -421,21 +408,13 @@ def probing_output(prep: ProbingPrep, result: dict, *, variant: str, sae_cfg: di
     from dataclasses import asdict
 
     overall = average_over_tasks(result["per_task"])
-    return {
-        "eval_type_id": EVAL_TYPE_ID,
-        "variant": variant,
-        "eval_config": {"tasks": list(prep.tasks), **asdict(prep.cfg.probing), **_data_settings(prep.cfg.data)},
-        "eval_result_metrics": {
-            "llm": {k: v for k, v in overall.items() if k.startswith("llm_")},
-            "sae": {k: v for k, v in overall.items() if k.startswith("sae_")},
-        },
-        "eval_result_details": [{"dataset_name": name, **vals} for name, vals in result["per_task"].items()],
-        "eval_result_unstructured": result["per_class"],
-        "skipped_tasks": list(prep.skipped),
-        "eval_seconds": result["seconds"],
-        "sae_cfg_dict": sae_cfg or {},
-        **(extra or {}),
-    }
+    metrics = {"llm": {k: v for k, v in overall.items() if k.startswith("llm_")},
+               "sae": {k: v for k, v in overall.items() if k.startswith("sae_")}}
+    return saebench_document(
+        EVAL_TYPE_ID, {"tasks": list(prep.tasks), **asdict(prep.cfg.probing), **_data_settings(prep.cfg.data)},
+        metrics, [{"dataset_name": name, **vals} for name, vals in result["per_task"].items()],
+        eval_result_unstructured=result["per_class"], sae_cfg_dict=sae_cfg,
+        extra={"variant": variant, "skipped_tasks": list(prep.skipped), "eval_seconds": result["seconds"], **(extra or {})})
 
 
 def per_task_table(result: dict):
@@ -474,11 +453,11 @@ def save_probing_results(prep: ProbingPrep, result: dict, out_dir, variant: str,
     """Write ``<out_dir>/<variant>.json`` (SAEBench-shaped) and ``<out_dir>/<variant>_per_task.csv``."""
     from pathlib import Path
 
-    from ..io import atomic_write_json, atomic_write_text
+    from ..io import atomic_write_text
 
     out_dir = Path(out_dir)
     payload = probing_output(prep, result, variant=variant, sae_cfg=sae_cfg, extra=extra)
-    json_path = atomic_write_json(out_dir / f"{variant}.json", payload)
+    json_path = write_saebench_json(out_dir / f"{variant}.json", payload)
     csv_path = atomic_write_text(out_dir / f"{variant}_per_task.csv", per_task_table(result).to_csv(index=False))
     return json_path, csv_path
 

@@ -31,6 +31,7 @@ from torch import Tensor
 if TYPE_CHECKING:
     from .pooled import SourceData
 
+from .common import saebench_document, write_saebench_json
 from .pooled import TaskDataConfig, TaskEvalConfig, ablate_pooled
 from .probing import LinearProbe, ProbeTrainConfig, train_torch_probe
 
@@ -346,21 +347,14 @@ def scr_output(prep: ScrPrep, result: dict, *, variant: str, sae_cfg: dict | Non
 
     data = asdict(prep.cfg.data)
     pooled = data.pop("pooled")
-    return {
-        "eval_type_id": EVAL_TYPE_ID,
-        "variant": variant,
-        "eval_config": {"tasks": list(prep.tasks), "n_values": list(prep.cfg.scr.n_values),
-                        "min_denominator": prep.cfg.scr.min_denominator, **asdict(prep.cfg.scr.probe),
-                        "q_train": prep.cfg.q_train, "q_test": prep.cfg.q_test, **data,
-                        "context_length": pooled["context"]},
-        "eval_result_metrics": {"scr_metrics": average_over_tasks(result["per_task"])},
-        "eval_result_details": [{"dataset_name": f"{name}_results", **m} for name, m in result["per_task"].items()],
-        "eval_result_unstructured": result["details"],
-        "skipped_tasks": list(prep.skipped),
-        "eval_seconds": result["seconds"],
-        "sae_cfg_dict": sae_cfg or {},
-        **(extra or {}),
-    }
+    config = {"tasks": list(prep.tasks), "n_values": list(prep.cfg.scr.n_values),
+              "min_denominator": prep.cfg.scr.min_denominator, **asdict(prep.cfg.scr.probe),
+              "q_train": prep.cfg.q_train, "q_test": prep.cfg.q_test, **data, "context_length": pooled["context"]}
+    return saebench_document(
+        EVAL_TYPE_ID, config, {"scr_metrics": average_over_tasks(result["per_task"])},
+        [{"dataset_name": f"{name}_results", **m} for name, m in result["per_task"].items()],
+        eval_result_unstructured=result["details"], sae_cfg_dict=sae_cfg,
+        extra={"variant": variant, "skipped_tasks": list(prep.skipped), "eval_seconds": result["seconds"], **(extra or {})})
 
 
 def clean_table(prep: ScrPrep):
@@ -403,11 +397,11 @@ def save_scr_results(prep: ScrPrep, result: dict, out_dir, variant: str, *, sae_
 
     import pandas as pd
 
-    from ..io import atomic_write_json, atomic_write_text
+    from ..io import atomic_write_text
 
     out_dir = Path(out_dir)
     payload = scr_output(prep, result, variant=variant, sae_cfg=sae_cfg, extra=extra)
-    json_path = atomic_write_json(out_dir / f"{variant}.json", payload)
+    json_path = write_saebench_json(out_dir / f"{variant}.json", payload)
     table = pd.DataFrame(result["per_task"]).T.rename_axis("task").reset_index()
     csv_path = atomic_write_text(out_dir / f"{variant}_per_task.csv", table.to_csv(index=False))
     return json_path, csv_path

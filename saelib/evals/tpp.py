@@ -24,6 +24,7 @@ from torch import Tensor
 if TYPE_CHECKING:
     from .pooled import SourceData
 
+from .common import saebench_document, write_saebench_json
 from .pooled import TaskDataConfig, TaskEvalConfig, ablate_pooled
 from .probing import LinearProbe, one_vs_rest, train_torch_probe
 from .scr import AblationProbeConfig, latent_effects, top_n_latents
@@ -183,19 +184,13 @@ def tpp_output(prep: TppPrep, result: dict, *, variant: str, sae_cfg: dict | Non
 
     data = asdict(prep.cfg.data)
     pooled = data.pop("pooled")
-    return {
-        "eval_type_id": EVAL_TYPE_ID,
-        "variant": variant,
-        "eval_config": {"tasks": list(prep.tasks), "n_values": list(prep.cfg.tpp.n_values), "seed": prep.cfg.tpp.seed,
-                        **asdict(prep.cfg.tpp.probe), **data, "context_length": pooled["context"]},
-        "eval_result_metrics": {"tpp_metrics": average_over_tasks(result["per_task"])},
-        "eval_result_details": [{"dataset_name": f"{name}_tpp_results", **m} for name, m in result["per_task"].items()],
-        "eval_result_unstructured": result["per_class"],
-        "skipped_tasks": list(prep.skipped),
-        "eval_seconds": result["seconds"],
-        "sae_cfg_dict": sae_cfg or {},
-        **(extra or {}),
-    }
+    config = {"tasks": list(prep.tasks), "n_values": list(prep.cfg.tpp.n_values), "seed": prep.cfg.tpp.seed,
+              **asdict(prep.cfg.tpp.probe), **data, "context_length": pooled["context"]}
+    return saebench_document(
+        EVAL_TYPE_ID, config, {"tpp_metrics": average_over_tasks(result["per_task"])},
+        [{"dataset_name": f"{name}_tpp_results", **m} for name, m in result["per_task"].items()],
+        eval_result_unstructured=result["per_class"], sae_cfg_dict=sae_cfg,
+        extra={"variant": variant, "skipped_tasks": list(prep.skipped), "eval_seconds": result["seconds"], **(extra or {})})
 
 
 def save_tpp_results(prep: TppPrep, result: dict, out_dir, variant: str, *, sae_cfg: dict | None = None,
@@ -205,11 +200,11 @@ def save_tpp_results(prep: TppPrep, result: dict, out_dir, variant: str, *, sae_
 
     import pandas as pd
 
-    from ..io import atomic_write_json, atomic_write_text
+    from ..io import atomic_write_text
 
     out_dir = Path(out_dir)
     payload = tpp_output(prep, result, variant=variant, sae_cfg=sae_cfg, extra=extra)
-    json_path = atomic_write_json(out_dir / f"{variant}_tpp.json", payload)
+    json_path = write_saebench_json(out_dir / f"{variant}_tpp.json", payload)
     rows = [{"task": task, "class": cls, **vals} for task, d in result["per_class"].items()
             for cls, vals in d["per_class"].items()]
     csv_path = atomic_write_text(out_dir / f"{variant}_tpp_per_class.csv", pd.DataFrame(rows).to_csv(index=False))

@@ -38,7 +38,6 @@ reference_norm`` (mean residual norm over non-special retain tokens; ``reference
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
@@ -52,6 +51,8 @@ import torch
 from torch import Tensor
 
 from saelib.hooks import Patch, residuals, special_mask, spliced_kl_ce
+
+from .common import content_key, load_cached, save_cached, saebench_document, write_saebench_json
 
 MULTIPLIER_UNITS = ("raw", "norm_scaled")
 METRICS = ("offline", "wmdp")
@@ -330,26 +331,19 @@ class UnlearningData:
     meta: dict[str, Any] = field(default_factory=dict)
     """Model, layer, sizes and corpus settings."""
 
-    def save(self, folder: str | Path) -> None:
-        from saelib.io import atomic_save_safetensors, atomic_write_json
-
-        folder = Path(folder)
-        atomic_save_safetensors(
-            folder / "data.safetensors",
-            {"forget_x_ND": self.forget_x_ND, "retain_x_ND": self.retain_x_ND,
-             "forget_eval_NS": self.forget_eval_NS, "retain_eval_NS": self.retain_eval_NS},
-        )
-        atomic_write_json(folder / "meta.json", {**self.meta, "mean_norm": self.mean_norm})
+    def save(self, path: str | Path, key: str) -> Path:
+        """Write to one safetensors file atomically under the cache ``key`` (:mod:`saelib.evals.common`)."""
+        return save_cached(path, key, {"forget_x_ND": self.forget_x_ND, "retain_x_ND": self.retain_x_ND,
+                                       "forget_eval_NS": self.forget_eval_NS, "retain_eval_NS": self.retain_eval_NS},
+                           {**self.meta, "mean_norm": self.mean_norm})
 
     @classmethod
-    def load(cls, folder: str | Path) -> "UnlearningData":
-        from safetensors.torch import load_file
-
-        from saelib.io import read_json
-
-        folder = Path(folder)
-        meta = read_json(folder / "meta.json")
-        t = load_file(str(folder / "data.safetensors"))
+    def load(cls, path: str | Path, key: str) -> "UnlearningData | None":
+        """The data saved at ``path`` under ``key``; None when missing or saved under another key."""
+        found = load_cached(path, key)
+        if found is None:
+            return None
+        t, meta = found
         mean_norm = float(meta.pop("mean_norm"))
         return cls(t["forget_x_ND"], t["retain_x_ND"], t["forget_eval_NS"], t["retain_eval_NS"], mean_norm, meta)
 
@@ -380,11 +374,17 @@ def data_from_tokens(
     return UnlearningData(forget_x, retain_x, forget_eval_NS, retain_eval_NS, mean_norm, info)
 
 
-def _data_key(model_name: str, layer: int, cfg: UnlearningConfig, extra: Mapping[str, Any]) -> str:
-    spec = {"model": model_name, "layer": layer, "context": cfg.context, "freq_sequences": cfg.freq_sequences,
-            "eval_sequences": cfg.eval_sequences, "eval_fraction": cfg.eval_fraction,
-            "forget_sources": list(cfg.forget_sources), "seed": cfg.seed, **extra}
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+def data_key(model_name: str, layer: int, cfg: UnlearningConfig, extra: Mapping[str, Any]) -> str:
+    """Cache key of the model-side data: model, layer and every corpus setting that changes it."""
+    return content_key({"kind": "unlearning-data", "model": model_name, "layer": int(layer), "context": cfg.context,
+                        "freq_sequences": cfg.freq_sequences, "eval_sequences": cfg.eval_sequences,
+                        "eval_fraction": cfg.eval_fraction, "forget_sources": list(cfg.forget_sources),
+                        "seed": cfg.seed, **extra})
+
+
+def data_cache_path(cache_root: str | Path, model_name: str, layer: int, key: str) -> Path:
+    """``<cache_root>/unlearning/<model>_L<layer>_<key[:12]>.safetensors``."""
+    return Path(cache_root) / "unlearning" / f"{model_name}_L{layer}_{key[:12]}.safetensors"
 
 
 def offline_texts(cfg: UnlearningConfig) -> dict[str, list[str]]:
@@ -412,11 +412,10 @@ def build_offline_data(model, layer: int, cfg: UnlearningConfig, cache_root: str
     """Model-side data for the offline metric, read from / written to ``cache_root/unlearning/<key>``."""
     from saelib.data.bio import pack_texts
 
-    folder = None
-    if cache_root is not None:
-        folder = Path(cache_root) / "unlearning" / f"{model.name}_L{layer}_{_data_key(model.name, layer, cfg, {'kind': 'offline'})}"
-        if (folder / "meta.json").exists() and (folder / "data.safetensors").exists():
-            return UnlearningData.load(folder)
+    key = data_key(model.name, layer, cfg, {"source": "offline"})
+    path = None if cache_root is None else data_cache_path(cache_root, model.name, layer, key)
+    if path is not None and (found := UnlearningData.load(path, key)) is not None:
+        return found
     texts = offline_texts(cfg)
     tok = model.tokenizer
     tokens = {
@@ -431,8 +430,8 @@ def build_offline_data(model, layer: int, cfg: UnlearningConfig, cache_root: str
         meta={"kind": "offline", "forget_sources": list(cfg.forget_sources), "retain": "offline corpus, heldout split",
               "context": cfg.context, "n_texts": {k: len(v) for k, v in texts.items()}},
     )
-    if folder is not None:
-        data.save(folder)
+    if path is not None:
+        data.save(path, key)
     return data
 
 
@@ -446,12 +445,10 @@ def build_paper_data(model, layer: int, cfg: UnlearningConfig, cache_root: str |
 
     if cfg.forget_corpus_path is None:
         raise ValueError("the wmdp metric needs unlearning.forget_corpus_path (WMDP's bio-forget-corpus.jsonl)")
-    folder = None
-    if cache_root is not None:
-        key = _data_key(model.name, layer, cfg, {"kind": "wmdp", "forget": str(cfg.forget_corpus_path)})
-        folder = Path(cache_root) / "unlearning" / f"{model.name}_L{layer}_{key}"
-        if (folder / "meta.json").exists() and (folder / "data.safetensors").exists():
-            return UnlearningData.load(folder)
+    key = data_key(model.name, layer, cfg, {"source": "wmdp", "forget": str(cfg.forget_corpus_path)})
+    path = None if cache_root is None else data_cache_path(cache_root, model.name, layer, key)
+    if path is not None and (found := UnlearningData.load(path, key)) is not None:
+        return found
     forget = bio.load_wmdp_bio_forget_corpus(cfg.forget_corpus_path)
     forget = random.Random(cfg.seed).sample(forget, min(cfg.freq_sequences, len(forget)))
     retain = bio.load_wikitext_retain()
@@ -463,8 +460,8 @@ def build_paper_data(model, layer: int, cfg: UnlearningConfig, cache_root: str |
         batch_size=cfg.model_batch_size, progress=progress,
         meta={"kind": "wmdp", "forget": "WMDP bio forget corpus", "retain": "wikitext-2-raw-v1 test", "context": cfg.context},
     )
-    if folder is not None:
-        data.save(folder)
+    if path is not None:
+        data.save(path, key)
     return data
 
 
@@ -473,7 +470,8 @@ def known_questions(model, layer: int, questions: Sequence, cache_file: str | Pa
     """:func:`filter_known_questions`, remembered in ``cache_file`` (keyed by the questions' content)."""
     from saelib.io import atomic_write_json, read_json
 
-    digest = hashlib.sha256(json.dumps([[q.question, list(q.choices), q.answer] for q in questions]).encode()).hexdigest()
+    digest = content_key({"kind": "known-questions", "model": model.name, "layer": int(layer)},
+                         [[q.question, list(q.choices), q.answer] for q in questions])
     if cache_file is not None and Path(cache_file).exists():
         saved = read_json(cache_file)
         if saved.get("sha256") == digest and saved.get("model") == model.name:
@@ -732,14 +730,18 @@ def build_data(model, layer: int, cfg: UnlearningConfig, cache_root: str | Path 
 
 def results_document(variant: str, metric: str, result: Mapping[str, Any], cfg: UnlearningConfig,
                      extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON written to ``results/unlearning/<variant>.json`` (SAEBench's top-level key names)."""
-    return {
-        "eval_type_id": "unlearning",
-        "variant": variant,
-        "metric": metric,
-        "eval_config": cfg.to_dict(),
-        "eval_result_metrics": {"unlearning": {"unlearning_score": result["unlearning_score"]}},
-        "eval_result_details": result,
-        **(dict(extra) if extra else {}),
-    }
+    """The SAEBench-shaped JSON of ``results/unlearning/<variant>.json`` (:func:`saelib.evals.common.saebench_document`):
+    ``eval_result_metrics.unlearning.unlearning_score`` and the per-configuration rows in
+    ``eval_result_details``."""
+    metrics = {"unlearning_score": result["unlearning_score"]}
+    details = [dict(r) for r in result.get("configs", [])]
+    unstructured = {k: v for k, v in result.items() if k != "configs"}
+    return saebench_document("unlearning", cfg.to_dict(), {"unlearning": metrics}, details,
+                             eval_result_unstructured=unstructured,
+                             extra={"variant": variant, "metric": metric, **(dict(extra) if extra else {})})
 
+
+def save_results(path: str | Path, variant: str, metric: str, result: Mapping[str, Any], cfg: UnlearningConfig,
+                 extra: Mapping[str, Any] | None = None) -> Path:
+    """Write :func:`results_document` to ``path`` atomically."""
+    return write_saebench_json(path, results_document(variant, metric, result, cfg, extra))
