@@ -304,7 +304,8 @@ def test_planted_latent_gives_a_high_score(planted_model):
     assert len(rows) == 8
     assert all(r["latents"] == [0] for r in rows)  # only latent 0 is forget-specific
     assert res["n_unique_interventions"] == 2  # identical latent sets share one splice per multiplier
-    assert all(r["retain_ce_increase"] == 0.0 for r in rows)  # latent 0 never fires on retain text
+    # latent 0 never fires on retain text: the splice only adds decode/encode rounding there
+    assert all(abs(r["retain_ce_increase"]) < 1e-4 for r in rows)
     strong = [r for r in rows if r["multiplier"] == 200]
     assert all(r["forget_ce_increase"] > 3.0 for r in strong)
     assert res["unlearning_score"] > 0.95

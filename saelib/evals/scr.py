@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .pooled import SourceData
 
 from .common import saebench_document, write_saebench_json
-from .pooled import TaskDataConfig, TaskEvalConfig, ablate_pooled
+from .pooled import SPECIAL_POSITIONS, SpecialPositions, TaskDataConfig, TaskEvalConfig, ablate_pooled
 from .probing import LinearProbe, ProbeTrainConfig, train_torch_probe
 
 N_VALUES = (2, 5, 10, 20, 50, 100, 500)
@@ -47,6 +47,14 @@ class AblationProbeConfig:
     """Numbers of top latents to ablate."""
     probe: ProbeTrainConfig = field(default_factory=ProbeTrainConfig)
     """Probe training."""
+    special_positions: str = "saebench"
+    """Ablation at BOS/PAD: ``saebench`` (default: the zeroed special positions of each text padded to
+    the context are encoded too and their change is pooled) or ``kept_only`` (named alternative: only
+    the kept tokens change). See :class:`saelib.evals.pooled.SpecialPositions`."""
+
+    def __post_init__(self) -> None:
+        if self.special_positions not in SPECIAL_POSITIONS:
+            raise ValueError(f"special_positions must be one of {SPECIAL_POSITIONS}, got {self.special_positions!r}")
 
     @classmethod
     def from_block(cls, block: dict | None, *, what: str, outer: set[str] = frozenset()):
@@ -180,29 +188,33 @@ DIRECTIONS = {1: ("b", "a"), 2: ("a", "b")}
 
 
 def ablation_accuracies(side: ScrModelSide, xbar_ND: Tensor, fbar_NF: Tensor, W_dec_FD: Tensor,
-                        latents: Tensor | Sequence[int], *, direction: int) -> dict[str, float]:
+                        latents: Tensor | Sequence[int], *, direction: int,
+                        special: SpecialPositions | None = None) -> dict[str, float]:
     """Accuracies after ablating ``latents`` in direction 1 (B latents, A test set) or 2: the biased
     probe on the evaluated set, that attribute's own probe on it, and the ablated attribute's probe
-    on its own test set."""
+    on its own test set. ``special`` (rows as ``xbar_ND``): SAEBench's ablation of the zeroed
+    BOS/PAD positions; None: kept tokens only."""
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be 1 or 2, got {direction}")
     ablate_key, eval_key = DIRECTIONS[direction]
     sets = side.sets
     te, y_te = sets.rows["test"][eval_key], sets.labels["test"][eval_key]
     other, y_other = sets.rows["test"][ablate_key], sets.labels["test"][ablate_key]
-    x_abl = ablate_pooled(xbar_ND[te], fbar_NF[te], W_dec_FD, latents)
-    x_other = ablate_pooled(xbar_ND[other], fbar_NF[other], W_dec_FD, latents)
+    x_abl = ablate_pooled(xbar_ND[te], fbar_NF[te], W_dec_FD, latents, None if special is None else special.rows(te))
+    x_other = ablate_pooled(xbar_ND[other], fbar_NF[other], W_dec_FD, latents,
+                            None if special is None else special.rows(other))
     return {"biased_probe_acc": side.probes["biased"].accuracy(x_abl, y_te),
             f"{eval_key}_probe_acc": side.probes[eval_key].accuracy(x_abl, y_te),
             f"{ablate_key}_probe_acc": side.probes[ablate_key].accuracy(x_other, y_other)}
 
 
 def scr_for_sae(side: ScrModelSide, xbar_ND: Tensor, fbar_NF: Tensor, W_dec_FD: Tensor,
-                cfg: ScrConfig | None = None) -> dict:
+                cfg: ScrConfig | None = None, special: SpecialPositions | None = None) -> dict:
     """SCR metrics of one SAE on one task.
 
-    ``xbar_ND`` / ``fbar_NF`` are indexed by the rows in ``side.sets`` (mean-pooled residuals and
-    latents of the same texts). Returns ``{"metrics": {scr_dir1_threshold_n, scr_dir2_threshold_n,
+    ``xbar_ND`` / ``fbar_NF`` (and ``special``, SAEBench's special-position ablation; None = kept
+    tokens only) are indexed by the rows in ``side.sets`` (mean-pooled residuals and latents of the
+    same texts). Returns ``{"metrics": {scr_dir1_threshold_n, scr_dir2_threshold_n,
     scr_metric_threshold_n}, "details": {...}}``."""
     cfg = cfg or ScrConfig()
     sets = side.sets
@@ -216,7 +228,7 @@ def scr_for_sae(side: ScrModelSide, xbar_ND: Tensor, fbar_NF: Tensor, W_dec_FD: 
     for d, (ablate_key, eval_key) in directions.items():
         for n in cfg.n_values:
             idx = top_n_latents(eff[ablate_key], n)
-            res = ablation_accuracies(side, xbar_ND, fbar_NF, W_dec_FD, idx, direction=d)
+            res = ablation_accuracies(side, xbar_ND, fbar_NF, W_dec_FD, idx, direction=d, special=special)
             score = scr_score(res["biased_probe_acc"], side.clean[f"biased_on_{eval_key}"], side.clean[eval_key],
                               min_denominator=cfg.min_denominator)
             metrics[f"scr_dir{d}_threshold_{n}"] = score
@@ -322,7 +334,7 @@ def scr_sae(prep: ScrPrep, sae, *, fbar_cache: dict | None = None) -> dict:
     ``fbar_cache`` (source name → mean-pooled latents) lets TPP reuse latents of shared sources."""
     import time
 
-    from .pooled import check_affine_decoder, pooled_latents
+    from .pooled import check_affine_decoder, pooled_latents, special_positions
 
     start = time.time()
     fbar_cache = {} if fbar_cache is None else fbar_cache
@@ -333,7 +345,9 @@ def scr_sae(prep: ScrPrep, sae, *, fbar_cache: dict | None = None) -> dict:
             fbar_cache[td.source.name] = pooled_latents(sae, td.source.pooled, cfg=prep.cfg.data.pooled)
         fbar = fbar_cache[td.source.name]
         check_affine_decoder(sae, fbar[:8])
-        res = scr_for_sae(td.side, td.source.pooled.xbar_ND, fbar, W_dec_FD, prep.cfg.scr)
+        special = (special_positions(sae, td.source.pooled, prep.cfg.data.pooled)
+                   if prep.cfg.scr.special_positions == "saebench" else None)
+        res = scr_for_sae(td.side, td.source.pooled.xbar_ND, fbar, W_dec_FD, prep.cfg.scr, special)
         per_task[name] = res["metrics"]
         details[name] = {**res["details"], "quadrant_counts": td.quadrant_counts, "q": td.side.sets.q}
     return {"per_task": per_task, "details": details, "seconds": round(time.time() - start, 2)}
@@ -348,7 +362,8 @@ def scr_output(prep: ScrPrep, result: dict, *, variant: str, sae_cfg: dict | Non
     data = asdict(prep.cfg.data)
     pooled = data.pop("pooled")
     config = {"tasks": list(prep.tasks), "n_values": list(prep.cfg.scr.n_values),
-              "min_denominator": prep.cfg.scr.min_denominator, **asdict(prep.cfg.scr.probe),
+              "min_denominator": prep.cfg.scr.min_denominator, "special_positions": prep.cfg.scr.special_positions,
+              **asdict(prep.cfg.scr.probe),
               "q_train": prep.cfg.q_train, "q_test": prep.cfg.q_test, **data, "context_length": pooled["context"]}
     return saebench_document(
         EVAL_TYPE_ID, config, {"scr_metrics": average_over_tasks(result["per_task"])},
