@@ -220,24 +220,43 @@ def scr_for_sae(side: ScrModelSide, xbar_ND: Tensor, fbar_NF: Tensor, W_dec_FD: 
     sets = side.sets
     eff = {key: latent_effects(fbar_NF[sets.rows["train"][key]], sets.labels["train"][key],
                                side.probes[key].weight_D, W_dec_FD) for key in ("a", "b")}
-    metrics: dict[str, float] = {}
     details: dict[str, dict] = {"clean": dict(side.clean), "ablated": {}, "latents": {}}
     # dir1: ablate B latents, biased probe on A data; dir2: ablate A latents, biased probe on B data
-    directions = DIRECTIONS
-    lower_dir = 1 if side.clean["biased_on_a"] <= side.clean["biased_on_b"] else 2
-    for d, (ablate_key, eval_key) in directions.items():
+    ablated: dict[int, dict[int, float]] = {}
+    for d, (ablate_key, _) in DIRECTIONS.items():
+        ablated[d] = {}
         for n in cfg.n_values:
             idx = top_n_latents(eff[ablate_key], n)
             res = ablation_accuracies(side, xbar_ND, fbar_NF, W_dec_FD, idx, direction=d, special=special)
-            score = scr_score(res["biased_probe_acc"], side.clean[f"biased_on_{eval_key}"], side.clean[eval_key],
-                              min_denominator=cfg.min_denominator)
-            metrics[f"scr_dir{d}_threshold_{n}"] = score
-            if d == lower_dir:
-                metrics[f"scr_metric_threshold_{n}"] = score
+            ablated[d][n] = res["biased_probe_acc"]
             details["ablated"][f"dir{d}_n{n}"] = {**res, "n_ablated": int(idx.numel())}
             details["latents"][f"dir{d}_n{n}"] = idx.tolist()[:20]
-    details["metric_direction"] = lower_dir
-    return {"metrics": dict(sorted(metrics.items(), key=lambda kv: _key_order(kv[0]))), "details": details}
+    details["metric_direction"] = metric_direction(side.clean)
+    return {"metrics": scr_metrics(side.clean, ablated, min_denominator=cfg.min_denominator), "details": details}
+
+
+def metric_direction(clean: dict[str, float]) -> int:
+    """The direction ``scr_metric`` reports: the one whose biased-probe clean accuracy is lower (ties: 1;
+    SAEBench reports no ``scr_metric`` on an exact tie)."""
+    return 1 if clean["biased_on_a"] <= clean["biased_on_b"] else 2
+
+
+def scr_metrics(clean: dict[str, float], ablated: dict[int, dict[int, float]], *,
+                min_denominator: float = 0.001) -> dict[str, float]:
+    """SCR scores from accuracies: ``clean`` (``a``, ``b``: each attribute's own probe; ``biased_on_a``,
+    ``biased_on_b``: the biased probe) and ``ablated[d][n]`` (the biased probe after ablating the top n
+    latents in direction d, on the re-tested attribute). Keys ``scr_dir{d}_threshold_{n}`` and
+    ``scr_metric_threshold_{n}`` (:func:`metric_direction`)."""
+    metrics: dict[str, float] = {}
+    lower = metric_direction(clean)
+    for d, by_n in ablated.items():
+        eval_key = DIRECTIONS[d][1]
+        for n, acc in by_n.items():
+            score = scr_score(acc, clean[f"biased_on_{eval_key}"], clean[eval_key], min_denominator=min_denominator)
+            metrics[f"scr_dir{d}_threshold_{n}"] = score
+            if d == lower:
+                metrics[f"scr_metric_threshold_{n}"] = score
+    return dict(sorted(metrics.items(), key=lambda kv: _key_order(kv[0])))
 
 
 def _key_order(key: str) -> tuple:
@@ -395,7 +414,7 @@ def headroom_table(prep: ScrPrep):
     rows = []
     for name, td in prep.tasks.items():
         clean = td.side.clean
-        metric_dir = 1 if clean["biased_on_a"] <= clean["biased_on_b"] else 2
+        metric_dir = metric_direction(clean)
         for d, (ablate_key, eval_key) in DIRECTIONS.items():
             rows.append({"task": name, "direction": f"dir{d}", "ablates": f"{ablate_key.upper()} latents",
                          "tested_on": eval_key.upper(), "acc_biased (S=0)": clean[f"biased_on_{eval_key}"],
@@ -441,4 +460,4 @@ def n_curve(per_task: dict[str, dict[str, float]]):
 
 
 __all__ = ["n_curve", "clean_table", "headroom_table", "save_scr_results", "ablation_accuracies", "DIRECTIONS", "ScrEvalConfig", "ScrPrep", "prepare_scr", "scr_sae", "scr_output", "OFFLINE_SCR_TASKS", "ScrConfig", "ScrSets", "ScrModelSide", "N_VALUES", "make_scr_sets", "scr_model_side", "latent_effects",
-           "top_n_latents", "scr_score", "scr_for_sae", "scr_all_rows"]
+           "top_n_latents", "scr_score", "scr_metrics", "metric_direction", "scr_for_sae", "scr_all_rows"]
