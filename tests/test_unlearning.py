@@ -68,7 +68,11 @@ def test_select_latents_matches_a_naive_reference():
         n = int(rng.integers(1, 30))
         cand = [i for i in range(F) if retain[i] < thr and forget[i] > 0]
         ref = sorted(cand, key=lambda i: (-forget[i], i))[:n]
-        assert U.select_latents(forget, retain, thr, n) == ref
+        got = U.select_latents(forget, retain, thr, n)
+        # the same forget frequencies in the same order; which of several tied latents wins is SAEBench's
+        # argsort order (tests/test_saebench_tasks_unlearning.py)
+        assert [forget[i] for i in got] == [forget[i] for i in ref]
+        assert len(set(got)) == len(got) and set(got) <= set(cand)
 
 
 def test_rank_latents_rejects_bad_tables():

@@ -171,18 +171,24 @@ def firing_frequency(sae, x_ND: Tensor, *, batch_size: int = 4096, bf16: bool = 
     return firing_counts(sae, x_ND, batch_size=batch_size, bf16=bf16).double() / x_ND.shape[0]
 
 
+def _float_array(x) -> np.ndarray:
+    a = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
+    return a if np.issubdtype(a.dtype, np.floating) else a.astype(np.float64)
+
+
 def rank_latents(forget_freq_F: Tensor | np.ndarray, retain_freq_F: Tensor | np.ndarray, retain_threshold: float) -> list[int]:
-    """SAEBench's candidate order: latents with retain frequency ``< retain_threshold`` and forget
-    frequency ``> 0``, by decreasing forget frequency (ties: lower index first)."""
-    forget = np.asarray(forget_freq_F, dtype=np.float64)
-    retain = np.asarray(retain_freq_F, dtype=np.float64)
+    """SAEBench's candidate order (``get_top_features``): latents with retain frequency ``< retain_threshold``
+    and forget frequency ``> 0``, by decreasing forget frequency. Ties keep SAEBench's order: numpy's
+    default ``argsort`` of the scores, reversed (on the same machine, the same latents win a tie)."""
+    forget = _float_array(forget_freq_F)  # dtype kept: SAEBench compares and sorts in the table's own dtype
+    retain = _float_array(retain_freq_F)
     if forget.shape != retain.shape or forget.ndim != 1:
         raise ValueError(f"frequency tables must be 1-d and equal in shape, got {forget.shape} and {retain.shape}")
     if np.isnan(forget).any() or np.isnan(retain).any():
         raise ValueError("frequency tables contain NaN")
     score = np.where(retain < retain_threshold, forget, 0.0)
-    order = np.lexsort((np.arange(score.size), -score))
-    return [int(i) for i in order if score[i] > 0]
+    order = np.argsort(score)[::-1]
+    return [int(i) for i in order[: int(np.count_nonzero(score))]]
 
 
 def select_latents(forget_freq_F, retain_freq_F, retain_threshold: float, n_features: int) -> list[int]:
