@@ -572,8 +572,9 @@ def test_prepare_on_tiny_model_matches_hooks_and_reuses_cache(tiny_model, tmp_pa
     def boom(*a, **k):
         raise AssertionError("residuals recomputed despite the cache")
 
-    monkeypatch.setattr(ab, "collect_residuals", boom)
-    monkeypatch.setattr(ab, "prompt_accuracy", boom)
+    monkeypatch.setattr(ab.model_io, "collect_residuals", boom)
+    monkeypatch.setattr(ab.run, "prompt_accuracy", boom)
+    monkeypatch.setattr(ab.run, "train_letter_probes", boom)
     again = ab.prepare_absorption_data(tiny_model, 2, cfg, tmp_path)
     assert torch.equal(again.x_train_ND, data.x_train_ND) and torch.equal(again.probes.W_LD, data.probes.W_LD)
 
