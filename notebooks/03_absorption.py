@@ -20,7 +20,7 @@
 # described their absorption numbers as if higher were better; that is wrong, and every table and
 # figure here treats *lower* as better.
 #
-# Method (Chanin et al. 2024, as SAEBench computes it; see `saelib/evals/absorption.py`). The
+# Method (Chanin et al. 2024, as SAEBench computes it; see `saelib/evals/absorption/`). The
 # default follows **SAEBench 0.6.0** (PyPI `sae-bench==0.6.0`); `tests/test_saebench_absorption.py`
 # feeds SAEBench's own functions and ours the same inputs and asserts agreement at every step marked ✓.
 # 1. ✓ Vocabulary (`get_alpha_tokens`): every token made only of ASCII letters, leading space
