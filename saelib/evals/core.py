@@ -3,7 +3,8 @@
 Pure functions on tensors of **kept** (non-special) tokens. Reference: SAEBench 0.6.0
 (``sae_bench.evals.core.main``, run as its README does: ``ignore_tokens`` = {BOS, EOS, PAD},
 ``exclude_special_tokens_from_reconstruction``); ``tests/test_saebench_core.py`` feeds SAEBench's
-functions and these the same model, SAE and tokens and asserts agreement.
+functions and these the same model, SAE and tokens and asserts agreement. This repo masks every
+special token of the tokenizer (a superset of SAEBench's three; the same on ordinary text).
 
 - ``l0``: mean number of non-zero latents per token; ``l1``: mean sum of latent activations.
 - ``mse``: per-element mean squared error over the eval set (Σ‖x − x̂‖² / (N·d)).
