@@ -20,20 +20,44 @@
 # described their absorption numbers as if higher were better; that is wrong, and every table and
 # figure here treats *lower* as better.
 #
-# Method (Chanin et al. 2024, as SAEBench computes it; see `saelib/evals/absorption.py`):
-# 1. Vocabulary: single tokens `▁[A-Za-z]{2,}`, split 80/20 by word.
-# 2. Prompts `" cat has the first letter: C"` (n-shot) ending with the query word; the residual at
-#    the SAE layer on the query word's token is read once per model/layer and cached.
-# 3. 26 one-vs-rest linear probes on the residual give each letter's ground-truth direction.
-# 4. Per SAE: k-sparse probing on the latents picks each letter's *split features* (k grows while
-#    test F1 improves by > 0.03).
+# Method (Chanin et al. 2024, as SAEBench computes it; see `saelib/evals/absorption/`). The
+# default follows **SAEBench 0.6.0** (PyPI `sae-bench==0.6.0`); `tests/test_saebench_absorption.py`
+# feeds SAEBench's own functions and ours the same inputs and asserts agreement at every step marked ✓.
+# 1. ✓ Vocabulary (`get_alpha_tokens`): every token made only of ASCII letters, leading space
+#    optional (139,585 Gemma-3 tokens; this profile uses a fixed random 10,000 of them for CPU
+#    time), split 80/20 at random. Named alternative: this repo's first filter `▁[A-Za-z]{2,}`
+#    with case variants kept on one side (`min_word_letters: 2, require_leading_space: true,
+#    group_case_variants: true`; 86,453 tokens).
+# 2. ✓ Prompts (`create_icl_prompt`): 10 in-context lines `"\n cat has the first letter: C"`, then
+#    `"\n fish has the first letter:"`; the residual at the SAE layer is read on the query word
+#    (position −6). In-context examples come from the word's own split for the probe prompts and
+#    from the whole vocabulary for the absorption prompts, never the word itself. The leading
+#    newline is 0.6.0's (commit f7b1ad0, 2025-04); `prepend_separator: false` gives the Jan 2025
+#    text. The default profile uses fewer words than SAEBench, never a different prompt.
+# 3. 26 one-vs-rest linear probes on the residual give each letter's ground-truth direction
+#    (BCE with pos_weight = neg/pos; fitted here by full-batch L-BFGS, not SAEBench's Adam).
+# 4. ✓ Per SAE, k-sparse probing (`train_k_sparse_probes`): an L1 probe on the **raw** SAE
+#    activations (default `nn.Linear` init, Adam, 50 epochs) ranks the latents; class-balanced
+#    logistic probes on each letter's top k latents; k grows while test F1 improves by > 0.03; the
+#    chosen latents are the letter's *split features*. Named alternative `ksparse_normalize: true`
+#    (this repo's first version): activations divided by their mean magnitude and a zero-initialised
+#    ranking probe, which makes the split features independent of the SAE's activation scale.
+#    With 8,000 training words the ranking minibatch is 288, so that it takes SAEBench's ~28 Adam
+#    steps per epoch.
 # 5. Scores:
-#    * **legacy** `mean_absorption_score` (early-2025 SAEBench, what both papers reported): among
-#      probe true positives on which the split features' k-sparse probe is silent, the fraction where
-#      a single latent with cos ≥ 0.025 to the probe supplies ≥ 40% of the probe projection;
-#    * **current** `mean_absorption_fraction_score` (partial absorption by up to 3 latents with
-#      cos ≥ 0.1) and `mean_full_absorption_score`, averaged over letters whose probe F1 > 0.6
-#      (SAEBench requires at least 20 such letters).
+#    * **legacy** `mean_absorption_score` — what both papers report. Not in 0.6.0; it follows the
+#      rule of SAEBench commits 293b385 … f026998 / bb8e145 (2024-11-29 to 2025-01-08, unchanged
+#      over that range), checked against a hand-worked fixture in `tests/test_absorption.py`: a
+#      probe true positive on which the k-sparse probe scores ≤ 0 is a candidate (dropped if a
+#      split feature fires); it is absorbed if no split feature fires and one latent with
+#      cos ≥ 0.025 to the probe supplies ≥ 40% of a non-negative probe projection; rate = absorbed /
+#      true positives, averaged over letters with a kept candidate. Computed here on the 0.6.0
+#      prompts (one leading newline more than the Jan 2025 prompts).
+#    * ✓ **current** (0.6.0, `FeatureAbsorptionCalculator`) `mean_absorption_fraction_score`
+#      (partial absorption by up to 3 latents with cos ≥ 0.1) and `mean_full_absorption_score`,
+#      averaged over letters whose probe F1 > 0.6 (SAEBench requires at least 20 such letters).
+#      Latent projections use activation × (decoder row · probe), i.e. SAEBench's activation × cos
+#      after its decoder-norm folding (commit 511d51a); `fold_decoder_norm: false` uses the cos alone.
 #
 # Absorption only means something where the model knows the first letter, so the model's own
 # accuracy on the same prompts is reported next to the scores.

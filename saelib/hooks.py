@@ -1,13 +1,14 @@
 """Reading and writing the residual stream through nnsight.
 
 ``residuals`` runs the model only up to the hooked layer. ``spliced_kl_ce`` replaces the layer's
-output (at non-special positions) by a patch function and measures next-token KL and CE against the
-clean run, computing logits in token chunks from the final hidden state (one batch of fp32 logits
+output (at non-special positions, or everywhere for patches named in ``patch_everywhere``) by a patch
+function and measures next-token KL and CE against the clean run, on this repo's positions and,
+optionally, on SAEBench's, computing logits in token chunks from the final hidden state (one batch of fp32 logits
 over Gemma-3's 262k vocabulary would be gigabytes).
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Callable, Collection, Iterator
 
 import torch
 from torch import Tensor
@@ -109,59 +110,92 @@ def spliced_kl_ce(
     batch_size: int = 8,
     token_chunk: int = 256,
     attention_mask_NS: Tensor | None = None,
+    patch_everywhere: Collection[str] = (),
+    saebench_positions: bool = False,
     progress: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Next-token KL(p_clean ‖ p_patched) and CE for each named patch, plus the clean CE.
 
-    Special-token positions are never patched and never scored: KL is averaged over positions whose
-    input token is kept; CE over positions whose input and target tokens are both kept.
-    Returns ``{"clean": {"ce", "n_tokens"}, name: {"kl", "ce", "n_tokens"}, ...}``.
+    A patch replaces the layer's output at kept (non-special, attended) positions only, unless its
+    name is in ``patch_everywhere``: then every position is replaced, BOS/EOS/PAD included (SAEBench's
+    zero-ablation baseline does this).
+
+    Scored positions, default ("kept pairs"): KL over positions whose input token is kept, the last
+    position excluded; CE over positions whose input and target tokens are both kept. Keys
+    ``kl``, ``ce``, ``n_tokens`` (KL positions); ``clean`` has ``ce``, ``n_tokens`` (CE positions).
+
+    With ``saebench_positions`` the same runs are also scored as SAEBench 0.6.0's core eval does
+    (``get_downstream_reconstruction_metrics``): KL over every position whose input token is kept,
+    the last one included; CE over every kept input position but the last, whatever the target.
+    Extra keys ``kl_saebench``, ``ce_saebench``, ``n_kl_saebench``, ``n_ce_saebench`` (``clean``:
+    ``ce_saebench``, ``n_ce_saebench``).
     """
     from tqdm.auto import tqdm
 
     model.check_layer(layer)
     if "clean" in patches:
         raise ValueError("'clean' is reserved for the unpatched run")
+    unknown = set(patch_everywhere) - set(patches)
+    if unknown:
+        raise ValueError(f"patch_everywhere names {sorted(unknown)} that are not patches ({sorted(patches)})")
     keep_all_NS = special_mask(model, tokens_NS)
     if attention_mask_NS is not None:
         keep_all_NS &= attention_mask_NS.bool()
-    sums = {name: {"kl": 0.0, "ce": 0.0} for name in patches}
-    sums["clean"] = {"ce": 0.0}
-    n_kl = 0
-    n_ce = 0
+    rules = ("", "_saebench") if saebench_positions else ("",)
+    sums = {name: {f"{q}{r}": 0.0 for q in ("kl", "ce") for r in rules} for name in patches}
+    sums["clean"] = {f"ce{r}": 0.0 for r in rules}
+    counts = {f"{q}{r}": 0 for q in ("kl", "ce") for r in rules}
     for sl in tqdm(list(_batches(tokens_NS.shape[0], batch_size)), desc="splice", disable=not progress):
         tok_NS = tokens_NS[sl]
         keep_NS = keep_all_NS[sl]
         mask = None if attention_mask_NS is None else attention_mask_NS[sl]
-        # prediction at position t is scored when input t is kept; CE also needs target t+1 kept
-        score_NS = keep_NS.clone()
-        score_NS[:, -1] = False
-        ce_NS = score_NS.clone()
-        ce_NS[:, :-1] &= keep_NS[:, 1:]
+        # the prediction at position t is scored when input t is kept (SAEBench: every such t, for
+        # KL; "kept pairs": not the last t, and for CE only when target t+1 is kept too)
+        not_last_NS = torch.ones_like(keep_NS)
+        not_last_NS[:, -1] = False
+        target_kept_NS = torch.zeros_like(keep_NS)
+        target_kept_NS[:, :-1] = keep_NS[:, 1:]
+        flags_NS = {"kl": keep_NS & not_last_NS, "ce": keep_NS & not_last_NS & target_kept_NS}
+        if saebench_positions:
+            flags_NS.update({"kl_saebench": keep_NS, "ce_saebench": keep_NS & not_last_NS})
         target_NS = torch.zeros_like(tok_NS)
         target_NS[:, :-1] = tok_NS[:, 1:]
+        everywhere_NS = torch.ones_like(keep_NS)
         hidden = {"clean": final_hidden(model, tok_NS, layer, None, keep_NS, mask)}
         for name, patch in patches.items():
-            hidden[name] = final_hidden(model, tok_NS, layer, patch, keep_NS, mask)
-        pos = score_NS.nonzero(as_tuple=False)
-        ce_flag = ce_NS[pos[:, 0], pos[:, 1]]
+            where_NS = everywhere_NS if name in patch_everywhere else keep_NS
+            hidden[name] = final_hidden(model, tok_NS, layer, patch, where_NS, mask)
+        pos = (keep_NS if saebench_positions else flags_NS["kl"]).nonzero(as_tuple=False)
+        flag = {k: f[pos[:, 0], pos[:, 1]] for k, f in flags_NS.items()}
         tgt = target_NS[pos[:, 0], pos[:, 1]]
+        for k in counts:
+            counts[k] += int(flag[k].sum())
         for start in range(0, pos.shape[0], token_chunk):
             p = pos[start : start + token_chunk]
-            flag = ce_flag[start : start + token_chunk]
-            t = tgt[start : start + token_chunk]
+            fl = {k: f[start : start + token_chunk] for k, f in flag.items()}
+            t = tgt[start : start + token_chunk, None]
             lp_clean = logprobs(model, hidden["clean"][p[:, 0], p[:, 1]])
-            sums["clean"]["ce"] += float(-(lp_clean[flag].gather(1, t[flag, None])).sum())
+            ce_clean_T = -lp_clean.gather(1, t)[:, 0]
+            for r in rules:
+                sums["clean"][f"ce{r}"] += float(ce_clean_T[fl[f"ce{r}"]].sum())
             p_clean = lp_clean.exp()
             for name in patches:
                 lp = logprobs(model, hidden[name][p[:, 0], p[:, 1]])
-                sums[name]["kl"] += float((p_clean * (lp_clean - lp)).sum())
-                sums[name]["ce"] += float(-(lp[flag].gather(1, t[flag, None])).sum())
-        n_kl += int(pos.shape[0])
-        n_ce += int(ce_flag.sum())
-    if n_kl == 0 or n_ce == 0:
+                kl_T = (p_clean * (lp_clean - lp)).sum(-1)
+                ce_T = -lp.gather(1, t)[:, 0]
+                for r in rules:
+                    sums[name][f"kl{r}"] += float(kl_T[fl[f"kl{r}"]].sum())
+                    sums[name][f"ce{r}"] += float(ce_T[fl[f"ce{r}"]].sum())
+    if any(n == 0 for n in counts.values()):
         raise ValueError("no non-special tokens to score: every position is BOS/EOS/PAD")
-    result: dict[str, dict[str, float]] = {"clean": {"ce": sums["clean"]["ce"] / n_ce, "n_tokens": n_ce}}
+    result: dict[str, dict[str, float]] = {"clean": {"ce": sums["clean"]["ce"] / counts["ce"], "n_tokens": counts["ce"]}}
     for name in patches:
-        result[name] = {"kl": sums[name]["kl"] / n_kl, "ce": sums[name]["ce"] / n_ce, "n_tokens": n_kl}
+        result[name] = {"kl": sums[name]["kl"] / counts["kl"], "ce": sums[name]["ce"] / counts["ce"], "n_tokens": counts["kl"]}
+    if saebench_positions:
+        result["clean"].update(ce_saebench=sums["clean"]["ce_saebench"] / counts["ce_saebench"],
+                               n_ce_saebench=counts["ce_saebench"])
+        for name in patches:
+            result[name].update(kl_saebench=sums[name]["kl_saebench"] / counts["kl_saebench"],
+                                ce_saebench=sums[name]["ce_saebench"] / counts["ce_saebench"],
+                                n_kl_saebench=counts["kl_saebench"], n_ce_saebench=counts["ce_saebench"])
     return result

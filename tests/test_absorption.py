@@ -52,27 +52,47 @@ WORDS = ["cat", "Cat", "dog", "fish", "apple", "ant", "bee", "zebra", "yak", "ow
          "jay", "kiwi", "lark", "mole", "newt", "pig", "quail", "rat", "seal", "toad", "urchin", "vole", "wasp", "xerus"]
 
 
-def test_build_vocab_filters_splits_by_word_and_is_deterministic():
+def test_build_vocab_filters_like_saebench_and_splits_deterministically():
     vocab = {f"\u2581{w}": i + 10 for i, w in enumerate(WORDS)}
-    vocab.update({"\u2581a": 3, "cat": 4, "\u2581cat2": 5, "\u2581caf\u00e9": 6, "\u2581x": 7, "<bos>": 1})
+    vocab.update({"\u2581a": 3, "cat": 4, "\u2581cat2": 5, "\u2581caf\u00e9": 6, "\u2581x": 7, "<bos>": 1, "\u2581": 8})
     cfg = ab.AbsorptionConfig(seed=3)
     df = ab.build_vocab(vocab, cfg)
-    assert sorted(df["word"]) == sorted(WORDS)  # 1-letter, no-marker, digit and accented tokens dropped
+    # letters only, leading space optional, one letter is enough; digits, accents, bare marker dropped
+    assert sorted(df["text"]) == sorted([f" {w}" for w in WORDS] + [" a", "cat", " x"])
+    assert (df["word"] == df["text"].str.strip()).all()
     assert list(df["token_id"]) == sorted(df["token_id"])
     assert (df["letter"] == df["word"].str[0].str.lower()).all()
     assert (df["letter_idx"] == df["letter"].map(LET.index)).all()
-    # case variants share a split; 80/20 of the distinct lower-cased words
-    by_word = df.groupby(df["word"].str.lower())["split"].nunique()
-    assert (by_word == 1).all()
-    n_groups = len(by_word)
-    n_train_groups = df[df["split"] == "train"]["word"].str.lower().nunique()
-    assert n_train_groups == round(0.8 * n_groups)
+    assert (df["split"] == "train").sum() == int(0.8 * len(df))  # SAEBench: int(n * 0.8) entries train
     again = ab.build_vocab(vocab, cfg)
     assert again.equals(df)
     other = ab.build_vocab(vocab, ab.AbsorptionConfig(seed=4))
     assert not other["split"].equals(df["split"])
     sub = ab.build_vocab(vocab, ab.AbsorptionConfig(seed=3, max_words=10))
-    assert len(sub) == 10 and set(sub["word"]) <= set(WORDS)
+    assert len(sub) == 10 and set(sub["text"]) <= set(df["text"])
+    # this repo's first filter and split, as named alternatives
+    strict = ab.build_vocab(vocab, ab.AbsorptionConfig(seed=3, min_word_letters=2, require_leading_space=True,
+                                                       group_case_variants=True))
+    assert sorted(strict["word"]) == sorted(WORDS)
+    by_word = strict.groupby(strict["word"].str.lower())["split"].nunique()
+    assert (by_word == 1).all()
+    assert strict[strict["split"] == "train"]["word"].str.lower().nunique() == int(0.8 * len(by_word))
+
+
+def test_build_vocab_maps_byte_fallback_entries_to_the_plain_token():
+    vocab = {"\u2581cat": 10, "\u2581dog": 11, "\u2581emu": 12, "A": 13, "<0x41>": 14, "\u2581owl": 15}
+
+    class Tok:
+        def get_vocab(self):
+            return dict(vocab)
+
+        def convert_tokens_to_string(self, tokens):
+            t = tokens[0]
+            return "A" if t == "<0x41>" else t.replace("\u2581", " ")
+
+    df = ab.build_vocab(Tok(), ab.AbsorptionConfig())
+    assert sorted(df["text"]) == sorted([" cat", " dog", " emu", "A", "A", " owl"])  # SAEBench keeps both "A"s
+    assert df.loc[df["token"] == "<0x41>", "token_id"].item() == 13  # the id tokenizing "A" gives
 
 
 def test_build_vocab_rejects_wrong_space_marker():
@@ -95,6 +115,7 @@ def test_build_prompts_layout_and_query_position(n_shot):
         split_words = set(vocab["word"].to_numpy()[rows])
         for i in range(len(ps)):
             word = vocab["word"].iloc[ps.rows_N[i]]
+            assert vocab["text"].iloc[ps.rows_N[i]] == f" {word}"
             text = ps.text(tok, i)
             lines = text.split("\n")
             assert lines[0] == "" and len(lines) == n_shot + 2
@@ -116,6 +137,18 @@ def test_build_prompts_layout_and_query_position(n_shot):
         fresh = ab.build_prompts(vocab, tok, cfg, "train", variant=1)
         assert torch.equal(fresh.tokens_NS[:, fresh.query_pos], same.tokens_NS[:, same.query_pos])
         assert not torch.equal(fresh.tokens_NS, same.tokens_NS)
+        # absorption prompts: examples from the whole vocabulary (SAEBench's calculator)
+        wide = ab.build_prompts(vocab, tok, cfg, "test", pool="all")
+        test_ids = set(vocab.loc[vocab["split"] == "test", "token_id"])
+        block = wide.tokens_NS.shape[1] - wide.query_pos + 2  # sep, word, " has the first letter:", answer
+        ex_cols = [wide.query_pos - (n_shot - j) * block for j in range(n_shot)]
+        assert all(wide.tokens_NS[:, c - 1].eq(tok.vocab["\n"]).all() for c in ex_cols)
+        ex_ids = set(wide.tokens_NS[:, ex_cols].flatten().tolist())
+        assert ex_ids <= set(vocab["token_id"]) and not ex_ids <= test_ids
+        # the Jan 2025 layout: no separator before the first line
+        legacy = ab.build_prompts(vocab, tok, ab.AbsorptionConfig(n_shot=n_shot, seed=1, prepend_separator=False), "train")
+        assert legacy.tokens_NS.shape[1] == same.tokens_NS.shape[1] - 1
+        assert not legacy.text(tok, 0).startswith("\n") and legacy.text(tok, 0) == same.text(tok, 0)[1:]
 
 
 def test_check_prompt_tokenization_flags_templates_that_do_not_round_trip():
@@ -323,8 +356,13 @@ def _plant_absorption(sae, x_te, y_te, letter, n_words, suppress):
     return HandSAE(W_enc, b_enc, W_dec), x_te, rows
 
 
+SMALL = {"ksparse_batch_size": 32}
+"""The ranking probe trains from nn.Linear's random init (as SAEBench's): on these few hundred
+words it needs minibatches smaller than SAEBench's 4096 to take enough Adam steps."""
+
+
 def _evaluate(sae, x_tr, y_tr, x_te, y_te, cfg=None):
-    cfg = cfg or ab.AbsorptionConfig(seed=0)
+    cfg = cfg or ab.AbsorptionConfig(seed=0, **SMALL)
     data = ab.AbsorptionData.from_residuals(x_tr, y_tr, x_te, y_te, cfg)
     return data, ab.evaluate_sae(sae, data, cfg)
 
@@ -432,9 +470,11 @@ def test_split_feature_selection_picks_the_planted_latents():
 
 
 def test_scores_are_invariant_to_latent_permutation():
+    """With the zero-initialised ranking (``ksparse_normalize``, the named alternative) the scores do
+    not depend on latent order; SAEBench's random init makes the default order-dependent in principle."""
     x_tr, y_tr, x_te, y_te = _world(split_b=True)
     sae, x_te2, rows = _plant_absorption(_clean_sae(split_b=True), x_te, y_te, 3, 5, suppress=1.0)
-    cfg = ab.AbsorptionConfig(seed=0, ksparse_epochs=20)
+    cfg = ab.AbsorptionConfig(seed=0, ksparse_epochs=20, ksparse_normalize=True)
     data = ab.AbsorptionData.from_residuals(x_tr, y_tr, x_te2, y_te, cfg)
     base = ab.evaluate_sae(sae, data, cfg)
     F = sae.W_dec.shape[0]
@@ -489,7 +529,7 @@ def test_save_results_writes_saebench_json_and_csv(tmp_path):
     from saelib.io import read_json
 
     x_tr, y_tr, x_te, y_te = _world(n_train=6, n_test=4)
-    cfg = ab.AbsorptionConfig()
+    cfg = ab.AbsorptionConfig(ksparse_batch_size=8)
     data = ab.AbsorptionData.from_residuals(x_tr, y_tr, x_te, y_te, cfg)
     res = ab.evaluate_sae(_clean_sae(), data, cfg)
     j, c = ab.save_results(res, tmp_path, "topk", cfg)
@@ -532,7 +572,61 @@ def test_prepare_on_tiny_model_matches_hooks_and_reuses_cache(tiny_model, tmp_pa
     def boom(*a, **k):
         raise AssertionError("residuals recomputed despite the cache")
 
-    monkeypatch.setattr(ab, "collect_residuals", boom)
-    monkeypatch.setattr(ab, "prompt_accuracy", boom)
+    monkeypatch.setattr(ab.model_io, "collect_residuals", boom)
+    monkeypatch.setattr(ab.run, "prompt_accuracy", boom)
+    monkeypatch.setattr(ab.run, "train_letter_probes", boom)
     again = ab.prepare_absorption_data(tiny_model, 2, cfg, tmp_path)
     assert torch.equal(again.x_train_ND, data.x_train_ND) and torch.equal(again.probes.W_LD, data.probes.W_LD)
+
+
+# ----------------------------------------------------------------------------------------------
+# legacy mean_absorption_score (SAEBench 293b385..bb8e145) on a hand-worked fixture
+# ----------------------------------------------------------------------------------------------
+def test_legacy_absorption_score_hand_worked():
+    """Three letters a, b, c with probe directions e0, e1, e2; latents 0, 1, 3 are their split
+    features; latent 2 has decoder (0.6, 0, 0.8): cos 0.6 with a's probe, 0.8 with c's.
+
+    Per word (TP = probe score > 0; candidate = TP with k-sparse score <= 0; absorbed = candidate,
+    split features silent, top latent by act·cos has cos >= 0.025, probe projection x·p >= 0 and
+    the top latent supplies >= 0.4 of it):
+      a0  f2=2,   x=(1.5,0,1)  candidate; top latent 2: 2·0.6 = 1.2 of 1.5 = 0.8  -> absorbed
+      a1  f2=0.5, x=(2,0,0)    candidate; 0.5·0.6 = 0.3 of 2 = 0.15 < 0.4         -> not absorbed
+      a2  f0=1,   x=(1,0,0)    TP, k-sparse probe fires: not a candidate
+      a3  x=(-1,0,0)           probe silent: not a TP
+      -> a: 1 absorbed / 3 TPs = 1/3; kept (a0, a1 are candidates with silent split features)
+      b0  f1=1e-3              candidate, but its split feature fires (>= 1e-8): dropped
+      b1  f1=1                 TP, not a candidate
+      -> b has no kept candidate: left out of the mean (rate 0/2 reported, not averaged)
+      c0  f=0, x=(0,0,0.5)     candidate; no latent projects: share 0                 -> not absorbed
+      c1  f2=1, x=(0,0,1)      candidate; 1·0.8 of 1 = 0.8, cos 0.8                   -> absorbed
+      c2, c3  f3=1             TPs, not candidates
+      c4  f2=1, x=(0,0,-0.5)   TP only through the probe bias (+2); projection -0.5 < 0 -> not absorbed
+      -> c: 1 / 5 TPs = 1/5
+    mean_absorption_score = (1/3 + 1/5) / 2 = 4/15 over n_letters_legacy = 2.
+    """
+    W_dec = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0.6, 0, 0.8], [0, 0, 1.0]])
+    probe_W = torch.eye(3)
+    split = [[0], [1], [3]]
+    #        word:  a0   a1   a2   a3   b0    b1   c0   c1   c2   c3   c4
+    y = torch.tensor([0, 0, 0, 0, 1, 1, 2, 2, 2, 2, 2])
+    f = torch.zeros(11, 4)
+    f[0, 2], f[1, 2], f[2, 0], f[4, 1], f[5, 1], f[7, 2], f[8, 3], f[9, 3], f[10, 2] = 2, 0.5, 1, 1e-3, 1, 1, 1, 1, 1
+    x = torch.zeros(11, 3)
+    x[0] = torch.tensor([1.5, 0, 1])
+    x[1, 0], x[2, 0], x[3, 0], x[4, 1], x[5, 1], x[6, 2], x[7, 2], x[8, 2], x[9, 2], x[10, 2] = 2, 1, -1, 1, 1, 0.5, 1, 1, 1, -0.5
+    probe_scores = x @ probe_W.T
+    probe_scores[10, 2] += 2.0  # c4: the probe's bias makes it fire
+    ksparse = torch.full((11, 3), -1.0)
+    ksparse[2, 0], ksparse[5, 1], ksparse[8, 2], ksparse[9, 2] = 1.0, 1.0, 1.0, 1.0
+    lat = ab.SparseLatents(idx_NM=torch.arange(4).expand(11, 4).clone(), val_NM=f, d_sae=4)
+    res = ab.absorption_scores(y_test_N=y, probe_scores_NL=probe_scores, ksparse_scores_NL=ksparse, split_feats=split,
+                               lat_abs=lat, x_abs_ND=x, W_dec_FD=W_dec, probe_W_LD=probe_W,
+                               probe_f1_L=torch.ones(3), cfg=ab.AbsorptionConfig())
+    per = res.per_letter.set_index("letter")
+    assert per["num_probe_true_positives"].tolist() == [3, 2, 5]
+    assert per["num_legacy_candidates"].tolist() == [2, 1, 3]
+    assert per["num_absorption"].tolist() == [1, 0, 1]
+    assert per["legacy_included"].tolist() == [True, False, True]
+    assert per.loc["a", "absorption_rate"] == pytest.approx(1 / 3) and per.loc["c", "absorption_rate"] == pytest.approx(1 / 5)
+    assert res.summary["mean_absorption_score"] == pytest.approx(4 / 15)
+    assert res.summary["n_letters_legacy"] == 2

@@ -115,7 +115,12 @@ def test_splice_scores_identity_one_zero_zero(tiny_model):
     keep = ~torch.isin(tok, torch.tensor(tiny_model.special_ids))
     assert r_id["n_tokens"] == int(keep.sum())  # special tokens excluded
     r_zero = evaluate_core(zero, tiny_model, tok, 1, batch_size=2)
-    assert r_zero["kl_score"] == pytest.approx(0.0, abs=1e-6)
-    assert r_zero["ce_score"] == pytest.approx(0.0, abs=1e-6)
+    # the keep-BOS alternative zeroes exactly what the zero SAE zeroes: score 0
+    assert r_zero["kl_score_keep_bos"] == pytest.approx(0.0, abs=1e-6)
+    assert r_zero["ce_score_keep_bos"] == pytest.approx(0.0, abs=1e-6)
+    assert r_zero["kl_zero_keep_bos"] == pytest.approx(r_id["kl_zero_keep_bos"], rel=1e-6)
+    # SAEBench's baseline also zeroes BOS, which the zero SAE (kept positions only) leaves clean
     assert r_zero["kl_zero"] == pytest.approx(r_id["kl_zero"], rel=1e-6)
+    assert r_zero["kl_score"] == pytest.approx(kl_score(r_zero["kl_sae"], r_zero["kl_zero"]), rel=1e-9)
+    assert r_zero["kl_zero"] != pytest.approx(r_zero["kl_zero_keep_bos"], rel=1e-3)
     assert r_zero["l2_ratio"] == 0.0

@@ -77,7 +77,7 @@ def test_torch_probe_separates_large_norm_inputs_and_reports_raw_weights():
     direction = rng.normal(size=64)
     y = rng.integers(0, 2, size=300)
     X = torch.tensor(rng.normal(size=(300, 64)) * 50 + 5000 / 8 + np.outer(2 * y - 1, direction) * 40, dtype=torch.float32)
-    probe, acc = train_torch_probe(X[:200], y[:200], X[200:], y[200:], ProbeTrainConfig(epochs=5))
+    probe, acc = train_torch_probe(X[:200], y[:200], X[200:], y[200:], ProbeTrainConfig(epochs=5, normalize_inputs=True, select_on_test=False))
     assert acc == 1.0 and probe.accuracy(X[200:], y[200:]) == 1.0
     assert torch.allclose(probe.logits(X[:5]), X[:5] @ probe.weight_D + probe.bias, rtol=1e-4, atol=1e-2)
 

@@ -68,7 +68,11 @@ def test_select_latents_matches_a_naive_reference():
         n = int(rng.integers(1, 30))
         cand = [i for i in range(F) if retain[i] < thr and forget[i] > 0]
         ref = sorted(cand, key=lambda i: (-forget[i], i))[:n]
-        assert U.select_latents(forget, retain, thr, n) == ref
+        got = U.select_latents(forget, retain, thr, n)
+        # the same forget frequencies in the same order; which of several tied latents wins is SAEBench's
+        # argsort order (tests/test_saebench_tasks_unlearning.py)
+        assert [forget[i] for i in got] == [forget[i] for i in ref]
+        assert len(set(got)) == len(got) and set(got) <= set(cand)
 
 
 def test_rank_latents_rejects_bad_tables():
@@ -312,6 +316,108 @@ def test_planted_latent_gives_a_high_score(planted_model):
     assert res["best"]["multiplier"] == 200 and res["n_admissible"] == 8
 
 
+def test_planted_scores_carry_bootstrap_sds_and_the_auc(planted_model):
+    layer = 2
+    data = _planted_data(planted_model, layer)
+    res = U.evaluate_offline(planted_model, _planted_sae(planted_model.d_model, True), layer, data, PLANTED_CFG)
+    # every configuration is admissible at budget 0 (retain untouched): the AUC equals the score
+    assert res["unlearning_auc"] == pytest.approx(res["unlearning_score"], abs=1e-12)
+    assert 0.0 <= res["unlearning_score_sd"] < 0.05 and 0.0 <= res["unlearning_auc_sd"] < 0.05
+    assert res["bootstrap_resamples"] == PLANTED_CFG.bootstrap_resamples
+    assert res["timing_s"]["sequences_run"]["retain"] == 0  # nothing fires on retain text: nothing re-run
+    doc = U.results_document("v", "offline", res, PLANTED_CFG)
+    assert set(doc["eval_result_metrics"]["unlearning"]) == {"unlearning_score", "unlearning_score_sd",
+                                                            "unlearning_auc", "unlearning_auc_sd"}
+
+
+def test_skipping_unchanged_positions_is_exact(tiny_model):
+    """A latent that fires mid-sequence in a model with attention: re-running only the changed sequences
+    from their first firing gives the same per-sequence CE sums as re-running everything."""
+    layer, d = 1, tiny_model.d_model
+    g = torch.Generator().manual_seed(11)
+    tokens = torch.randint(500, 5000, (6, 20), generator=g)
+    tokens[:, 0] = tiny_model.tokenizer.bos_token_id
+    clean = U.clean_eval(tiny_model, layer, tokens, batch_size=4, token_chunk=16)
+    x = clean["x_NSD"][:, 1:].reshape(-1, d).float()
+    direction = torch.randn(d, generator=g)
+    proj = x @ direction
+    W_enc = torch.stack([direction, torch.randn(d, generator=g)], 1)
+    b_enc = torch.tensor([-float(proj.quantile(0.95)), 0.0])  # latent 0 fires on ~5% of tokens
+    sae = LinearReluSAE(W_enc, b_enc, torch.randn(2, d, generator=g))
+    keep = tokens != tiny_model.tokenizer.bos_token_id
+    first = U.first_fired(sae, clean["x_NSD"], keep, [0])
+    assert (first < 20).any() and (first == 20).any() and (first[first < 20] > 1).any()
+    cfg = U.UnlearningConfig(model_batch_size=4, token_chunk=16)
+    patch = U.clamp_patch(sae, [0], 30.0)
+    fast = U.patched_ce_sums(tiny_model, layer, tokens, clean, patch, first, cfg)
+    full = U.patched_ce_sums(tiny_model, layer, tokens, clean, patch, torch.zeros(6, dtype=torch.long), cfg)
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-4)
+    clean_sums = (clean["ce_NS"].double() * clean["score_NS"]).sum(1)
+    assert torch.equal(fast[first == 20], clean_sums[first == 20])  # untouched sequences: the clean CE
+    assert (fast[first < 20] - clean_sums[first < 20]).abs().max() > 1e-3  # the clamp does change the others
+
+
+def test_budget_auc_known_answer():
+    rows = [{"forget_ce_increase": 1.0, "retain_rel_increase": 0.0},
+            {"forget_ce_increase": 2.0, "retain_rel_increase": 0.02},
+            {"forget_ce_increase": 3.0, "retain_rel_increase": 0.08}]  # beyond the cap: never counts
+    want = (0.02 * (1 - math.exp(-1)) + 0.03 * (1 - math.exp(-2))) / 0.05
+    assert U.budget_auc(rows, 0.05) == pytest.approx(want, rel=1e-12)
+    assert U.budget_auc(rows, 0.1) == pytest.approx(
+        (0.02 * (1 - math.exp(-1)) + 0.06 * (1 - math.exp(-2)) + 0.02 * (1 - math.exp(-3))) / 0.1, rel=1e-12)
+    assert U.budget_auc(rows[1:], 0.01) == 0.0  # nothing admissible below the cap
+    assert U.budget_auc([{"forget_ce_increase": 0.5, "retain_rel_increase": -0.01}], 0.05) == pytest.approx(1 - math.exp(-0.5))
+    with pytest.raises(ValueError, match="cap"):
+        U.budget_auc(rows, 0.0)
+
+
+def test_resample_weights_and_rows_from_sums():
+    w = U.resample_weights(7, 50, seed=3)
+    assert w.shape == (50, 7) and torch.all(w.sum(1) == 7) and torch.equal(w, U.resample_weights(7, 50, seed=3))
+    assert not torch.equal(w, U.resample_weights(7, 50, seed=4))
+    forget = {"patched_CN": torch.tensor([[12.0, 30.0], [10.0, 20.0]]), "clean_N": torch.tensor([10.0, 20.0]),
+              "tokens_N": torch.tensor([5.0, 10.0])}
+    retain = {"patched_CN": torch.tensor([[44.0], [40.0]]), "clean_N": torch.tensor([40.0]), "tokens_N": torch.tensor([20.0])}
+    rows = U.rows_from_sums(forget, retain)
+    assert rows[0]["forget_ce_increase"] == pytest.approx((42 - 30) / 15) and rows[1]["forget_ce_increase"] == 0.0
+    assert rows[0]["retain_rel_increase"] == pytest.approx(0.1) and rows[0]["retain_ce_increase"] == pytest.approx(0.2)
+    # weight 2 on sequence 0 = sequence 0 twice
+    twice = U.rows_from_sums(forget, retain, torch.tensor([2.0, 1.0]), torch.tensor([1.0]))
+    assert twice[0]["forget_ce_increase"] == pytest.approx((24 + 30 - 20 - 20) / 20)
+
+
+def test_bootstrap_sd_matches_a_naive_resampling_loop():
+    rng = np.random.default_rng(5)
+    n = 40
+    tokens = torch.full((n,), 100.0)
+    clean_f = torch.tensor(rng.uniform(200, 300, n))
+    forget = {"clean_N": clean_f, "tokens_N": tokens,
+              "patched_CN": torch.stack([clean_f + torch.tensor(rng.normal(30, 20, n)), clean_f + 5.0])}
+    clean_r = torch.tensor(rng.uniform(200, 300, n))
+    retain = {"clean_N": clean_r, "tokens_N": tokens,
+              "patched_CN": torch.stack([clean_r * (1 + torch.tensor(rng.normal(0.01, 0.01, n))), clean_r])}
+    cfg = U.UnlearningConfig(bootstrap_resamples=300, bootstrap_seed=9, retain_budget=0.01)
+    got = U.bootstrap_scores(forget, retain, cfg)
+    wf = U.resample_weights(n, 300, 9)
+    wr = U.resample_weights(n, 300, 10)
+    naive = []
+    for b in range(300):
+        fi = [i for i in range(n) for _ in range(int(wf[b, i]))]
+        ri = [i for i in range(n) for _ in range(int(wr[b, i]))]
+        rows = []
+        for c in range(2):
+            fce = sum(float(forget["patched_CN"][c, i] - clean_f[i]) for i in fi) / (100.0 * n)
+            rrel = sum(float(retain["patched_CN"][c, i] - clean_r[i]) for i in ri) / sum(float(clean_r[i]) for i in ri)
+            rows.append((fce, rrel))
+        best = max([f for f, r in rows if r <= 0.01], default=0.0)
+        naive.append(1 - math.exp(-max(best, 0.0)))
+    assert got["unlearning_score_sd"] == pytest.approx(float(np.std(naive, ddof=1)), rel=1e-9)
+    assert got["unlearning_score_sd"] > 0.01  # config 0 crosses the budget in some resamples
+    same = {"clean_N": torch.ones(5), "tokens_N": torch.ones(5), "patched_CN": torch.full((1, 5), 2.0)}
+    flat = U.bootstrap_scores(same, {**same, "patched_CN": torch.ones(1, 5)}, cfg)
+    assert flat["unlearning_score_sd"] == 0.0 and flat["unlearning_auc_sd"] == 0.0
+
+
 def test_no_domain_specific_latent_scores_zero(planted_model):
     layer = 2
     data = _planted_data(planted_model, layer)
@@ -324,8 +430,10 @@ def test_no_domain_specific_latent_scores_zero(planted_model):
 
 def test_unlearning_data_roundtrip(tmp_path, planted_model):
     data = _planted_data(planted_model, 2)
-    data.save(tmp_path)
-    back = U.UnlearningData.load(tmp_path)
+    path = U.data_cache_path(tmp_path, "planted", 2, "k" * 64)
+    data.save(path, "k" * 64)
+    assert U.UnlearningData.load(path, "other") is None  # saved under another key: a miss
+    back = U.UnlearningData.load(path, "k" * 64)
     assert torch.equal(back.forget_x_ND, data.forget_x_ND) and torch.equal(back.retain_eval_NS, data.retain_eval_NS)
     assert back.mean_norm == pytest.approx(data.mean_norm) and back.meta["layer"] == 2
     assert data.forget_x_ND.shape[0] == 8 * 15  # BOS excluded

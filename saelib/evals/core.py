@@ -1,19 +1,34 @@
 """Core SAE metrics (SAEBench definitions; ``*_legacy`` = what the papers reported).
 
-Pure functions on tensors of **kept** (non-special) tokens:
+Pure functions on tensors of **kept** (non-special) tokens. Reference: SAEBench 0.6.0
+(``sae_bench.evals.core.main``, run as its README does: ``ignore_tokens`` = {BOS, EOS, PAD},
+``exclude_special_tokens_from_reconstruction``); ``tests/test_saebench_core.py`` feeds SAEBench's
+functions and these the same model, SAE and tokens and asserts agreement. This repo masks every
+special token of the tokenizer (a superset of SAEBench's three; the same on ordinary text).
 
 - ``l0``: mean number of non-zero latents per token; ``l1``: mean sum of latent activations.
 - ``mse``: per-element mean squared error over the eval set (Σ‖x − x̂‖² / (N·d)).
 - ``mse_legacy``: per token ‖x − x̂‖² divided by the number of kept tokens in its batch, averaged
-  over tokens (SAEBench's early-2025 value; depends on the batch size).
-- ``ev``: 1 − Σ‖x − x̂‖² / Σ‖x − x̄‖² with x̄ the eval-set mean.
-- ``ev_legacy``: mean over tokens of 1 − ‖x − x̂‖² / ‖x − x̄_batch‖² (per-batch mean).
-- ``cossim``: mean cosine(x, x̂); ``l2_ratio``: mean ‖x̂‖/‖x‖.
+  over tokens (SAEBench's ``mse``, both in Jan 2025 and in 0.6.0; depends on the batch size).
+- ``ev``: 1 − Σ‖x − x̂‖² / Σ‖x − x̄‖² with x̄ the eval-set mean (the correct pooled value).
+- ``ev_legacy``: mean over tokens of 1 − ‖x − x̂‖² / ‖x − x̄_batch‖² (per-batch mean): SAEBench
+  0.6.0's ``explained_variance_legacy`` = Jan 2025's ``explained_variance``, what the papers report.
+  Not reproduced: 0.6.0's new batched ``explained_variance``, whose total variance is
+  E‖x‖² − (E‖x‖²/d)² (not Σ‖x − x̄‖²/N) and so is wrong on data with a large mean.
+- ``cossim``: mean cosine(x, x̂) (0 where x̂ = 0; SAEBench gives NaN there); ``l2_ratio``: mean
+  ‖x̂‖/‖x‖.
 - ``relative_reconstruction_bias``: Σ‖x̂‖² / Σ x·x̂ over the eval set (``_legacy``: the per-batch
-  ratio averaged over batches, as SAEBench computes it).
+  ratio averaged over batches, SAEBench's value).
 - ``feature_density``: firing fraction of each latent; ``frac_alive``: fraction that fired at all.
-- ``kl_score`` = (KL_zero − KL_sae) / KL_zero; ``ce_score`` = (CE_zero − CE_sae) / (CE_zero − CE_clean),
-  with the hooked layer's output replaced by the SAE reconstruction ("sae") or by zeros ("zero").
+- Splice metrics, the layer's output replaced by the SAE reconstruction ("sae", at kept positions
+  only) or by zeros ("zero"): ``kl_score`` = (KL_zero − KL_sae) / KL_zero and ``ce_score`` =
+  (CE_zero − CE_sae) / (CE_zero − CE_clean), SAEBench's definition (default): the zero baseline
+  zeroes *every* position, BOS included; KL is averaged over every kept input position including
+  the last; CE over every kept input position but the last, whatever its target.
+  Named alternative ``kl_score_keep_bos`` / ``ce_score_keep_bos`` (this repo's first definition):
+  the zero baseline keeps special positions clean; KL skips the last position; CE only scores
+  positions whose target is kept too. Zeroing BOS (an attention sink) changes KL_zero and CE_zero,
+  so the two definitions give different scores for the same SAE.
 
 ``evaluate_core`` runs all of them on a model through ``saelib.hooks`` (special tokens excluded).
 """
@@ -24,7 +39,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["CoreAccumulator", "reconstruction_metrics", "feature_density", "kl_score", "ce_score", "evaluate_core"]
+__all__ = ["CoreAccumulator", "reconstruction_metrics", "feature_density", "kl_score", "ce_score", "splice_scores", "evaluate_core"]
 
 
 def kl_score(kl_sae: float, kl_zero: float) -> float:
@@ -159,6 +174,25 @@ def reconstruction_metrics(x_ND: Tensor, x_hat_ND: Tensor, f_NF: Tensor, *, batc
     return acc.result()
 
 
+def splice_scores(s: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Core splice metrics from ``saelib.hooks.spliced_kl_ce`` results with patches ``sae``,
+    ``zero`` (patched everywhere) and ``zero_keep_bos`` (kept positions only), scored with
+    ``saebench_positions``: SAEBench's ``kl_*``/``ce_*`` and the ``*_keep_bos`` alternative."""
+    sae, zero, zkb, clean = s["sae"], s["zero"], s["zero_keep_bos"], s["clean"]
+    return {
+        "kl_sae": sae["kl_saebench"], "kl_zero": zero["kl_saebench"],
+        "kl_score": kl_score(sae["kl_saebench"], zero["kl_saebench"]),
+        "ce_clean": clean["ce_saebench"], "ce_sae": sae["ce_saebench"], "ce_zero": zero["ce_saebench"],
+        "ce_score": ce_score(sae["ce_saebench"], zero["ce_saebench"], clean["ce_saebench"]),
+        "n_tokens_splice": float(sae["n_kl_saebench"]),
+        "kl_sae_keep_bos": sae["kl"], "kl_zero_keep_bos": zkb["kl"],
+        "kl_score_keep_bos": kl_score(sae["kl"], zkb["kl"]),
+        "ce_clean_keep_bos": clean["ce"], "ce_sae_keep_bos": sae["ce"], "ce_zero_keep_bos": zkb["ce"],
+        "ce_score_keep_bos": ce_score(sae["ce"], zkb["ce"], clean["ce"]),
+        "n_tokens_splice_keep_bos": float(sae["n_tokens"]),
+    }
+
+
 @torch.no_grad()
 def evaluate_core(
     sae: Any,
@@ -203,14 +237,11 @@ def evaluate_core(
     out["n_sequences"] = int(tokens_NS.shape[0])
     if compute_kl:
         kl_tokens = tokens_NS if n_kl_sequences is None else tokens_NS[:n_kl_sequences]
-        patches = {"sae": lambda x_ND: sae.decode(sae.encode(x_ND)), "zero": torch.zeros_like}
-        s = spliced_kl_ce(model, kl_tokens, layer, patches, batch_size=batch_size, token_chunk=token_chunk, progress=progress)
-        out.update({
-            "kl_sae": s["sae"]["kl"], "kl_zero": s["zero"]["kl"], "kl_score": kl_score(s["sae"]["kl"], s["zero"]["kl"]),
-            "ce_clean": s["clean"]["ce"], "ce_sae": s["sae"]["ce"], "ce_zero": s["zero"]["ce"],
-            "ce_score": ce_score(s["sae"]["ce"], s["zero"]["ce"], s["clean"]["ce"]),
-            "n_tokens_splice": float(s["sae"]["n_tokens"]),
-        })
+        patches = {"sae": lambda x_ND: sae.decode(sae.encode(x_ND)), "zero": torch.zeros_like,
+                   "zero_keep_bos": torch.zeros_like}
+        s = spliced_kl_ce(model, kl_tokens, layer, patches, batch_size=batch_size, token_chunk=token_chunk,
+                          patch_everywhere=("zero",), saebench_positions=True, progress=progress)
+        out.update(splice_scores(s))
     out["feature_density_F"] = acc.density()
     if was_training:
         sae.train()

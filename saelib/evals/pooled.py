@@ -13,8 +13,6 @@ affine), so the mean-pooled x' = x̄ − Σ_{i∈S} f̄_i W_dec[i]: mean-pooled 
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -24,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..io import atomic_save_safetensors
+from .common import content_key, load_cached, save_cached, stored_key
 
 
 @dataclass
@@ -77,21 +75,27 @@ class PooledActs:
         return self.offsets_N1[1:] - self.offsets_N1[:-1]
 
     def save(self, path: str | Path) -> Path:
-        meta = {k: json.dumps(v) for k, v in self.meta.items()}
-        return atomic_save_safetensors(path, {"acts_TD": self.acts_TD, "offsets_N1": self.offsets_N1,
-                                              "xbar_ND": self.xbar_ND}, metadata=meta)
+        """Write the cache atomically, keyed by ``meta["fingerprint"]`` (see :func:`load_or_build`)."""
+        key = self.meta.get("fingerprint")
+        if not key:
+            raise ValueError("PooledActs.save needs meta['fingerprint'] (the cache key); use load_or_build")
+        meta = {k: v for k, v in self.meta.items() if k != "cache_hit"}
+        return save_cached(path, key, {"acts_TD": self.acts_TD, "offsets_N1": self.offsets_N1,
+                                       "xbar_ND": self.xbar_ND}, meta)
 
     @classmethod
-    def load(cls, path: str | Path) -> "PooledActs":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
+    def load(cls, path: str | Path, fingerprint: str | None = None) -> "PooledActs | None":
+        """The cache at ``path`` if it was saved under ``fingerprint`` (None: the one in the file); None
+        when the file is missing or keyed differently."""
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"pooled activation cache {path} does not exist")
-        tensors = load_file(str(path))
-        with safe_open(str(path), framework="pt") as fh:
-            meta = {k: json.loads(v) for k, v in (fh.metadata() or {}).items()}
+        if fingerprint is None:
+            if not path.exists():
+                raise FileNotFoundError(f"pooled activation cache {path} does not exist")
+            fingerprint = stored_key(path)
+        found = load_cached(path, fingerprint) if fingerprint else None
+        if found is None:
+            return None
+        tensors, meta = found
         return cls(tensors["acts_TD"], tensors["offsets_N1"], tensors["xbar_ND"], meta)
 
 
@@ -105,12 +109,9 @@ def segment_mean(x_TD: Tensor, offsets_N1: Tensor) -> Tensor:
 
 
 def texts_fingerprint(texts: Sequence[str], *, model: str, layer: int, context: int) -> str:
-    """sha256 over the model name, layer, context and every text (order matters)."""
-    h = hashlib.sha256(f"{model}\0{layer}\0{context}\0".encode())
-    for text in texts:
-        h.update(text.encode("utf-8"))
-        h.update(b"\0\1")
-    return h.hexdigest()
+    """Cache key (:func:`saelib.evals.common.content_key`) of the model name, layer, context and
+    every text (order matters)."""
+    return content_key({"kind": "pooled", "model": model, "layer": int(layer), "context": int(context)}, list(texts))
 
 
 def tokenize_texts(tokenizer, texts: Sequence[str], context: int) -> list[list[int]]:
@@ -182,11 +183,10 @@ def load_or_build(model: "object | Callable[[], object]", texts: Sequence[str], 
     cfg = cfg or PooledConfig()
     fp = texts_fingerprint(texts, model=model_name, layer=layer, context=cfg.context)
     path = cache_path(cache_dir, model=model_name, layer=layer, context=cfg.context, name=name, fingerprint=fp)
-    if path.exists():
-        pooled = PooledActs.load(path)
-        if pooled.meta.get("fingerprint") == fp:
-            pooled.meta["cache_hit"] = True
-            return pooled
+    pooled = PooledActs.load(path, fp)
+    if pooled is not None:
+        pooled.meta["cache_hit"] = True
+        return pooled
     loaded = model() if callable(model) else model
     if loaded.name != model_name:
         raise ValueError(f"cache for {model_name!r} requested but the model is {loaded.name!r}")
@@ -230,15 +230,59 @@ def pooled_latents(sae, pooled: PooledActs, *, rows: Sequence[int] | np.ndarray 
     return out_NF / counts[:, None]
 
 
-def ablate_pooled(xbar_ND: Tensor, fbar_NF: Tensor, W_dec_FD: Tensor, latents: Sequence[int] | Tensor) -> Tensor:
-    """Mean-pooled residual after zero-ablating ``latents`` with the SAE error term kept:
-    ``x̄ − f̄[:, S] W_dec[S]`` (exact for an affine decoder)."""
+SPECIAL_POSITIONS = ("saebench", "kept_only")
+"""How an ablation treats the special positions: ``saebench`` (default) as SAEBench — every position of
+the text padded to ``context`` is encoded, BOS/PAD as zero vectors, and their change is pooled;
+``kept_only`` (named alternative) — only the kept tokens change."""
+
+
+@dataclass
+class SpecialPositions:
+    """What SAEBench's ablation adds at the zeroed BOS/PAD positions of each text.
+
+    A zero input still fires latents when the encoder has a bias (a TopK SAE always fires k), so
+    zero-ablating latent i there moves that position by −f_i(0) W_dec[i]; SAEBench sums every position
+    and divides by the kept count."""
+
+    f0_F: Tensor
+    """Latents of a zero input, ``sae.encode(0)`` (float32)."""
+    weight_N: Tensor
+    """Zeroed positions per kept token of each text, (context − kept) / kept (float32)."""
+
+    def rows(self, rows) -> "SpecialPositions":
+        """The same for a subset of texts."""
+        return SpecialPositions(self.f0_F, self.weight_N[torch.as_tensor(np.asarray(rows), dtype=torch.long)])
+
+
+@torch.no_grad()
+def special_positions(sae, pooled: PooledActs, cfg: PooledConfig | None = None) -> SpecialPositions:
+    """:class:`SpecialPositions` of ``sae`` on the texts of ``pooled`` padded to ``cfg.context``."""
+    cfg = cfg or PooledConfig()
+    counts_N = pooled.counts()
+    if int(counts_N.max()) > cfg.context:
+        raise ValueError(f"a text has {int(counts_N.max())} kept tokens, more than the context {cfg.context}")
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
+        f0_F = sae.encode(torch.zeros(1, pooled.d_model)).float()[0]
+    return SpecialPositions(f0_F, (cfg.context - counts_N).float() / counts_N.float())
+
+
+def ablate_pooled(xbar_ND: Tensor, fbar_NF: Tensor, W_dec_FD: Tensor, latents: Sequence[int] | Tensor,
+                  special: SpecialPositions | None = None) -> Tensor:
+    """Mean-pooled residual after zero-ablating ``latents`` with the SAE error term kept (exact for an
+    affine decoder): ``x̄ − f̄[:, S] W_dec[S]`` over the kept tokens only (``special`` None), or, with
+    ``special`` (SAEBench), also the zeroed BOS/PAD positions' change:
+    ``x̄ − (f̄[:, S] + w_n f⁰[S]) W_dec[S]``."""
     idx = torch.as_tensor(latents, dtype=torch.long).reshape(-1)
-    if idx.numel() == 0:
-        return xbar_ND.float().clone()
     if xbar_ND.shape[0] != fbar_NF.shape[0]:
         raise ValueError(f"xbar has {xbar_ND.shape[0]} rows but fbar has {fbar_NF.shape[0]}")
-    return xbar_ND.float() - fbar_NF[:, idx].float() @ W_dec_FD[idx].float()
+    if idx.numel() == 0:
+        return xbar_ND.float().clone()
+    f_NS = fbar_NF[:, idx].float()
+    if special is not None:
+        if special.weight_N.shape[0] != xbar_ND.shape[0]:
+            raise ValueError(f"special positions for {special.weight_N.shape[0]} texts, xbar has {xbar_ND.shape[0]}")
+        f_NS = f_NS + special.weight_N[:, None].float() * special.f0_F[idx][None, :].float()
+    return xbar_ND.float() - f_NS @ W_dec_FD[idx].float()
 
 
 @torch.no_grad()
@@ -357,4 +401,4 @@ def sae_config_dict(sae) -> dict:
 
 
 __all__ = ["TaskDataConfig", "SourceData", "load_source_data", "sae_config_dict", "PooledConfig", "PooledActs", "segment_mean", "texts_fingerprint", "tokenize_texts", "build_pooled",
-           "cache_path", "load_or_build", "pooled_latents", "ablate_pooled", "check_affine_decoder"]
+           "cache_path", "load_or_build", "pooled_latents", "ablate_pooled", "SPECIAL_POSITIONS", "SpecialPositions", "special_positions", "check_affine_decoder"]

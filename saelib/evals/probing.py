@@ -7,16 +7,18 @@ features by |mean_pos − mean_neg| on the train set feed an L2 logistic regress
 over ``k_values`` plus "all" (every feature). Keys follow SAEBench: ``sae_top_{k}_test_accuracy``,
 ``sae_test_accuracy`` (all latents), ``llm_top_{k}_test_accuracy``, ``llm_test_accuracy``.
 
-SAEBench fits the all-feature probes with a torch probe on GPU because sklearn was slow at width
-16k; here every probe is sklearn's ``LogisticRegression`` (L2, C = 1, max_iter 1000; newton-cholesky
-up to 64 features, lbfgs above — the same objective), on raw features as in SAEBench. SCR and TPP use SAEBench's other probe (:func:`train_torch_probe`: AdamW, BCE,
-L1 penalty on the weights, batch 16), whose small batch shapes how much of a spurious attribute
-the probe picks up.
+The top-k probes are sklearn's ``LogisticRegression`` (L2, C = 1, max_iter 1000; newton-cholesky up
+to 64 features, lbfgs above — the same objective as SAEBench's lbfgs), on raw features as in SAEBench.
+The all-features probe follows SAEBench (``all_probe="torch"``): its torch probe (AdamW, BCE, batch 250,
+lr 1e-2, up to 100 epochs with patience 10, the first best-test epoch); ``all_probe="sklearn"`` is the
+named alternative (the L2 regression above, which scored higher on the review's inputs: 0.925 vs 0.845).
+SCR and TPP use the same trainer, :func:`train_torch_probe`, with SAEBench's SCR settings (batch 16, lr
+1e-3, 20 epochs, L1 1e-3 on the weights), whose small batch shapes how much of a spurious attribute the
+probe picks up.
 """
 from __future__ import annotations
 
-import copy
-from contextlib import contextmanager
+import dataclasses
 import hashlib
 import math
 import warnings
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .common import limit_threads, saebench_document, write_saebench_json
 from .pooled import TaskDataConfig, TaskEvalConfig
 
 if TYPE_CHECKING:
@@ -41,6 +44,10 @@ class ProbingConfig:
     """Numbers of top features by |mean difference| given to the probe."""
     include_all: bool = True
     """Also fit a probe on every feature (``sae_test_accuracy`` / ``llm_test_accuracy``)."""
+    all_probe: str = "torch"
+    """Probe on every feature: ``torch`` (SAEBench: :func:`train_torch_probe` with :data:`SPALL_PROBE`,
+    AdamW, batch 250, lr 1e-2, up to 100 epochs, best test epoch, patience 10) or the named alternative
+    ``sklearn`` (the same L2 logistic regression as the top-k probes)."""
     C: float = 1.0
     """Inverse L2 strength of the logistic regression."""
     max_iter: int = 1000
@@ -52,6 +59,10 @@ class ProbingConfig:
     fitting (changes the effective L2 strength only). Off by default: SAEBench fits raw features.
     Gemma-3-270M's pooled residual has a few huge dimensions, so this scalar over-regularises the
     ordinary ones (lower accuracy); it is kept for experiments."""
+
+
+ALL_PROBES = ("torch", "sklearn")
+"""Probes for the all-features accuracy: SAEBench's torch probe, or the sklearn L2 alternative."""
 
 
 def _stable_int(*parts: object) -> int:
@@ -129,6 +140,8 @@ def logistic_accuracy(X_train, y_train, X_test, y_test, *, C: float = 1.0, max_i
 def sparse_probe(X_NF, labels, splits, *, cfg: ProbingConfig | None = None, prefix: str = "sae") -> dict[str, dict[str, float]]:
     """Per-class accuracies of one task: ``{f"{prefix}_top_{k}_test_accuracy": {cls: acc}, f"{prefix}_test_accuracy": {...}}``."""
     cfg = cfg or ProbingConfig()
+    if cfg.all_probe not in ALL_PROBES:
+        raise ValueError(f"probing.all_probe must be one of {ALL_PROBES}, got {cfg.all_probe!r}")
     X = X_NF.float().numpy() if isinstance(X_NF, Tensor) else np.asarray(X_NF, dtype=np.float32)
     labels = np.asarray(labels).astype(str)
     if X.shape[0] != labels.shape[0]:
@@ -136,19 +149,10 @@ def sparse_probe(X_NF, labels, splits, *, cfg: ProbingConfig | None = None, pref
     if cfg.normalize:
         X = X * feature_scale(X[np.asarray(splits).astype(str) == "train"])
     out: dict[str, dict[str, float]] = {}
-    with _one_thread():
+    with limit_threads(1):
         for cls in sorted(set(labels.tolist())):
             _probe_class(out, X, labels, splits, cls, cfg, prefix)
     return out
-
-
-@contextmanager
-def _one_thread():
-    """Run BLAS/OpenMP in one thread: small probe fits are overhead-bound on a shared 2-core machine."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1):
-        yield
 
 
 def _probe_class(out: dict, X: np.ndarray, labels: np.ndarray, splits, cls: str, cfg: ProbingConfig, prefix: str) -> None:
@@ -157,7 +161,12 @@ def _probe_class(out: dict, X: np.ndarray, labels: np.ndarray, splits, cls: str,
     (itr, ytr), (ite, yte) = sets["train"], sets["test"]
     Xtr, Xte = X[itr], X[ite]
     if cfg.include_all:
-        out.setdefault(f"{prefix}_test_accuracy", {})[cls] = logistic_accuracy(Xtr, ytr, Xte, yte, C=cfg.C, max_iter=cfg.max_iter)
+        if cfg.all_probe == "torch":
+            probe_cfg = dataclasses.replace(SPALL_PROBE, seed=_stable_int(cfg.seed, cls, "all") % (2 ** 31))
+            _, acc = train_torch_probe(torch.from_numpy(Xtr), ytr, torch.from_numpy(Xte), yte, probe_cfg)
+        else:
+            acc = logistic_accuracy(Xtr, ytr, Xte, yte, C=cfg.C, max_iter=cfg.max_iter)
+        out.setdefault(f"{prefix}_test_accuracy", {})[cls] = acc
     for k in cfg.k_values:
         feats = top_k_mean_diff(Xtr, ytr, k)
         out.setdefault(f"{prefix}_top_{k}_test_accuracy", {})[cls] = logistic_accuracy(
@@ -187,7 +196,8 @@ def average_over_tasks(per_task: dict[str, dict[str, float]]) -> dict[str, float
 # --------------------------------------------------------------------------------------------
 @dataclass
 class ProbeTrainConfig:
-    """SAEBench's SCR/TPP probe training (``ScrAndTppEvalConfig``)."""
+    """The one torch linear-probe trainer (SAEBench's ``train_probe_gpu``). Defaults: SAEBench's SCR/TPP
+    probe (``ScrAndTppEvalConfig``); :data:`SPALL_PROBE` is its sparse-probing "all latents" probe."""
 
     epochs: int = 20
     """Passes over the train set."""
@@ -196,24 +206,30 @@ class ProbeTrainConfig:
     batch_size: int = 16
     """Train batch (SAEBench: do not change, it sets how much spurious signal the probe learns)."""
     l1_penalty: float = 1e-3
-    """Coefficient of Σ|w| added to the BCE loss."""
-    min_steps: int = 1000
-    """Train for more epochs when ``epochs`` would give fewer optimiser steps than this. SAEBench's
-    20 epochs over 4000 examples are 5000 steps; 20 epochs over the few hundred examples of the CPU
-    profiles are ~200 steps and leave the probe near its random initialisation. No effect at
-    SAEBench's sizes."""
-    select_on_test: bool = False
-    """Keep the epoch with the best test accuracy, as SAEBench does (True), or the last epoch (False,
-    default). SAEBench keeps the *first* epoch that reaches the best accuracy; on a biased set that
-    is separable after one epoch (review domain is) that is a barely trained probe whose weight on
-    the other attribute is still its random initialisation, and SCR turns into noise."""
-    normalize_inputs: bool = True
-    """Train on (x − μ)·s, μ the train mean and s = √D / mean ‖x − μ‖ (one scalar). SAEBench trains
-    on raw activations; Gemma-3-270M's pooled residual sits far from the origin (norm ~5800, a few
-    huge dimensions), where AdamW at lr 1e-3 for 20 epochs cannot move the bias far enough and the
-    probe stays near chance. The probe is still linear in x: ``LinearProbe`` keeps μ and s."""
+    """Coefficient of Σ|w| added to the BCE loss (0: none)."""
+    early_stopping_patience: int = 20
+    """With ``select_on_test``: stop after this many epochs without a new best test accuracy (SAEBench:
+    20 = epochs for SCR/TPP, i.e. never; 10 for the all-latents probe)."""
+    select_on_test: bool = True
+    """Keep the first epoch with the best test accuracy, as SAEBench does (default). Named alternative
+    ``False``: the last epoch. On a biased set that is separable after one epoch, SAEBench's choice is a
+    barely trained probe whose weight on the other attribute is still its random initialisation."""
+    min_steps: int = 0
+    """Named alternative (0 = SAEBench): train for more epochs when ``epochs`` would give fewer optimiser
+    steps than this. SAEBench's 20 epochs over 4000 examples are 5000 steps; over the few hundred examples
+    of the CPU profiles they are ~200 and leave the probe near its random initialisation."""
+    normalize_inputs: bool = False
+    """Named alternative (False = SAEBench, raw activations): train on (x − μ)·s, μ the train mean and
+    s = √D / mean ‖x − μ‖ (one scalar). Gemma-3-270M's pooled residual sits far from the origin (norm
+    ~5800, a few huge dimensions), where AdamW at lr 1e-3 for 20 epochs barely moves the bias. The probe
+    stays linear in x: ``LinearProbe`` keeps μ and s."""
     seed: int = 42
-    """Seed of the initialisation and batch order."""
+    """Seed of the initialisation and batch order (``torch.manual_seed`` inside a forked RNG, so
+    SAEBench's trainer after ``torch.manual_seed(seed)`` sees the same numbers)."""
+
+
+SPALL_PROBE = ProbeTrainConfig(epochs=100, lr=1e-2, batch_size=250, l1_penalty=0.0, early_stopping_patience=10)
+"""SAEBench's sparse-probing probe on all features (``sae_test_accuracy`` / ``llm_test_accuracy``)."""
 
 
 @dataclass
@@ -252,58 +268,71 @@ class LinearProbe:
 
 
 def train_torch_probe(X_train: Tensor, y_train, X_test: Tensor, y_test, cfg: ProbeTrainConfig | None = None) -> tuple[LinearProbe, float]:
-    """SAEBench's linear probe: AdamW on BCE + l1·Σ|w|, minibatches, ``epochs`` passes; returns the
-    probe (best test epoch when ``select_on_test``) and its test accuracy."""
+    """SAEBench's linear probe: AdamW on BCE (+ l1·Σ|w|), minibatches in a fresh random order each epoch,
+    up to ``epochs`` passes; returns the probe (first best-test epoch when ``select_on_test``, else the
+    last) and its test accuracy. The global torch RNG is left as it was."""
     cfg = cfg or ProbeTrainConfig()
     X_train = torch.as_tensor(X_train).float()
     X_test = torch.as_tensor(X_test).float()
     ytr = torch.as_tensor(np.asarray(y_train)).float()
-    yte = np.asarray(y_test)
+    yte = torch.as_tensor(np.asarray(y_test)).long()
     if X_train.ndim != 2 or X_train.shape[0] != ytr.shape[0]:
         raise ValueError(f"X_train must be (N, D) matching y, got {tuple(X_train.shape)} and {tuple(ytr.shape)}")
-    if not torch.isfinite(X_train).all():
+    if X_test.ndim != 2 or X_test.shape[1] != X_train.shape[1] or X_test.shape[0] != yte.shape[0]:
+        raise ValueError(f"X_test must be (M, {X_train.shape[1]}) matching y_test, got {tuple(X_test.shape)}")
+    if not (torch.isfinite(X_train).all() and torch.isfinite(X_test).all()):
         raise ValueError("probe inputs contain NaN or inf")
     scale, center = 1.0, None
     if cfg.normalize_inputs:
         center = X_train.mean(0)
         scale = float(math.sqrt(X_train.shape[1]) / (X_train - center).norm(dim=1).mean().clamp_min(1e-12))
-    gen = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-    net = torch.nn.Linear(X_train.shape[1], 1)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr)
+    Xs = X_train if center is None else (X_train - center) * scale
+    Xs_test = X_test if center is None else (X_test - center) * scale
+    # tiny ops: thread hand-offs cost 10x the maths on a busy 2-core machine
+    with limit_threads(1, blas=False), torch.random.fork_rng(devices=[]), torch.enable_grad():
+        torch.manual_seed(cfg.seed)
+        net = torch.nn.Linear(X_train.shape[1], 1, bias=True)
+        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr)
+        w, b, acc = _train_loop(net, opt, Xs, ytr, Xs_test, yte, cfg)
+    return LinearProbe(w, b, scale, center), acc
+
+
+def _net_accuracy(net: torch.nn.Linear, X: Tensor, y: Tensor) -> float:
+    with torch.no_grad():
+        return float(((net(X).squeeze(-1) > 0.0).long() == y).float().mean())
+
+
+def _train_loop(net: torch.nn.Linear, opt, Xs: Tensor, ytr: Tensor, Xs_test: Tensor, yte: Tensor,
+                cfg: ProbeTrainConfig) -> tuple[Tensor, float, float]:
+    """Minibatch AdamW epochs (SAEBench's order of random draws); returns (weight, bias, test accuracy)
+    of the kept epoch."""
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    Xs = (X_train if center is None else X_train - center) * scale
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops: thread hand-offs cost 10x the maths on a busy 2-core machine
-    try:
-        best, best_acc = _train_loop(net, opt, loss_fn, Xs, ytr, X_test, yte, cfg, gen, scale, center)
-    finally:
-        torch.set_num_threads(threads)
-    return best, best_acc
-
-
-def _train_loop(net, opt, loss_fn, Xs: Tensor, ytr: Tensor, X_test: Tensor, yte: np.ndarray,
-                cfg: ProbeTrainConfig, gen: torch.Generator, scale: float, center: Tensor | None) -> tuple[LinearProbe, float]:
-    """Minibatch AdamW epochs; keeps the best-test (or last) epoch's probe."""
-    best, best_acc = None, -1.0
     steps_per_epoch = math.ceil(Xs.shape[0] / cfg.batch_size)
     epochs = max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch))
-    with torch.enable_grad():
-        for _ in range(epochs):
-            order = torch.randperm(Xs.shape[0], generator=gen)
-            for s in range(0, Xs.shape[0], cfg.batch_size):
-                idx = order[s:s + cfg.batch_size]
-                loss = loss_fn(net(Xs[idx]).squeeze(-1), ytr[idx])
-                if cfg.l1_penalty:
-                    loss = loss + cfg.l1_penalty * net.weight.abs().sum()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            probe = LinearProbe(net.weight.detach().reshape(-1).clone(), float(net.bias.detach()), scale, center)
-            acc = probe.accuracy(X_test, yte)
-            if not cfg.select_on_test or acc > best_acc:
-                best, best_acc = copy.deepcopy(probe), acc
-    return best, best_acc
+    best: tuple[Tensor, float, float] | None = None
+    best_acc, stale = 0.0, 0
+    for _ in range(epochs):
+        order = torch.randperm(Xs.shape[0])
+        for s in range(0, Xs.shape[0], cfg.batch_size):
+            idx = order[s:s + cfg.batch_size]
+            loss = loss_fn(net(Xs[idx]).squeeze(-1), ytr[idx])
+            if cfg.l1_penalty:
+                loss = loss + cfg.l1_penalty * net.weight.abs().sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        acc = _net_accuracy(net, Xs_test, yte)
+        current = (net.weight.detach().reshape(-1).clone(), float(net.bias.detach()), acc)
+        if not cfg.select_on_test:
+            best = current
+            continue
+        if acc > best_acc:
+            best, best_acc, stale = current, acc, 0
+        else:
+            stale += 1
+            if stale >= cfg.early_stopping_patience:
+                break
+    return best if best is not None else current
 
 
 # --------------------------------------------------------------------------------------------
@@ -421,21 +450,13 @@ def probing_output(prep: ProbingPrep, result: dict, *, variant: str, sae_cfg: di
     from dataclasses import asdict
 
     overall = average_over_tasks(result["per_task"])
-    return {
-        "eval_type_id": EVAL_TYPE_ID,
-        "variant": variant,
-        "eval_config": {"tasks": list(prep.tasks), **asdict(prep.cfg.probing), **_data_settings(prep.cfg.data)},
-        "eval_result_metrics": {
-            "llm": {k: v for k, v in overall.items() if k.startswith("llm_")},
-            "sae": {k: v for k, v in overall.items() if k.startswith("sae_")},
-        },
-        "eval_result_details": [{"dataset_name": name, **vals} for name, vals in result["per_task"].items()],
-        "eval_result_unstructured": result["per_class"],
-        "skipped_tasks": list(prep.skipped),
-        "eval_seconds": result["seconds"],
-        "sae_cfg_dict": sae_cfg or {},
-        **(extra or {}),
-    }
+    metrics = {"llm": {k: v for k, v in overall.items() if k.startswith("llm_")},
+               "sae": {k: v for k, v in overall.items() if k.startswith("sae_")}}
+    return saebench_document(
+        EVAL_TYPE_ID, {"tasks": list(prep.tasks), **asdict(prep.cfg.probing), **_data_settings(prep.cfg.data)},
+        metrics, [{"dataset_name": name, **vals} for name, vals in result["per_task"].items()],
+        eval_result_unstructured=result["per_class"], sae_cfg_dict=sae_cfg,
+        extra={"variant": variant, "skipped_tasks": list(prep.skipped), "eval_seconds": result["seconds"], **(extra or {})})
 
 
 def per_task_table(result: dict):
@@ -474,11 +495,11 @@ def save_probing_results(prep: ProbingPrep, result: dict, out_dir, variant: str,
     """Write ``<out_dir>/<variant>.json`` (SAEBench-shaped) and ``<out_dir>/<variant>_per_task.csv``."""
     from pathlib import Path
 
-    from ..io import atomic_write_json, atomic_write_text
+    from ..io import atomic_write_text
 
     out_dir = Path(out_dir)
     payload = probing_output(prep, result, variant=variant, sae_cfg=sae_cfg, extra=extra)
-    json_path = atomic_write_json(out_dir / f"{variant}.json", payload)
+    json_path = write_saebench_json(out_dir / f"{variant}.json", payload)
     csv_path = atomic_write_text(out_dir / f"{variant}_per_task.csv", per_task_table(result).to_csv(index=False))
     return json_path, csv_path
 
@@ -506,5 +527,5 @@ def _data_settings(data) -> dict:
     return {**d, "context_length": pooled["context"]}
 
 
-__all__ = ["k_curve", "tasks_summary", "llm_table", "save_probing_results", "ProbingEvalConfig", "ProbingPrep", "prepare_probing", "probe_sae", "probing_output", "per_task_table", "OFFLINE_PROBING_TASKS", "ProbingConfig", "ProbeTrainConfig", "LinearProbe", "one_vs_rest", "top_k_mean_diff", "logistic_accuracy",
+__all__ = ["k_curve", "tasks_summary", "llm_table", "save_probing_results", "ProbingEvalConfig", "ProbingPrep", "prepare_probing", "probe_sae", "probing_output", "per_task_table", "OFFLINE_PROBING_TASKS", "ProbingConfig", "ProbeTrainConfig", "SPALL_PROBE", "ALL_PROBES", "LinearProbe", "one_vs_rest", "top_k_mean_diff", "logistic_accuracy",
            "sparse_probe", "mean_over_classes", "average_over_tasks", "train_torch_probe"]

@@ -31,7 +31,8 @@ from torch import Tensor
 if TYPE_CHECKING:
     from .pooled import SourceData
 
-from .pooled import TaskDataConfig, TaskEvalConfig, ablate_pooled
+from .common import saebench_document, write_saebench_json
+from .pooled import SPECIAL_POSITIONS, SpecialPositions, TaskDataConfig, TaskEvalConfig, ablate_pooled
 from .probing import LinearProbe, ProbeTrainConfig, train_torch_probe
 
 N_VALUES = (2, 5, 10, 20, 50, 100, 500)
@@ -46,6 +47,14 @@ class AblationProbeConfig:
     """Numbers of top latents to ablate."""
     probe: ProbeTrainConfig = field(default_factory=ProbeTrainConfig)
     """Probe training."""
+    special_positions: str = "saebench"
+    """Ablation at BOS/PAD: ``saebench`` (default: the zeroed special positions of each text padded to
+    the context are encoded too and their change is pooled) or ``kept_only`` (named alternative: only
+    the kept tokens change). See :class:`saelib.evals.pooled.SpecialPositions`."""
+
+    def __post_init__(self) -> None:
+        if self.special_positions not in SPECIAL_POSITIONS:
+            raise ValueError(f"special_positions must be one of {SPECIAL_POSITIONS}, got {self.special_positions!r}")
 
     @classmethod
     def from_block(cls, block: dict | None, *, what: str, outer: set[str] = frozenset()):
@@ -179,52 +188,75 @@ DIRECTIONS = {1: ("b", "a"), 2: ("a", "b")}
 
 
 def ablation_accuracies(side: ScrModelSide, xbar_ND: Tensor, fbar_NF: Tensor, W_dec_FD: Tensor,
-                        latents: Tensor | Sequence[int], *, direction: int) -> dict[str, float]:
+                        latents: Tensor | Sequence[int], *, direction: int,
+                        special: SpecialPositions | None = None) -> dict[str, float]:
     """Accuracies after ablating ``latents`` in direction 1 (B latents, A test set) or 2: the biased
     probe on the evaluated set, that attribute's own probe on it, and the ablated attribute's probe
-    on its own test set."""
+    on its own test set. ``special`` (rows as ``xbar_ND``): SAEBench's ablation of the zeroed
+    BOS/PAD positions; None: kept tokens only."""
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be 1 or 2, got {direction}")
     ablate_key, eval_key = DIRECTIONS[direction]
     sets = side.sets
     te, y_te = sets.rows["test"][eval_key], sets.labels["test"][eval_key]
     other, y_other = sets.rows["test"][ablate_key], sets.labels["test"][ablate_key]
-    x_abl = ablate_pooled(xbar_ND[te], fbar_NF[te], W_dec_FD, latents)
-    x_other = ablate_pooled(xbar_ND[other], fbar_NF[other], W_dec_FD, latents)
+    x_abl = ablate_pooled(xbar_ND[te], fbar_NF[te], W_dec_FD, latents, None if special is None else special.rows(te))
+    x_other = ablate_pooled(xbar_ND[other], fbar_NF[other], W_dec_FD, latents,
+                            None if special is None else special.rows(other))
     return {"biased_probe_acc": side.probes["biased"].accuracy(x_abl, y_te),
             f"{eval_key}_probe_acc": side.probes[eval_key].accuracy(x_abl, y_te),
             f"{ablate_key}_probe_acc": side.probes[ablate_key].accuracy(x_other, y_other)}
 
 
 def scr_for_sae(side: ScrModelSide, xbar_ND: Tensor, fbar_NF: Tensor, W_dec_FD: Tensor,
-                cfg: ScrConfig | None = None) -> dict:
+                cfg: ScrConfig | None = None, special: SpecialPositions | None = None) -> dict:
     """SCR metrics of one SAE on one task.
 
-    ``xbar_ND`` / ``fbar_NF`` are indexed by the rows in ``side.sets`` (mean-pooled residuals and
-    latents of the same texts). Returns ``{"metrics": {scr_dir1_threshold_n, scr_dir2_threshold_n,
+    ``xbar_ND`` / ``fbar_NF`` (and ``special``, SAEBench's special-position ablation; None = kept
+    tokens only) are indexed by the rows in ``side.sets`` (mean-pooled residuals and latents of the
+    same texts). Returns ``{"metrics": {scr_dir1_threshold_n, scr_dir2_threshold_n,
     scr_metric_threshold_n}, "details": {...}}``."""
     cfg = cfg or ScrConfig()
     sets = side.sets
     eff = {key: latent_effects(fbar_NF[sets.rows["train"][key]], sets.labels["train"][key],
                                side.probes[key].weight_D, W_dec_FD) for key in ("a", "b")}
-    metrics: dict[str, float] = {}
     details: dict[str, dict] = {"clean": dict(side.clean), "ablated": {}, "latents": {}}
     # dir1: ablate B latents, biased probe on A data; dir2: ablate A latents, biased probe on B data
-    directions = DIRECTIONS
-    lower_dir = 1 if side.clean["biased_on_a"] <= side.clean["biased_on_b"] else 2
-    for d, (ablate_key, eval_key) in directions.items():
+    ablated: dict[int, dict[int, float]] = {}
+    for d, (ablate_key, _) in DIRECTIONS.items():
+        ablated[d] = {}
         for n in cfg.n_values:
             idx = top_n_latents(eff[ablate_key], n)
-            res = ablation_accuracies(side, xbar_ND, fbar_NF, W_dec_FD, idx, direction=d)
-            score = scr_score(res["biased_probe_acc"], side.clean[f"biased_on_{eval_key}"], side.clean[eval_key],
-                              min_denominator=cfg.min_denominator)
-            metrics[f"scr_dir{d}_threshold_{n}"] = score
-            if d == lower_dir:
-                metrics[f"scr_metric_threshold_{n}"] = score
+            res = ablation_accuracies(side, xbar_ND, fbar_NF, W_dec_FD, idx, direction=d, special=special)
+            ablated[d][n] = res["biased_probe_acc"]
             details["ablated"][f"dir{d}_n{n}"] = {**res, "n_ablated": int(idx.numel())}
             details["latents"][f"dir{d}_n{n}"] = idx.tolist()[:20]
-    details["metric_direction"] = lower_dir
-    return {"metrics": dict(sorted(metrics.items(), key=lambda kv: _key_order(kv[0]))), "details": details}
+    details["metric_direction"] = metric_direction(side.clean)
+    return {"metrics": scr_metrics(side.clean, ablated, min_denominator=cfg.min_denominator), "details": details}
+
+
+def metric_direction(clean: dict[str, float]) -> int:
+    """The direction ``scr_metric`` reports: the one whose biased-probe clean accuracy is lower (ties: 1;
+    SAEBench reports no ``scr_metric`` on an exact tie)."""
+    return 1 if clean["biased_on_a"] <= clean["biased_on_b"] else 2
+
+
+def scr_metrics(clean: dict[str, float], ablated: dict[int, dict[int, float]], *,
+                min_denominator: float = 0.001) -> dict[str, float]:
+    """SCR scores from accuracies: ``clean`` (``a``, ``b``: each attribute's own probe; ``biased_on_a``,
+    ``biased_on_b``: the biased probe) and ``ablated[d][n]`` (the biased probe after ablating the top n
+    latents in direction d, on the re-tested attribute). Keys ``scr_dir{d}_threshold_{n}`` and
+    ``scr_metric_threshold_{n}`` (:func:`metric_direction`)."""
+    metrics: dict[str, float] = {}
+    lower = metric_direction(clean)
+    for d, by_n in ablated.items():
+        eval_key = DIRECTIONS[d][1]
+        for n, acc in by_n.items():
+            score = scr_score(acc, clean[f"biased_on_{eval_key}"], clean[eval_key], min_denominator=min_denominator)
+            metrics[f"scr_dir{d}_threshold_{n}"] = score
+            if d == lower:
+                metrics[f"scr_metric_threshold_{n}"] = score
+    return dict(sorted(metrics.items(), key=lambda kv: _key_order(kv[0])))
 
 
 def _key_order(key: str) -> tuple:
@@ -321,7 +353,7 @@ def scr_sae(prep: ScrPrep, sae, *, fbar_cache: dict | None = None) -> dict:
     ``fbar_cache`` (source name → mean-pooled latents) lets TPP reuse latents of shared sources."""
     import time
 
-    from .pooled import check_affine_decoder, pooled_latents
+    from .pooled import check_affine_decoder, pooled_latents, special_positions
 
     start = time.time()
     fbar_cache = {} if fbar_cache is None else fbar_cache
@@ -332,7 +364,9 @@ def scr_sae(prep: ScrPrep, sae, *, fbar_cache: dict | None = None) -> dict:
             fbar_cache[td.source.name] = pooled_latents(sae, td.source.pooled, cfg=prep.cfg.data.pooled)
         fbar = fbar_cache[td.source.name]
         check_affine_decoder(sae, fbar[:8])
-        res = scr_for_sae(td.side, td.source.pooled.xbar_ND, fbar, W_dec_FD, prep.cfg.scr)
+        special = (special_positions(sae, td.source.pooled, prep.cfg.data.pooled)
+                   if prep.cfg.scr.special_positions == "saebench" else None)
+        res = scr_for_sae(td.side, td.source.pooled.xbar_ND, fbar, W_dec_FD, prep.cfg.scr, special)
         per_task[name] = res["metrics"]
         details[name] = {**res["details"], "quadrant_counts": td.quadrant_counts, "q": td.side.sets.q}
     return {"per_task": per_task, "details": details, "seconds": round(time.time() - start, 2)}
@@ -346,21 +380,15 @@ def scr_output(prep: ScrPrep, result: dict, *, variant: str, sae_cfg: dict | Non
 
     data = asdict(prep.cfg.data)
     pooled = data.pop("pooled")
-    return {
-        "eval_type_id": EVAL_TYPE_ID,
-        "variant": variant,
-        "eval_config": {"tasks": list(prep.tasks), "n_values": list(prep.cfg.scr.n_values),
-                        "min_denominator": prep.cfg.scr.min_denominator, **asdict(prep.cfg.scr.probe),
-                        "q_train": prep.cfg.q_train, "q_test": prep.cfg.q_test, **data,
-                        "context_length": pooled["context"]},
-        "eval_result_metrics": {"scr_metrics": average_over_tasks(result["per_task"])},
-        "eval_result_details": [{"dataset_name": f"{name}_results", **m} for name, m in result["per_task"].items()],
-        "eval_result_unstructured": result["details"],
-        "skipped_tasks": list(prep.skipped),
-        "eval_seconds": result["seconds"],
-        "sae_cfg_dict": sae_cfg or {},
-        **(extra or {}),
-    }
+    config = {"tasks": list(prep.tasks), "n_values": list(prep.cfg.scr.n_values),
+              "min_denominator": prep.cfg.scr.min_denominator, "special_positions": prep.cfg.scr.special_positions,
+              **asdict(prep.cfg.scr.probe),
+              "q_train": prep.cfg.q_train, "q_test": prep.cfg.q_test, **data, "context_length": pooled["context"]}
+    return saebench_document(
+        EVAL_TYPE_ID, config, {"scr_metrics": average_over_tasks(result["per_task"])},
+        [{"dataset_name": f"{name}_results", **m} for name, m in result["per_task"].items()],
+        eval_result_unstructured=result["details"], sae_cfg_dict=sae_cfg,
+        extra={"variant": variant, "skipped_tasks": list(prep.skipped), "eval_seconds": result["seconds"], **(extra or {})})
 
 
 def clean_table(prep: ScrPrep):
@@ -386,7 +414,7 @@ def headroom_table(prep: ScrPrep):
     rows = []
     for name, td in prep.tasks.items():
         clean = td.side.clean
-        metric_dir = 1 if clean["biased_on_a"] <= clean["biased_on_b"] else 2
+        metric_dir = metric_direction(clean)
         for d, (ablate_key, eval_key) in DIRECTIONS.items():
             rows.append({"task": name, "direction": f"dir{d}", "ablates": f"{ablate_key.upper()} latents",
                          "tested_on": eval_key.upper(), "acc_biased (S=0)": clean[f"biased_on_{eval_key}"],
@@ -403,11 +431,11 @@ def save_scr_results(prep: ScrPrep, result: dict, out_dir, variant: str, *, sae_
 
     import pandas as pd
 
-    from ..io import atomic_write_json, atomic_write_text
+    from ..io import atomic_write_text
 
     out_dir = Path(out_dir)
     payload = scr_output(prep, result, variant=variant, sae_cfg=sae_cfg, extra=extra)
-    json_path = atomic_write_json(out_dir / f"{variant}.json", payload)
+    json_path = write_saebench_json(out_dir / f"{variant}.json", payload)
     table = pd.DataFrame(result["per_task"]).T.rename_axis("task").reset_index()
     csv_path = atomic_write_text(out_dir / f"{variant}_per_task.csv", table.to_csv(index=False))
     return json_path, csv_path
@@ -432,4 +460,4 @@ def n_curve(per_task: dict[str, dict[str, float]]):
 
 
 __all__ = ["n_curve", "clean_table", "headroom_table", "save_scr_results", "ablation_accuracies", "DIRECTIONS", "ScrEvalConfig", "ScrPrep", "prepare_scr", "scr_sae", "scr_output", "OFFLINE_SCR_TASKS", "ScrConfig", "ScrSets", "ScrModelSide", "N_VALUES", "make_scr_sets", "scr_model_side", "latent_effects",
-           "top_n_latents", "scr_score", "scr_for_sae", "scr_all_rows"]
+           "top_n_latents", "scr_score", "scr_metrics", "metric_direction", "scr_for_sae", "scr_all_rows"]

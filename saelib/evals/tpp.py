@@ -24,7 +24,8 @@ from torch import Tensor
 if TYPE_CHECKING:
     from .pooled import SourceData
 
-from .pooled import TaskDataConfig, TaskEvalConfig, ablate_pooled
+from .common import saebench_document, write_saebench_json
+from .pooled import SpecialPositions, TaskDataConfig, TaskEvalConfig, ablate_pooled
 from .probing import LinearProbe, one_vs_rest, train_torch_probe
 from .scr import AblationProbeConfig, latent_effects, top_n_latents
 
@@ -69,31 +70,48 @@ def tpp_model_side(xbar_ND: Tensor, labels: np.ndarray, splits: np.ndarray, rows
     return TppModelSide(classes, sets, probes, clean)
 
 
-def tpp_for_sae(side: TppModelSide, xbar_ND: Tensor, fbar_NF: Tensor, W_dec_FD: Tensor,
-                cfg: TppConfig | None = None) -> dict:
-    """TPP metrics of one SAE on one task: ``{"metrics": {...}, "per_class": {cls: {...}}}``."""
-    cfg = cfg or TppConfig()
+def tpp_scores(clean: dict[str, float], ablated: dict[str, dict[int, dict[str, float]]]) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """TPP metrics from accuracies: ``clean[c]`` (class c's probe, clean) and ``ablated[c][n][c']``
+    (class c′'s probe after ablating c's top-n latents). Returns ``(means over classes, per class)``."""
     per_class: dict[str, dict[str, float]] = {}
-    for cls in side.classes:
-        tr, ytr = side.sets[cls]["train"]
-        effects = latent_effects(fbar_NF[tr], ytr, side.probes[cls].weight_D, W_dec_FD,
-                                 absolute=False, clamp_positive=True)
+    for cls, by_n in ablated.items():
         out = {}
-        for n in cfg.n_values:
-            idx = top_n_latents(effects, n)
-            diffs = {}
-            for other in side.classes:
-                te, yte = side.sets[other]["test"]
-                x_abl = ablate_pooled(xbar_ND[te], fbar_NF[te], W_dec_FD, idx)
-                diffs[other] = side.clean[other] - side.probes[other].accuracy(x_abl, yte)
-            intended = diffs[cls]
-            unintended = float(np.mean([v for k, v in diffs.items() if k != cls]))
+        for n, accs in by_n.items():
+            intended = clean[cls] - accs[cls]
+            others = [clean[o] - accs[o] for o in clean if o != cls]
+            if not others:
+                raise ValueError("TPP needs at least two classes")
+            unintended = float(np.mean(others))
             out[f"tpp_threshold_{n}_total_metric"] = intended - unintended
             out[f"tpp_threshold_{n}_intended_diff_only"] = intended
             out[f"tpp_threshold_{n}_unintended_diff_only"] = unintended
         per_class[cls] = out
     keys = next(iter(per_class.values())).keys()
-    metrics = {k: float(np.mean([per_class[c][k] for c in side.classes])) for k in keys}
+    return {k: float(np.mean([per_class[c][k] for c in per_class])) for k in keys}, per_class
+
+
+def tpp_for_sae(side: TppModelSide, xbar_ND: Tensor, fbar_NF: Tensor, W_dec_FD: Tensor,
+                cfg: TppConfig | None = None, special: SpecialPositions | None = None) -> dict:
+    """TPP metrics of one SAE on one task: ``{"metrics": {...}, "per_class": {cls: {...}}}``.
+    ``special``: SAEBench's ablation of the zeroed BOS/PAD positions (rows as ``xbar_ND``); None = kept
+    tokens only."""
+    cfg = cfg or TppConfig()
+    ablated: dict[str, dict[int, dict[str, float]]] = {}
+    for cls in side.classes:
+        tr, ytr = side.sets[cls]["train"]
+        effects = latent_effects(fbar_NF[tr], ytr, side.probes[cls].weight_D, W_dec_FD,
+                                 absolute=False, clamp_positive=True)
+        ablated[cls] = {}
+        for n in cfg.n_values:
+            idx = top_n_latents(effects, n)
+            accs = {}
+            for other in side.classes:
+                te, yte = side.sets[other]["test"]
+                x_abl = ablate_pooled(xbar_ND[te], fbar_NF[te], W_dec_FD, idx,
+                                      None if special is None else special.rows(te))
+                accs[other] = side.probes[other].accuracy(x_abl, yte)
+            ablated[cls][n] = accs
+    metrics, per_class = tpp_scores(side.clean, ablated)
     return {"metrics": metrics, "per_class": per_class}
 
 
@@ -158,7 +176,7 @@ def tpp_sae(prep: TppPrep, sae, *, fbar_cache: dict | None = None) -> dict:
     """TPP of one SAE on every prepared task: ``{"per_task", "per_class", "seconds"}``."""
     import time
 
-    from .pooled import check_affine_decoder, pooled_latents
+    from .pooled import check_affine_decoder, pooled_latents, special_positions
 
     start = time.time()
     fbar_cache = {} if fbar_cache is None else fbar_cache
@@ -169,7 +187,9 @@ def tpp_sae(prep: TppPrep, sae, *, fbar_cache: dict | None = None) -> dict:
             fbar_cache[src.name] = pooled_latents(sae, src.pooled, cfg=prep.cfg.data.pooled)
         fbar = fbar_cache[src.name]
         check_affine_decoder(sae, fbar[:8])
-        res = tpp_for_sae(side, src.pooled.xbar_ND, fbar, W_dec_FD, prep.cfg.tpp)
+        special = (special_positions(sae, src.pooled, prep.cfg.data.pooled)
+                   if prep.cfg.tpp.special_positions == "saebench" else None)
+        res = tpp_for_sae(side, src.pooled.xbar_ND, fbar, W_dec_FD, prep.cfg.tpp, special)
         per_task[name] = res["metrics"]
         per_class[name] = {"per_class": res["per_class"], "clean_probe_accuracy": dict(side.clean)}
     return {"per_task": per_task, "per_class": per_class, "seconds": round(time.time() - start, 2)}
@@ -183,19 +203,14 @@ def tpp_output(prep: TppPrep, result: dict, *, variant: str, sae_cfg: dict | Non
 
     data = asdict(prep.cfg.data)
     pooled = data.pop("pooled")
-    return {
-        "eval_type_id": EVAL_TYPE_ID,
-        "variant": variant,
-        "eval_config": {"tasks": list(prep.tasks), "n_values": list(prep.cfg.tpp.n_values), "seed": prep.cfg.tpp.seed,
-                        **asdict(prep.cfg.tpp.probe), **data, "context_length": pooled["context"]},
-        "eval_result_metrics": {"tpp_metrics": average_over_tasks(result["per_task"])},
-        "eval_result_details": [{"dataset_name": f"{name}_tpp_results", **m} for name, m in result["per_task"].items()],
-        "eval_result_unstructured": result["per_class"],
-        "skipped_tasks": list(prep.skipped),
-        "eval_seconds": result["seconds"],
-        "sae_cfg_dict": sae_cfg or {},
-        **(extra or {}),
-    }
+    config = {"tasks": list(prep.tasks), "n_values": list(prep.cfg.tpp.n_values), "seed": prep.cfg.tpp.seed,
+              "special_positions": prep.cfg.tpp.special_positions,
+              **asdict(prep.cfg.tpp.probe), **data, "context_length": pooled["context"]}
+    return saebench_document(
+        EVAL_TYPE_ID, config, {"tpp_metrics": average_over_tasks(result["per_task"])},
+        [{"dataset_name": f"{name}_tpp_results", **m} for name, m in result["per_task"].items()],
+        eval_result_unstructured=result["per_class"], sae_cfg_dict=sae_cfg,
+        extra={"variant": variant, "skipped_tasks": list(prep.skipped), "eval_seconds": result["seconds"], **(extra or {})})
 
 
 def save_tpp_results(prep: TppPrep, result: dict, out_dir, variant: str, *, sae_cfg: dict | None = None,
@@ -205,15 +220,15 @@ def save_tpp_results(prep: TppPrep, result: dict, out_dir, variant: str, *, sae_
 
     import pandas as pd
 
-    from ..io import atomic_write_json, atomic_write_text
+    from ..io import atomic_write_text
 
     out_dir = Path(out_dir)
     payload = tpp_output(prep, result, variant=variant, sae_cfg=sae_cfg, extra=extra)
-    json_path = atomic_write_json(out_dir / f"{variant}_tpp.json", payload)
+    json_path = write_saebench_json(out_dir / f"{variant}_tpp.json", payload)
     rows = [{"task": task, "class": cls, **vals} for task, d in result["per_class"].items()
             for cls, vals in d["per_class"].items()]
     csv_path = atomic_write_text(out_dir / f"{variant}_tpp_per_class.csv", pd.DataFrame(rows).to_csv(index=False))
     return json_path, csv_path
 
 
-__all__ = ["save_tpp_results", "TppEvalConfig", "TppPrep", "prepare_tpp", "tpp_sae", "tpp_output", "OFFLINE_TPP_TASKS", "TppConfig", "TppModelSide", "tpp_model_side", "tpp_for_sae"]
+__all__ = ["save_tpp_results", "TppEvalConfig", "TppPrep", "prepare_tpp", "tpp_sae", "tpp_output", "OFFLINE_TPP_TASKS", "TppConfig", "TppModelSide", "tpp_model_side", "tpp_for_sae", "tpp_scores"]
