@@ -6,7 +6,6 @@ stage does not depend on (and re-run for) the eval modules."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
