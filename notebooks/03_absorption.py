@@ -64,42 +64,31 @@
 
 # %% tags=["parameters"]
 profile = None
+variant = None  # None: the model side only (stage absorption_prep); a variant name: that SAE (stage absorption@<name>)
 
 # %%
-from saelib.config import load_params
-
-P = load_params(profile)
-P["profile"], P["run"]["model"], P["run"]["layer"], list(P["variants"])
-
-# %%
-import time
-
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from saelib.evals import absorption as ab
-from saelib.io import atomic_write_text
-from saelib.models import load_model
-from saelib.sae import load_sae
+from saelib import stages
+from saelib.stages import absorption as stage
+from saelib.config import load_params
 
-cfg = ab.AbsorptionConfig.from_params(P["run"].get("absorption", {}))
-model = load_model(P["run"]["model"])
-layer = P["run"]["layer"]
-results_dir = P["paths"]["results"] / "absorption"
-cfg
+P = load_params(profile)
+print(f"profile={P['profile']}  model={P['run']['model']}  layer={P['run']['layer']}  variant={variant}")
 
 # %% [markdown]
 # ## Model side (once per model and layer, cached)
 # Residuals of every prompt at the query word, the model's own first-letter accuracy, and the
-# ground-truth letter probes. A second run reads them from `eval_cache`.
+# ground-truth letter probes. The `absorption_prep` stage builds them into
+# `data/<profile>/eval_cache/absorption`; each SAE's stage reads them back.
 
 # %%
-t0 = time.perf_counter()
-data = ab.prepare_absorption_data(model, layer, cfg, P["paths"]["eval_cache"], progress=True)
-print(f"model side ready in {time.perf_counter() - t0:.0f} s")
+prep = stages.prepare_eval(P, stage) if variant is None else stages.load_prepared(P, stage)
+data, cfg = prep.data, prep.cfg
 print("example prompt:", repr(data.info["example_prompt"]))
-pd.Series({k: v for k, v in data.info.items() if k != "example_prompt"})
+cfg
 
 # %% [markdown]
 # How often the model itself answers the first letter correctly (next token after the prompt), and
@@ -111,49 +100,32 @@ print(f"prompt accuracy (argmax over the vocabulary): {data.prompt_accuracy['pro
       f"among the 26 letter tokens: {data.prompt_accuracy['prompt_accuracy_letters']:.3f} "
       f"({data.prompt_accuracy['n_prompts']} test prompts)")
 print(f"letters with probe F1 > {cfg.min_probe_f1}: {n_good} (SAEBench needs {cfg.min_letters_for_eval})")
-data.probe_table.merge(data.accuracy_table, on="letter").round(3)
+stage.model_side_tables(prep)["letter_probes"].round(3)
 
 # %% [markdown]
-# ## SAE side (every trained variant)
-
-# %%
-summaries, per_letter = {}, {}
-for variant in P["variants"]:
-    folder = P["paths"]["checkpoints"] / variant / "sae"
-    sae = load_sae(folder)
-    result = ab.evaluate_sae(sae, data, cfg)
-    ab.save_results(result, results_dir, variant, cfg,
-                    extra={"model": P["run"]["model"], "layer": layer, "profile": P["profile"], "model_side": data.info})
-    summaries[variant] = result.summary
-    per_letter[variant] = result.per_letter
-    print(f"{variant}: legacy {result.summary['mean_absorption_score']:.4f}, "
-          f"fraction {result.summary['mean_absorption_fraction_score']:.4f}, "
-          f"full {result.summary['mean_full_absorption_score']:.4f}, "
-          f"split {result.summary['mean_num_split_features']:.2f} ({result.summary['seconds_total']:.0f} s)")
-
-# %% [markdown]
-# Summary (lower absorption is better). `current_valid` is False when fewer than
+# ## SAE side (one variant per stage)
+# Scores of this variant (lower absorption is better). `current_valid` is False when fewer than
 # `min_letters_for_eval` letters have a usable probe; then the current scores average over the
-# letters that do, and SAEBench itself would have refused to score.
+# letters that do, and SAEBench itself would have refused to score. The table over all variants is
+# in `07_figures` (`results/<profile>/tables/absorption_summary.csv`).
 
 # %%
-cols = ["mean_absorption_score", "mean_absorption_fraction_score", "mean_full_absorption_score",
-        "mean_num_split_features", "mean_num_split_features_legacy", "n_letters_legacy", "n_letters_current",
-        "current_valid", "prompt_accuracy", "l0_on_test_prompts", "seconds_total"]
-table = pd.DataFrame(summaries).T[cols]
-atomic_write_text(results_dir / "summary.csv", table.to_csv())
-table
+if variant is not None:
+    headline = stages.evaluate_variant(P, stage, variant, prep=prep)
+    display(pd.Series(headline, name=variant).to_frame())  # noqa: F821 - IPython
 
 # %%
-long = pd.concat([df.assign(variant=v) for v, df in per_letter.items()], ignore_index=True)
-fig, axes = plt.subplots(2, 1, figsize=(11, 6), sharex=True)
-sns.barplot(data=long, x="letter", y="mean_absorption_fraction", hue="variant", ax=axes[0])
-axes[0].set_ylabel("absorption fraction\n(lower is better)")
-sns.barplot(data=long, x="letter", y="num_split_features", hue="variant", ax=axes[1], legend=False)
-axes[1].set_ylabel("split features")
-fig.suptitle(f"First-letter absorption per letter — {P['run']['model']} layer {layer} (lower is better)")
-fig.tight_layout()
+if variant is not None:
+    per_letter = pd.read_csv(stages.results_dir(P, stage) / f"{variant}_per_letter.csv")
+    fig, axes = plt.subplots(2, 1, figsize=(11, 6), sharex=True)
+    sns.barplot(data=per_letter, x="letter", y="mean_absorption_fraction", ax=axes[0], color="#4477aa")
+    axes[0].set_ylabel("absorption fraction\n(lower is better)")
+    sns.barplot(data=per_letter, x="letter", y="num_split_features", ax=axes[1], color="#4477aa")
+    axes[1].set_ylabel("split features")
+    fig.suptitle(f"First-letter absorption per letter: {variant}, {P['run']['model']} layer {prep.layer} (lower is better)")
+    fig.tight_layout()
+    plt.show()
 
 # %% [markdown]
-# Per-letter tables are in `results/absorption/<variant>_per_letter.csv`; the full results (with the
-# config and the model-side numbers) in `results/absorption/<variant>.json`.
+# Per-letter tables are in `results/<profile>/absorption/<variant>_per_letter.csv`; the full results
+# (with the config and the model-side numbers) in `results/<profile>/absorption/<variant>.json`.

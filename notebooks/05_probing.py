@@ -32,99 +32,63 @@
 
 # %% tags=["parameters"]
 profile = None
-skip_missing = False
+variant = None  # None: the model side only (stage probing_prep); a variant name: that SAE (stage probing@<name>)
 
 # %%
-from saelib.config import load_params
-
-P = load_params(profile)
-P["profile"], P["run"]["model"], P["run"]["layer"], list(P["variants"])
-
-# %%
-import time
-
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from saelib.evals import probing
-from saelib.evals.pooled import sae_config_dict
-from saelib.io import atomic_write_text
-from saelib.models import load_model
+from saelib import stages
+from saelib.stages import probing as stage
+from saelib.config import load_params
 from saelib.plotting import set_style
-from saelib.sae import load_sae
 
 set_style()
-cfg = probing.ProbingEvalConfig.from_params(P["run"])
-layer = P["run"]["layer"]
-results_dir = P["paths"]["results"] / "probing"
-cfg
+P = load_params(profile)
+print(f"profile={P['profile']}  model={P['run']['model']}  layer={P['run']['layer']}  variant={variant}")
 
 # %% [markdown]
 # ## Model side (once per model, layer and dataset; cached)
+# Built by the `probing_prep` stage into `data/<profile>/eval_cache/probing`; each SAE's stage reads it back.
 
 # %%
-t0 = time.perf_counter()
-prep = probing.prepare_probing(cfg, model=lambda: load_model(P["run"]["model"]), model_name=P["run"]["model"],
-                               layer=layer, cache_dir=P["paths"]["eval_cache"], progress=True)
-print(f"model side ready in {time.perf_counter() - t0:.0f} s")
-for line in prep.skipped:
+prep = stages.prepare_eval(P, stage) if variant is None else stages.load_prepared(P, stage)
+for line in prep.data.skipped:
     print("skipped:", line)
-probing.tasks_summary(prep)
+tables = stage.model_side_tables(prep)
+tables["tasks"]
 
 # %% [markdown]
 # Residual-stream baselines (mean over each task's classes).
 
 # %%
-probing.llm_table(prep).round(3)
+tables["residual_baselines"].round(3)
 
 # %% [markdown]
-# ## SAE side (every variant)
+# ## SAE side (one variant per stage)
+# The SAE probes beside the residual baselines, mean over tasks. The table over all variants is in
+# `07_figures` (`results/<profile>/tables/probing_summary.csv`).
 
 # %%
-results = {}
-for variant in P["variants"]:
-    folder = P["paths"]["checkpoints"] / variant / "sae"
-    if skip_missing and not folder.exists():
-        print(f"{variant}: no SAE at {folder}, skipped (skip_missing=True)")
-        continue
-    sae = load_sae(folder)
-    result = probing.probe_sae(prep, sae)
-    probing.save_probing_results(prep, result, results_dir, variant, sae_cfg=sae_config_dict(sae),
-                                 extra={"model": P["run"]["model"], "layer": layer, "profile": P["profile"]})
-    results[variant] = result
-    overall = probing.average_over_tasks(result["per_task"])
-    print(f"{variant}: sae top-1 {overall['sae_top_1_test_accuracy']:.3f} (residual top-1 "
-          f"{overall['llm_top_1_test_accuracy']:.3f}), all latents {overall['sae_test_accuracy']:.3f} "
-          f"(full residual {overall['llm_test_accuracy']:.3f}) in {result['seconds']:.0f} s")
+if variant is not None:
+    headline = stages.evaluate_variant(P, stage, variant, prep=prep)
+    display(pd.Series(headline, name=variant).to_frame().round(3))  # noqa: F821 - IPython
+
+# %%
+if variant is not None:
+    per_task = pd.read_csv(stages.results_dir(P, stage) / f"{variant}_per_task.csv")
+    top = [c for c in per_task.columns if c.endswith("_test_accuracy") and c.startswith(("sae_top_", "llm_top_"))]
+    long = per_task.melt(id_vars=[per_task.columns[0]], value_vars=top, var_name="key", value_name="accuracy")
+    long["features"] = long["key"].str.split("_").str[0].map({"sae": "SAE latents", "llm": "residual dims"})
+    long["k"] = long["key"].str.extract(r"top_(\d+)_")[0].astype(int)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    sns.pointplot(data=long, x="k", y="accuracy", hue="features", ax=ax)
+    ax.set(xlabel="k (latents or residual dimensions)", ylabel="test accuracy (mean over tasks)",
+           title=f"Sparse probing: {variant}, {P['run']['model']} layer {prep.layer} (higher is better)")
+    fig.tight_layout()
+    plt.show()
 
 # %% [markdown]
-# Summary: SAE probes beside the residual baselines, mean over tasks.
-
-# %%
-keys = ["sae_top_1_test_accuracy", "llm_top_1_test_accuracy", "sae_top_5_test_accuracy", "llm_top_5_test_accuracy",
-        "sae_top_20_test_accuracy", "llm_top_20_test_accuracy", "sae_test_accuracy", "llm_test_accuracy"]
-summary = pd.DataFrame({v: probing.average_over_tasks(r["per_task"]) for v, r in results.items()}).T
-summary["eval_seconds"] = [r["seconds"] for r in results.values()]
-atomic_write_text(results_dir / "summary.csv", summary.to_csv())
-summary[[k for k in keys if k in summary] + ["eval_seconds"]].round(3)
-
-# %%
-per_task = pd.concat([probing.per_task_table(r).assign(variant=v) for v, r in results.items()], ignore_index=True)
-per_task.pivot(index="task", columns="variant", values="sae_top_1_test_accuracy").assign(
-    residual=per_task.groupby("task")["llm_top_1_test_accuracy"].first()).round(3)
-
-# %%
-curves = pd.concat([probing.k_curve(r).assign(variant=v) for v, r in results.items()], ignore_index=True)
-curves["series"] = curves["variant"].where(curves["features"] == "sae", "residual")
-curves = curves.drop_duplicates(["series", "k"])
-fig, ax = plt.subplots(figsize=(7, 4))
-sns.pointplot(data=curves, x="k", y="accuracy", hue="series", ax=ax)
-ax.set_xlabel("k (latents or residual dimensions; 'all' = every one)")
-ax.set_ylabel("test accuracy (mean over tasks)")
-ax.set_title(f"Sparse probing — {P['run']['model']} layer {layer} (higher is better)")
-fig.tight_layout()
-
-# %% [markdown]
-# Per-task numbers are in `results/probing/<variant>_per_task.csv`, per-class accuracies and the
-# config in `results/probing/<variant>.json` (SAEBench key names).
+# Per-task numbers are in `results/<profile>/probing/<variant>_per_task.csv`, per-class accuracies and
+# the config in `results/<profile>/probing/<variant>.json` (SAEBench key names).

@@ -43,74 +43,44 @@
 
 # %% tags=["parameters"]
 profile = None
-allow_missing = False
+variant = None  # None: the model side only (stage unlearning_prep); a variant name: that SAE (stage unlearning@<name>)
 
 # %%
-import time
-
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from saelib import stages
+from saelib.stages import unlearning as stage
 from saelib.config import load_params
-from saelib.evals import unlearning as U
-from saelib.io import atomic_write_json
-from saelib.models import load_model
-from saelib.sae import load_sae
+from saelib.io import read_json
 
 P = load_params(profile)
-cfg = U.UnlearningConfig.from_params(P["run"].get("unlearning", {}))
-layer = P["run"]["layer"]
-model_name = cfg.model or P["run"]["model"]
-out_dir = P["paths"]["results"] / "unlearning"
-print(f"profile {P['profile']}: metric {cfg.metric}, model {model_name}, layer {layer}")
-pd.Series(cfg.to_dict()).to_frame("setting")
+print(f"profile={P['profile']}  model={P['run']['model']}  layer={P['run']['layer']}  variant={variant}")
 
 # %% [markdown]
 # ## Model-side data (computed once per model and layer, then cached)
 # Residuals of the frequency corpora at the SAE's layer, plus the token sequences on which the
-# loss is measured. Every SAE below starts from this cache.
+# loss is measured. The `unlearning_prep` stage builds them into `data/<profile>/eval_cache/unlearning`;
+# every SAE's stage starts from this cache.
 
 # %%
-t0 = time.perf_counter()
-model = load_model(model_name)
-data = U.build_data(model, layer, cfg, P["paths"]["eval_cache"], progress=True)
-questions = U.paper_questions(model, layer, cfg, P["paths"]["eval_cache"]) if cfg.metric == "wmdp" else None
-print(f"model-side data ready in {time.perf_counter() - t0:.0f} s; mean residual norm {data.mean_norm:.0f}")
-pd.Series({k: v for k, v in data.meta.items() if not isinstance(v, dict)}).to_frame("value")
+prep = stages.prepare_eval(P, stage) if variant is None else stages.load_prepared(P, stage)
+cfg = prep.cfg
+print(f"metric {cfg.metric}, model {prep.model_name}, layer {prep.layer}; mean residual norm {prep.data.mean_norm:.0f}")
+display(pd.Series(cfg.to_dict()).to_frame("setting"))  # noqa: F821 - IPython
+stage.model_side_tables(prep)["data"]
 
 # %% [markdown]
-# ## Every variant
+# ## SAE side (one variant per stage)
+# The score over all variants is tabulated in `07_figures` (`results/<profile>/tables/unlearning_summary.csv`).
 
 # %%
-results = {}
-for variant in P["variants"]:
-    folder = P["paths"]["checkpoints"] / variant / "sae"
-    if not (folder / "cfg.json").exists():
-        message = f"no trained SAE for {variant!r} at {folder}: run the train stage first"
-        if allow_missing:
-            print("skipping:", message)
-            continue
-        raise FileNotFoundError(message)
-    sae = load_sae(folder)
-    result = U.evaluate(model, sae, layer, data, cfg, questions, progress=True)
-    results[variant] = result
-    atomic_write_json(out_dir / f"{variant}.json", U.results_document(variant, cfg.metric, result, cfg,
-                                                                      {"model": model_name, "layer": layer}))
-    print(f"{variant}: unlearning score {result['unlearning_score']:.4f} ({result['timing_s']['total']:.0f} s)")
-
-# %% [markdown]
-# ## Scores
-
-# %%
-summary = pd.DataFrame({
-    v: {"unlearning_score": r["unlearning_score"],
-        "best_threshold": (r["best"] or {}).get("retain_threshold"),
-        "best_n": (r["best"] or {}).get("n_features"),
-        "best_multiplier": (r["best"] or {}).get("multiplier"),
-        "seconds": r["timing_s"]["total"]}
-    for v, r in results.items()
-}).T
-summary
+if variant is not None:
+    headline = stages.evaluate_variant(P, stage, variant, prep=prep)
+    result = read_json(stages.results_dir(P, stage) / f"{variant}.json")["eval_result_details"]
+    best = result.get("best") or {}
+    print(f"{variant}: unlearning score {headline['unlearning_score']:.4f} (threshold {best.get('retain_threshold')}, "
+          f"n {best.get('n_features')}, multiplier {best.get('multiplier')})")
 
 # %% [markdown]
 # ## Every configuration
@@ -118,34 +88,31 @@ summary
 # and the score as the budget grows to the unfiltered maximum. Paper: WMDP-bio against MMLU accuracy.
 
 # %%
-if results and cfg.metric == "offline":
+if variant is not None and cfg.metric == "offline":
+    rows = pd.DataFrame(result["configs"])
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for v, r in results.items():
-        rows = pd.DataFrame(r["configs"])
-        ax1.scatter(100 * rows["retain_rel_increase"], rows["forget_ce_increase"], label=v, alpha=0.7)
-        curve = pd.DataFrame(r["curve"])
-        finite = curve[curve["retain_budget"] != "inf"]
-        line, = ax2.plot(100 * finite["retain_budget"].astype(float), finite["score"], marker="o", label=v)
-        unfiltered = curve.loc[curve["retain_budget"] == "inf", "score"]
-        ax2.axhline(float(unfiltered.iloc[0]), ls=":", c=line.get_color())  # no retain budget at all
+    ax1.scatter(100 * rows["retain_rel_increase"], rows["forget_ce_increase"], alpha=0.7)
+    curve = pd.DataFrame(result["curve"])
+    finite = curve[curve["retain_budget"] != "inf"]
+    line, = ax2.plot(100 * finite["retain_budget"].astype(float), finite["score"], marker="o")
+    unfiltered = curve.loc[curve["retain_budget"] == "inf", "score"]
+    ax2.axhline(float(unfiltered.iloc[0]), ls=":", c=line.get_color())  # no retain budget at all
     ax1.axvline(100 * cfg.retain_budget, ls="--", c="grey")
-    ax1.set(xlabel="retain loss increase (%)", ylabel="forget loss increase (nats/token)", title="configurations")
+    ax1.set(xlabel="retain loss increase (%)", ylabel="forget loss increase (nats/token)", title=f"{variant}: configurations")
     ax2.set(xscale="symlog", ylim=(-0.02, 1.02), xlabel="retain budget (%)", ylabel="score 1 − exp(−ΔCE_forget)",
             title="score vs budget (dotted: unfiltered)")
-    ax1.legend(fontsize=8)
     plt.tight_layout()
-elif results:
+    plt.show()
+elif variant is not None:
+    rows = pd.DataFrame(result["configs"])
     fig, ax = plt.subplots(figsize=(5, 4))
-    for v, r in results.items():
-        rows = pd.DataFrame(r["configs"])
-        ax.scatter(rows["mmlu_accuracy"], rows["wmdp_accuracy"], label=v, alpha=0.7)
+    ax.scatter(rows["mmlu_accuracy"], rows["wmdp_accuracy"], alpha=0.7)
     ax.axvline(cfg.mmlu_min_accuracy, ls="--", c="grey")
-    ax.set(xlabel="MMLU retain accuracy", ylabel="WMDP-bio accuracy")
-    ax.legend(fontsize=8)
+    ax.set(xlabel="MMLU retain accuracy", ylabel="WMDP-bio accuracy", title=variant)
+    plt.show()
 
 # %%
-if results:
-    first = next(iter(results.values()))
+if variant is not None:
     cols = [c for c in ("retain_threshold", "n_features", "multiplier", "n_selected", "forget_ce_increase",
-                        "retain_rel_increase", "wmdp_accuracy", "mmlu_accuracy") if c in first["configs"][0]]
-    display(pd.DataFrame(first["configs"])[cols])  # noqa: F821 (IPython)
+                        "retain_rel_increase", "wmdp_accuracy", "mmlu_accuracy") if c in result["configs"][0]]
+    display(pd.DataFrame(result["configs"])[cols])  # noqa: F821 - IPython

@@ -80,7 +80,7 @@ import sys
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from saelib import claims, figures
+from saelib import claims, figures, summaries
 from saelib.io import atomic_write_json, atomic_write_text
 from saelib.plotting import save_figure, set_style
 from saelib.results import load_results
@@ -89,7 +89,7 @@ set_style()
 pd.set_option("display.max_colwidth", 80)
 results_dir = P["paths"]["results"]
 figures_dir = P["paths"]["figures"]
-tables_dir = results_dir / "tables"
+tables_dir = P["paths"]["tables"]
 results = load_results(results_dir, variants=list(P["variants"]), profile=P["profile"])
 missing = [v for v in P["variants"] if not results.has(v)]
 print(f"{len(results.variants)} variants with results; run_variants without any result (shown as 'not run'): {missing}")
@@ -108,7 +108,38 @@ scale
 
 # %%
 figures.write_table(figures.key_metrics_table(results), tables_dir / "all_variants")
+summaries.write_variant_metrics(results, P["paths"]["metrics"])  # flat headline keys per variant: `dvc metrics show`
 figures.key_metrics_table(results).round(4)
+
+# %% [markdown]
+# ## Each eval over every variant
+# One row per variant (single runs, seeds not pooled), from the JSON each `<eval>@<variant>` stage
+# wrote; `results/<profile>/tables/<eval>_summary.csv`.
+
+# %%
+eval_tables = {}
+for name in summaries.SUMMARY_COLUMNS:
+    eval_tables[name] = summaries.eval_summary(results_dir, name, P["variants"])
+    atomic_write_text(tables_dir / f"{name}_summary.csv", eval_tables[name].to_csv())
+    print(f"{name}: {len(eval_tables[name])} variants")
+eval_tables["absorption"].round(4)
+
+# %%
+eval_tables["scr"].round(3)
+
+# %%
+eval_tables["probing"].round(3)
+
+# %%
+eval_tables["unlearning"].round(4)
+
+# %% [markdown]
+# How far SCR's S_n can move for each task (the `scr_prep` stage's model-side table): from the
+# biased probe's accuracy on the re-tested attribute (S = 0) to the oracle probe's (S = 1).
+
+# %%
+headroom_path = P["paths"]["model_side"] / "scr" / "scr_headroom.csv"
+pd.read_csv(headroom_path, index_col=0).round(3) if headroom_path.exists() else "no SCR model side at this profile"
 
 # %% [markdown]
 # ## Headline rows: mean ± 95% CI over seeds
@@ -194,6 +225,10 @@ for stem, build in [("ortho_fig1_absorption", figures.fig_ortho_absorption), ("o
 # %%
 sweep = figures.sweep_table(results)
 figures.write_table(sweep, tables_dir / "lambda_sweep")
+sweep_plots_dir = results_dir / "plots" / "lambda_sweep"  # one wide CSV per penalty and reading: `dvc plots show`
+sweep_plots_dir.mkdir(parents=True, exist_ok=True)
+for stem, wide in summaries.sweep_plot_tables(sweep).items():
+    atomic_write_text(sweep_plots_dir / f"{stem}.csv", wide.to_csv(index=False))
 save_figure(figures.fig_lambda_sweep(results), figures_dir / "lambda_sweep")
 sweep.pivot_table(index=["penalty", "reading", "lam_mult"], columns="metric", values="mean").round(4)
 
@@ -227,7 +262,7 @@ claims.ledger_display(ledger)
 # %%
 if update_readme:
     done = subprocess.run([sys.executable, str(P["paths"]["root"] / "scripts" / "update_readme_results.py"),
-                           "--root", str(P["paths"]["root"])], capture_output=True, text=True)
+                           "--root", str(P["paths"]["root"]), "--profile", P["profile"]], capture_output=True, text=True)
     print(done.stdout, done.stderr)
     done.check_returncode()
 plt.close("all")

@@ -35,15 +35,22 @@ def repo_root() -> Path:
 
 
 def _paths(root: Path, profile: str) -> dict[str, Path]:
+    """Where ``profile``'s files live. Everything a run writes is under a folder named after the
+    profile, so running ``smoke`` or ``paper`` never touches the committed ``default`` outputs."""
     act = root / "data" / profile / "activations"
+    results = root / "results" / profile
     return {
         "root": root,
         "activations_train": act / "train",
         "activations_heldout": act / "heldout",
         "eval_cache": root / "data" / profile / "eval_cache",
         "checkpoints": root / "checkpoints" / profile,
-        "results": root / "results",
-        "figures": root / "figures",
+        "results": results,
+        "tables": results / "tables",
+        "metrics": results / "metrics",
+        "model_side": results / "model_side",
+        "figures": root / "figures" / profile,
+        "readme_block": results / "README_results.md",
     }
 
 

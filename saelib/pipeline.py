@@ -1,10 +1,11 @@
 """The train stage of the pipeline for one variant: train on the activation cache, evaluate core
-metrics on held-out text, write the small committed results and keep the SAE for later stages."""
+metrics on held-out text, write the small committed results and keep the SAE for later stages.
+
+The eval stages' counterpart (``evaluate_variant``) lives in :mod:`saelib.stages`, so that the train
+stage does not depend on (and re-run for) the eval modules."""
 from __future__ import annotations
 
 import math
-import shutil
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -15,25 +16,12 @@ from .evals.core import evaluate_core
 from .io import atomic_write_json, atomic_write_text
 from .models import LoadedModel, load_model
 from .penalties import make_penalty
-from .sae import load_sae, make_sae
+from .sae import make_sae
 from .train import CHECKPOINT_NAME, read_log, train_sae
 from .variants import ResolvedVariant, resolve_variant
 
 CURVE_COLUMNS = ("step", "tokens", "lr", "loss", "mse", "auxk", "l1", "penalty", "penalty_coact", "penalty_l1",
                  "penalty_raw", "penalty_over_mse", "coact_stat", "l0", "n_dead")
-
-
-def sae_dir(P: dict[str, Any], variant: str) -> Path:
-    """Folder of variant's trained SAE (SAELens layout)."""
-    return P["paths"]["checkpoints"] / variant / "sae"
-
-
-def load_variant_sae(P: dict[str, Any], variant: str):
-    """Load the trained SAE of ``variant``; a clear error names the stage that builds it."""
-    folder = sae_dir(P, variant)
-    if not (folder / "cfg.json").exists():
-        raise FileNotFoundError(f"no trained SAE for variant {variant!r} at {folder}; run `dvc repro train@{variant}`")
-    return load_sae(folder)
 
 
 def resolve(P: dict[str, Any], variant: str, model: LoadedModel | None = None) -> ResolvedVariant:
@@ -60,7 +48,7 @@ def training_curve(records: list[dict[str, Any]], n_points: int = 200) -> pd.Dat
 
 
 def train_variant(P: dict[str, Any], variant: str, *, progress: bool = True) -> dict[str, Any]:
-    """Train ``variant`` and write ``results/core/<variant>.json`` and ``results/curves/<variant>.csv``."""
+    """Train ``variant``; write ``results/<profile>/core/<variant>.json`` and ``results/<profile>/curves/<variant>.csv``."""
     run = P["run"]
     model = load_model(run["model"])
     layer = model.check_layer(int(run["layer"]))
@@ -103,8 +91,3 @@ def train_variant(P: dict[str, Any], variant: str, *, progress: bool = True) -> 
     if ckpt.exists():  # the resumable state is only needed while training
         ckpt.unlink()
     return summary
-
-
-def clear_variant(P: dict[str, Any], variant: str) -> None:
-    """Delete a variant's checkpoint folder (forces retraining)."""
-    shutil.rmtree(P["paths"]["checkpoints"] / variant, ignore_errors=True)

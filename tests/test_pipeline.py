@@ -43,6 +43,7 @@ def smoke_repo(tmp_path_factory):
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     dvc = str(Path(sys.executable).parent / "dvc")
     first = subprocess.run([dvc, "repro"], cwd=dest, env=env, capture_output=True, text=True)
+    (dest.parent / "first_repro.log").write_text(first.stdout + "\n" + first.stderr)
     assert first.returncode == 0, f"dvc repro failed:\n{first.stdout[-6000:]}\n{first.stderr[-6000:]}"
     second = subprocess.run([dvc, "repro"], cwd=dest, env=env, capture_output=True, text=True)
     return dest, params, first, second
@@ -52,7 +53,7 @@ def smoke_repo(tmp_path_factory):
 def test_smoke_pipeline_writes_core_metrics(smoke_repo):
     dest, params, _, _ = smoke_repo
     for variant in params["run_variants"]:
-        core = json.loads((dest / "results" / "core" / f"{variant}.json").read_text())
+        core = json.loads((dest / "results" / "smoke" / "core" / f"{variant}.json").read_text())
         for key in ("l0", "mse", "ev", "kl_score", "ce_score", "frac_alive"):
             assert math.isfinite(core[key]), (variant, key, core[key])
         assert core["l0"] > 0
@@ -72,7 +73,7 @@ def test_smoke_pipeline_writes_every_eval_and_the_ledger(smoke_repo):
     from saelib.results import read_absorption, read_probing, read_scr, read_unlearning
 
     dest, params, _, _ = smoke_repo
-    res = dest / "results"
+    res = dest / "results" / "smoke"
     smoke = params["profiles"]["smoke"]
     for variant in params["run_variants"]:
         absorption = read_absorption(res / "absorption" / f"{variant}.json")
@@ -96,4 +97,23 @@ def test_smoke_pipeline_writes_every_eval_and_the_ledger(smoke_repo):
 
     ledger = pd.read_csv(res / "claims_ledger.csv")
     assert sorted(ledger["claim_id"]) == sorted(claims.claim_ids())
-    assert (dest / "figures" / "effects.png").stat().st_size > 5000
+    assert (dest / "figures" / "smoke" / "effects.png").stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_smoke_pipeline_keeps_to_its_profile_and_fills_dvc_metrics(smoke_repo):
+    """A smoke run writes only under results/smoke and figures/smoke, leaves README.md alone, and
+    `dvc metrics show` lists every variant with flat headline keys."""
+    dest, params, _, _ = smoke_repo
+    assert sorted(p.name for p in (dest / "results").iterdir()) == ["smoke"]
+    assert sorted(p.name for p in (dest / "figures").iterdir()) == ["smoke"]
+    assert (dest / "README.md").read_text() == (ROOT / "README.md").read_text()
+    assert "Profile **`smoke`**" in (dest / "results" / "smoke" / "README_results.md").read_text()
+    for variant in params["run_variants"]:
+        metrics = json.loads((dest / "results" / "smoke" / "metrics" / f"{variant}.json").read_text())
+        assert all(isinstance(v, float) for v in metrics.values()) and {"l0", "mse", "mean_absorption_score"} <= set(metrics)
+    env = {k: v for k, v in os.environ.items() if k != "SAELIB_ROOT"}
+    shown = subprocess.run([str(Path(sys.executable).parent / "dvc"), "metrics", "show", "--json"], cwd=dest, env=env,
+                           capture_output=True, text=True, check=True)
+    files = next(iter(json.loads(shown.stdout).values()))["data"]
+    assert {f"results/smoke/metrics/{v}.json" for v in params["run_variants"]} <= set(files)
