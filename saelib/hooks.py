@@ -26,7 +26,7 @@ def special_mask(model_or_ids, tokens_NS: Tensor) -> Tensor:
     ids = model_or_ids.special_ids if isinstance(model_or_ids, LoadedModel) else list(model_or_ids)
     if tokens_NS.ndim != 2:
         raise ValueError(f"tokens must be (sequences, positions), got shape {tuple(tokens_NS.shape)}")
-    special = torch.tensor(sorted(set(int(i) for i in ids)), dtype=tokens_NS.dtype)
+    special = torch.tensor(sorted(set(int(i) for i in ids)), dtype=tokens_NS.dtype, device=tokens_NS.device)
     return ~torch.isin(tokens_NS, special)
 
 
@@ -143,9 +143,9 @@ def spliced_kl_ce(
         hidden = {"clean": final_hidden(model, tok_NS, layer, None, keep_NS, mask)}
         for name, patch in patches.items():
             hidden[name] = final_hidden(model, tok_NS, layer, patch, keep_NS, mask)
-        pos = score_NS.nonzero(as_tuple=False)
-        ce_flag = ce_NS[pos[:, 0], pos[:, 1]]
-        tgt = target_NS[pos[:, 0], pos[:, 1]]
+        pos = score_NS.nonzero(as_tuple=False).to(model.device)
+        ce_flag = ce_NS.to(model.device)[pos[:, 0], pos[:, 1]]
+        tgt = target_NS.to(model.device)[pos[:, 0], pos[:, 1]]
         for start in range(0, pos.shape[0], token_chunk):
             p = pos[start : start + token_chunk]
             flag = ce_flag[start : start + token_chunk]

@@ -47,7 +47,7 @@ def test_load_params_errors(tmp_path):
 
 
 def test_repo_params_are_valid():
-    for profile in ("smoke", "default", "paper"):
+    for profile in ("smoke", "default", "gpu", "paper"):
         P = load_params(profile)
         assert P["run"]["model"] and isinstance(P["run"]["layer"], int)
         assert P["variants"], "run_variants must not be empty"
@@ -88,3 +88,70 @@ def test_runner_fails_on_cell_error(tmp_path, monkeypatch):
     nb.write_text("# %%\nraise RuntimeError('boom')\n")
     monkeypatch.chdir(tmp_path)
     assert runner_main([str(nb), "--out-dir", str(tmp_path / "ex")]) == 1
+
+
+# ---------------------------------------------------------------- device setting and profile typos
+
+
+def _two_profiles(tmp_path, default_extra="", core_extra="", device_line=""):
+    return _write_params(
+        tmp_path,
+        f"""
+        profile: default
+        {device_line}
+        profiles:
+          smoke: {{model: tiny-gemma3, layer: 1, train_tokens: 10, core: {{batch_size: 4, n_kl_sequences: 2}}}}
+          default: {{model: tiny-gemma3, layer: 1, train_tokens: 20, core: {{batch_size: 4{core_extra}}}{default_extra}}}
+        run_variants: [a]
+        sae_variants:
+          a: {{arch: topk}}
+        """,
+    )
+
+
+def test_device_auto_resolves_to_cuda_or_cpu(tmp_path):
+    import torch
+
+    P = load_params(path=_two_profiles(tmp_path))  # no device key: auto
+    assert P["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    P = load_params(path=_two_profiles(tmp_path, device_line="device: cpu"))
+    assert P["device"] == "cpu" and "device" not in P["run"]
+    P = load_params(path=_two_profiles(tmp_path, device_line="device: auto", default_extra=", device: cpu"))
+    assert P["device"] == "cpu" and "device" not in P["run"]  # a profile's own device wins, then leaves the block
+
+
+def test_unknown_device_names_params_yaml_and_the_choices(tmp_path):
+    path = _two_profiles(tmp_path, device_line="device: gpu0")
+    with pytest.raises(ConfigError, match=r"params\.yaml: device: unknown device 'gpu0'.*Allowed values: auto, cpu, cuda, cuda:N"):
+        load_params(path=path)
+
+
+def test_cuda_on_a_cpu_machine_is_a_config_error(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no CUDA GPU.*'auto' or 'cpu'"):
+        load_params(path=_two_profiles(tmp_path, device_line="device: cuda"))
+    assert load_params(path=_two_profiles(tmp_path, device_line="device: auto"))["device"] == "cpu"
+
+
+def test_profile_key_typo_is_rejected_with_the_close_match(tmp_path):
+    path = _two_profiles(tmp_path, default_extra=", train_tokenz: 30")
+    with pytest.raises(ConfigError) as err:
+        load_params(path=path)
+    msg = str(err.value)
+    assert "params.yaml" in msg and "profile 'default'" in msg
+    assert "'train_tokenz' (did you mean 'train_tokens'?)" in msg
+    load_params("smoke", path=path)  # only the active profile is checked
+
+
+def test_core_block_typo_is_rejected_with_the_close_match(tmp_path):
+    path = _two_profiles(tmp_path, core_extra=", n_kl_sequencez: 8")
+    with pytest.raises(ConfigError, match=r"profiles\.default\.core has unknown key\(s\) 'n_kl_sequencez' \(did you mean 'n_kl_sequences'\?\)"):
+        load_params(path=path)
+
+
+def test_documented_optional_keys_are_accepted_in_one_profile(tmp_path):
+    # shard_tokens / checkpoint_every appear in no other profile but are documented settings
+    P = load_params(path=_two_profiles(tmp_path, default_extra=", shard_tokens: 4096, checkpoint_every: 50"))
+    assert P["run"]["shard_tokens"] == 4096
