@@ -62,7 +62,7 @@ def test_atomic_json_leaves_old_file_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temp file left behind
 
 
-def test_runner_executes_py_percent_notebook_with_parameters(tmp_path, monkeypatch):
+def test_runner_executes_py_percent_notebook_with_parameters(tmp_path, monkeypatch, capfd):
     nb = tmp_path / "nb.py"
     out = tmp_path / "out.json"
     nb.write_text(
@@ -73,7 +73,16 @@ def test_runner_executes_py_percent_notebook_with_parameters(tmp_path, monkeypat
 
             # %%
             import json
+            import matplotlib.pyplot as plt
+            from tqdm.auto import tqdm
+            for _ in tqdm(range(3)):
+                pass
             json.dump({{"value": value * 2}}, open({str(out)!r}, "w"))
+            print(f"cell says {{value * 2}}")
+
+            # %%
+            import pandas as pd
+            pd.DataFrame({{"column_a": [7, 8]}})
             """
         )
     )
@@ -81,6 +90,13 @@ def test_runner_executes_py_percent_notebook_with_parameters(tmp_path, monkeypat
     assert runner_main([str(nb), "-p", "value", "21", "--out-dir", str(tmp_path / "ex")]) == 0
     assert json.loads(out.read_text()) == {"value": 42}
     assert (tmp_path / "ex" / "nb-21.ipynb").exists()
+    stdout, stderr = capfd.readouterr()
+    # cell output reaches the terminal: prints and the text form of a table, in cell order
+    assert "cell says 42" in stdout and "column_a" in stdout
+    assert stdout.index("Executing Cell 2") < stdout.index("cell says 42") < stdout.index("column_a")
+    both = stdout + stderr
+    for noise in ("TqdmWarning", "IProgress", "KeyboardInterrupt caught", "[IPKernelApp]", "Ending Cell"):
+        assert noise not in both, f"runner output still shows {noise!r}:\n{both}"
 
 
 def test_runner_fails_on_cell_error(tmp_path, monkeypatch):
