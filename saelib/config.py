@@ -51,6 +51,7 @@ OPTIONAL_PROFILE_KEYS = {
     "probing": "sparse-probing settings",
     "scr": "SCR settings",
     "tpp": "TPP settings",
+    "sae_probes": "settings of the second probing eval (SAE-probes tasks)",
 }
 """Profile keys accepted even when no other profile uses them (key → what it sets)."""
 
@@ -104,7 +105,8 @@ def _unknown_keys(keys: Iterable[str], allowed: set[str], *, where: str, path: P
         hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
     raise ConfigError(
         f"{path}: {where} has unknown key(s) {', '.join(hints)}; allowed: {', '.join(sorted(allowed))}. "
-        "Fix the spelling in params.yaml (a misspelt key would silently fall back to its default)."
+        "Fix the spelling in params.yaml (a misspelt key would silently fall back to its default); a new "
+        "setting used by one profile only is declared in saelib/config.py (OPTIONAL_PROFILE_KEYS / OPTIONAL_CORE_KEYS)."
     )
 
 
