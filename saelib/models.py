@@ -182,8 +182,9 @@ def _load_hub(spec: ModelSpec, dtype: torch.dtype) -> LoadedModel:
         raise HubUnavailableError(
             f"could not load {spec.name} ({spec.hub_id}) from the Hugging Face hub: {exc.__class__.__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}. The paper profile needs network access to the hub "
-            "and an accepted Gemma licence: run `hf auth login`, and set HF_HUB_OFFLINE=0 (the Makefile and "
-            "the tests set HF_HUB_OFFLINE=1); the offline default uses 'gemma-3-270m'."
+            "and an accepted Gemma licence: run `hf auth login`, then allow downloads with HF_HUB_OFFLINE=0 "
+            "(`HF_HUB_OFFLINE=0 dvc repro` or `make repro HF_HUB_OFFLINE=0`: the Makefile, the runner and the "
+            "tests default to HF_HUB_OFFLINE=1); the offline default uses 'gemma-3-270m'."
         ) from exc
     return wrap_model(model, tokenizer, spec)
 
