@@ -2,6 +2,8 @@
 
 The CUDA tests run only where ``torch.cuda.is_available()``; on the CPU-only CI they are skipped.
 """
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -61,10 +63,12 @@ def test_iter_batches_on_cpu_device_is_unchanged(tmp_path):
     assert all(torch.equal(a, b) and b.device.type == "cpu" for a, b in zip(host, on_cpu))
 
 
-def test_load_model_places_the_model_on_the_device():
+def test_load_model_places_the_model_on_the_device(tiny_model):
     model = load_model("tiny-gemma3", dtype=torch.float32, device="cpu")
     assert model.device == torch.device("cpu") == module_device(model.hf_model)
     assert load_model("tiny-gemma3", dtype=torch.float32, device="cpu") is model  # reused per (name, dtype, device)
+    if not torch.cuda.is_available():
+        assert model is tiny_model  # auto = cpu here: the session's model, no second load
 
 
 @cuda
@@ -90,3 +94,25 @@ def test_cuda_extraction_and_splice_with_the_tiny_model(tmp_path):
     ActivationCache(tmp_path / "c").verify()
     out = spliced_kl_ce(gpu_model, toks, 2, {"same": lambda x: x, "zero": torch.zeros_like}, batch_size=3)
     assert out["same"]["kl"] == pytest.approx(0.0, abs=1e-4) and out["zero"]["kl"] > 0
+
+
+def test_extract_config_takes_the_device_and_keeps_it_out_of_the_summary(monkeypatch, tmp_path):
+    import saelib.extract as ex
+
+    cfg = ex.ExtractConfig.from_run({"model": "tiny-gemma3", "layer": 1, "unrelated": 3}, device="cpu")
+    assert cfg.device == "cpu" and cfg.layer == 1
+    asked = []
+
+    def fake_load_model(name, **kw):
+        asked.append((name, kw))
+        raise RuntimeError("stop after the model load")
+
+    monkeypatch.setattr(ex, "load_model", fake_load_model)
+    with pytest.raises(RuntimeError, match="stop after"):
+        ex.build_activation_cache(cfg, "train", tmp_path / "c", progress=False)
+    assert asked == [("tiny-gemma3", {"device": "cpu"})]
+    norms = {"kept_sum": 1.0, "kept_max": 1.0, "special_sum": 0.0, "special_min": 0.0, "n_special": 0}
+    manifest = {"hook_name": "blocks.1.hook_resid_post", "n_sequences": 1, "n_tokens": 1, "context": 1, "meta": {},
+                "tokens_sha256": "x", "shards": [{"bytes": 1, "sha256": "y", "n_tokens": 1, "norms": norms}]}
+    summary = ex.extraction_summary(cfg, {"train": SimpleNamespace(manifest=manifest)})
+    assert "device" not in summary["config"] and summary["config"]["layer"] == 1  # machine-local, not a result
