@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -132,6 +133,29 @@ def run_notebook(notebook: str | Path, parameters: dict | None = None, out_dir: 
     return out_path
 
 
+_QUIET_ON_INTERRUPT = ("papermill", "nbclient", "asyncio", "traitlets")
+"""Loggers silenced once Ctrl-C arrives: the kernel shutdown that follows logs 'Kernel died' and, at
+exit, asyncio reports the cancelled cell's task ('Task exception was never retrieved')."""
+
+
+class _Interrupt:
+    """SIGINT handler for the run: mutes the loggers that would print tracebacks during the
+    shutdown that follows, remembers the interrupt, then raises KeyboardInterrupt as Python does."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def __call__(self, signum, frame) -> None:
+        if not self.seen:
+            self.seen = True
+            for name in _QUIET_ON_INTERRUPT:
+                logger = logging.getLogger(name)
+                logger.handlers.clear()
+                logger.addHandler(logging.NullHandler())
+                logger.propagate = False
+        raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebook")
@@ -139,15 +163,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", default="executed")
     args = parser.parse_args(argv)
     params = {name: _coerce(value) for name, value in args.param}
+    interrupt = _Interrupt()
+    previous = signal.signal(signal.SIGINT, interrupt)
     try:
         out = run_notebook(args.notebook, params, args.out_dir)
     except KeyboardInterrupt:
         return _interrupted(args.notebook)
     except Exception as exc:  # papermill's error already carries the failing cell's traceback
-        if getattr(exc, "ename", None) == "KeyboardInterrupt":  # Ctrl-C reached the kernel first
+        # Ctrl-C reached the kernel first (the cell fails with KeyboardInterrupt), or killed it mid-reply
+        if interrupt.seen or getattr(exc, "ename", None) == "KeyboardInterrupt":
             return _interrupted(args.notebook)
         print(f"notebook {args.notebook} failed: {exc}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGINT, previous)
     print(f"executed {args.notebook} -> {out}")
     return 0
 
