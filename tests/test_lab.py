@@ -77,3 +77,10 @@ def test_train_notebook_opens_as_a_notebook(lab_server):
     settings = _get(f"{base}/lab/api/settings/@jupyterlab/docmanager-extension:plugin", token)
     # the repo's override becomes the default of the setting: double-clicking a .py file opens a notebook
     assert settings["schema"]["properties"]["defaultViewers"]["default"]["python"] == "Jupytext Notebook"
+
+
+def test_make_lab_uses_the_config_this_test_serves():
+    recipe = (ROOT / "Makefile").read_text().split("\nlab:", 1)[1].split("\n\n", 1)[0]
+    assert "JUPYTER_CONFIG_PATH=$(CURDIR)/.jupyter" in recipe and "jupyter lab" in recipe
+    assert (ROOT / ".jupyter" / "labconfig" / "default_setting_overrides.json").exists()
+    assert 'formats = "py:percent"' in (ROOT / "jupytext.toml").read_text()
