@@ -61,6 +61,10 @@ OPTIONAL_CORE_KEYS = {
 }
 """``core:`` keys accepted even when no other profile uses them."""
 
+TOP_LEVEL_KEYS = ("profile", "device", "profiles", "run_variants", "sae_variants")
+"""Top-level ``params.yaml`` keys saelib reads. Other top-level keys are allowed (DVC and other tools
+may add their own) unless they look like a misspelling of one of these."""
+
 CHECKED_BLOCKS = {"core": OPTIONAL_CORE_KEYS}
 """Nested profile blocks whose keys load_params checks (the eval blocks are checked by their
 config dataclasses, which reject unknown keys when the eval reads them)."""
@@ -131,6 +135,16 @@ def check_profile(name: str, profiles: Mapping[str, Any], path: Path) -> None:
         _unknown_keys(inner, allowed_inner, where=f"profiles.{name}.{sub}", path=path)
 
 
+def check_top_level(raw: Mapping[str, Any], path: Path) -> None:
+    """Reject a top-level key that is a near-miss of one saelib reads (``devise``, ``run_variant``)."""
+    for key in raw:
+        if key in TOP_LEVEL_KEYS:
+            continue
+        close = difflib.get_close_matches(str(key), TOP_LEVEL_KEYS, n=1, cutoff=0.8)
+        if close:
+            raise ConfigError(f"{path}: top-level key {key!r} is not a setting; did you mean {close[0]!r}?")
+
+
 def resolve_device_setting(value: Any, path: Path, where: str = "device") -> str:
     """``params.yaml``'s ``device`` value → a torch device string; :class:`ConfigError` otherwise."""
     try:
@@ -151,6 +165,9 @@ def load_params(profile: str | None = None, path: str | Path | None = None) -> d
         raise ConfigError(f"{path} does not exist")
     with open(path, encoding="utf-8") as fh:
         raw = yaml.safe_load(fh)
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path} must hold a mapping (profile, profiles, run_variants, sae_variants, ...)")
+    check_top_level(raw, path)
     name = profile or raw.get("profile")
     profiles = raw.get("profiles", {})
     if name not in profiles:

@@ -171,3 +171,9 @@ def test_documented_optional_keys_are_accepted_in_one_profile(tmp_path):
     # shard_tokens / checkpoint_every appear in no other profile but are documented settings
     P = load_params(path=_two_profiles(tmp_path, default_extra=", shard_tokens: 4096, checkpoint_every: 50"))
     assert P["run"]["shard_tokens"] == 4096
+
+
+def test_misspelt_top_level_key_is_rejected(tmp_path):
+    with pytest.raises(ConfigError, match=r"params\.yaml: top-level key 'devise' is not a setting; did you mean 'device'\?"):
+        load_params(path=_two_profiles(tmp_path, device_line="devise: cpu"))
+    assert load_params(path=_two_profiles(tmp_path, device_line="stages_note: 1"))["profile"] == "default"  # unrelated: allowed
