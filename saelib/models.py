@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .devices import module_device, resolve_device
+from .devices import compute_dtype, module_device, resolve_device
 
 
 class UnknownModelError(ValueError):
@@ -233,9 +233,10 @@ _MODEL_CACHE: dict[tuple[str, torch.dtype, str], LoadedModel] = {}
 
 
 def load_model(
-    name: str, *, dtype: torch.dtype = torch.bfloat16, device: str | torch.device | None = "auto", reuse: bool = True
+    name: str, *, dtype: torch.dtype | None = None, device: str | torch.device | None = "auto", reuse: bool = True
 ) -> LoadedModel:
-    """Load a registered model (bf16 by default: AMX makes bf16 matmuls fastest on CPU) onto ``device``.
+    """Load a registered model onto ``device``, in ``dtype`` (default: bf16 where bf16 matmuls are fast on
+    that device, i.e. a GPU or an AVX-512/AMX CPU, else float32; :func:`saelib.devices.compute_dtype`).
 
     ``device``: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; see
     :func:`saelib.devices.resolve_device`. ``reuse`` returns the same object for repeated calls in
@@ -243,6 +244,7 @@ def load_model(
     """
     spec = get_spec(name)
     target = resolve_device(device)
+    dtype = compute_dtype(target) if dtype is None else dtype
     key = (name, dtype, str(target))
     if reuse and key in _MODEL_CACHE:
         return _MODEL_CACHE[key]

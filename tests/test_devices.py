@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from saelib.activations import ActivationCache, ActivationWriter, tokens_sha256
+from saelib import devices
 from saelib.devices import DeviceError, autocast_context, module_device, resolve_device, to_device
 from saelib.extract import extract_activations
 from saelib.hooks import residuals, special_mask, spliced_kl_ce
@@ -30,13 +31,28 @@ def test_resolve_device_names(monkeypatch):
     assert resolve_device("auto") == torch.device("cuda")
 
 
-def test_autocast_context_uses_the_device_type():
+def test_autocast_context_uses_the_device_type(monkeypatch):
     a, b = torch.randn(4, 8), torch.randn(8, 3)
+    monkeypatch.setattr(devices, "bf16_matmul_is_fast", lambda kind: True)
     with autocast_context("cpu"):
         out = a @ b
     assert out.dtype == torch.bfloat16
     with autocast_context(torch.device("cpu"), enabled=False):
         assert (a @ b).dtype == torch.float32
+    # where bf16 matmuls are slow (an AVX2-only CPU) the context keeps fp32
+    monkeypatch.setattr(devices, "bf16_matmul_is_fast", lambda kind: False)
+    with autocast_context("cpu"):
+        assert (a @ b).dtype == torch.float32
+    assert devices.compute_dtype("cpu") == torch.float32
+
+
+def test_bf16_detection_matches_the_cpu_flags():
+    """bf16 counts as fast on a CPU exactly when torch reports AVX-512 or AMX support."""
+    devices.bf16_matmul_is_fast.cache_clear()
+    flags = [getattr(torch.cpu, n, lambda: False)() for n in
+             ("_is_amx_tile_supported", "_is_avx512_bf16_supported", "_is_avx512_supported")]
+    assert devices.bf16_matmul_is_fast("cpu") == any(flags)
+    assert devices.compute_dtype("cpu") == (torch.bfloat16 if any(flags) else torch.float32)
 
 
 def test_to_device_cpu_is_identity():
