@@ -200,12 +200,20 @@ def read_probing(path: str | Path) -> tuple[dict[str, float], pd.DataFrame]:
     return out, pd.DataFrame(rows, columns=["task", "metric", "value"])
 
 
+UNLEARNING_OPTIONAL = ("unlearning_score_sd", "unlearning_auc", "unlearning_auc_sd")
+"""Unlearning metrics written by the current eval (bootstrap SDs, the area score); older files lack them."""
+
+
 def read_unlearning(path: str | Path) -> dict[str, float]:
-    """``unlearning_score`` of ``results/unlearning/<variant>.json``."""
+    """``unlearning_score`` of ``results/<profile>/unlearning/<variant>.json``, with its bootstrap SD and the
+    continuous area score (and its SD) when the file has them."""
     path = Path(path)
     doc = read_json(path)
     score = _dig(doc, ("eval_result_metrics", "unlearning", "unlearning_score"), path)
-    return {"unlearning_score": float(score)}
+    out = {"unlearning_score": float(score)}
+    block = doc.get("eval_result_metrics", {}).get("unlearning", {})
+    out.update({k: float(block[k]) for k in UNLEARNING_OPTIONAL if isinstance(block.get(k), (int, float))})
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
