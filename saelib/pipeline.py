@@ -18,21 +18,25 @@ from .models import LoadedModel, load_model
 from .penalties import make_penalty
 from .sae import make_sae
 from .train import CHECKPOINT_NAME, read_log, train_sae
-from .variants import ResolvedVariant, resolve_variant
+from .variants import ResolvedVariant, activation_rms, needs_activation_rms, resolve_variant
 
 CURVE_COLUMNS = ("step", "tokens", "lr", "loss", "mse", "auxk", "l1", "penalty", "penalty_coact", "penalty_l1",
                  "penalty_raw", "penalty_over_mse", "coact_stat", "l0", "n_dead")
 
 
 def resolve(P: dict[str, Any], variant: str, model: LoadedModel | None = None) -> ResolvedVariant:
-    """Resolve ``variant`` for the active profile (needs only the model's width and name)."""
+    """Resolve ``variant`` for the active profile (needs only the model's width and name, and for a
+    ``l1_rule: norm_matched`` entry the centred RMS norm of the training activation cache)."""
     if variant not in P["all_variants"]:
         raise KeyError(f"unknown SAE variant {variant!r}; params.yaml defines: {', '.join(P['all_variants'])}")
     run = P["run"]
+    entry = P["all_variants"][variant]
     d_model = model.d_model if model is not None else ActivationCache(P["paths"]["activations_train"]).d_model
     hook = model.hook_name(run["layer"]) if model is not None else f"blocks.{run['layer']}.hook_resid_post"
-    return resolve_variant(variant, P["all_variants"][variant], run, d_model=d_model, model_name=run["model"],
-                           hook_name=hook)
+    # matched-L1 variants (l1_rule: norm_matched) rescale λ by the training activations' centred RMS norm
+    rms = activation_rms(ActivationCache(P["paths"]["activations_train"])) if needs_activation_rms(entry) else None
+    return resolve_variant(variant, entry, run, d_model=d_model, model_name=run["model"], hook_name=hook,
+                           activation_rms=rms)
 
 
 def training_curve(records: list[dict[str, Any]], n_points: int = 200) -> pd.DataFrame:
