@@ -31,6 +31,7 @@ from .sae.base import read_saelens_folder
 from .stages import EVALS, impl
 from .stages import absorption as _absorption  # noqa: F401 - the per-eval stage modules impl() dispatches to
 from .stages import probing as _probing  # noqa: F401
+from .stages import sae_probes as _sae_probes  # noqa: F401
 from .stages import scr as _scr  # noqa: F401
 from .stages import unlearning as _unlearning  # noqa: F401
 

@@ -11,7 +11,7 @@ Every eval has two halves, and the pipeline runs them as two kinds of DVC stage:
   stages, and ``python -m saelib.evaluate`` for an SAE trained elsewhere).
 
 Each eval has its own submodule (``saelib.stages.absorption``, ``.scr`` (with TPP), ``.probing``,
-``.unlearning``) with the same four functions: ``prepare(run, cache_dir, *, model, progress)``,
+``.unlearning``, ``.sae_probes``) with the same four functions: ``prepare(run, cache_dir, *, model, progress)``,
 ``model_side_tables(prep)``, ``output_files(sae_name)`` and ``evaluate(prep, sae, out_dir, sae_name, *,
 extra, progress)``. A notebook imports only its eval's submodule, so a DVC stage depends only on the eval
 module it runs (``tests/test_dvc_deps.py``). This package holds what they share and the pipeline's
@@ -33,8 +33,9 @@ from ..io import atomic_write_text
 from ..models import LoadedModel, load_model
 from ..sae import load_sae
 
-EVALS = ("absorption", "scr", "probing", "unlearning")
-"""The evals that run per SAE after training (``core`` runs inside the train stage). ``scr`` also runs TPP."""
+EVALS = ("absorption", "scr", "probing", "unlearning", "sae_probes")
+"""The evals that run per SAE after training (``core`` runs inside the train stage). ``scr`` also runs TPP;
+``sae_probes`` is the second sparse-probing protocol (sae-probes', reported beside SAEBench's)."""
 
 
 class MissingPrepError(FileNotFoundError):
