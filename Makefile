@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup repro test smoke bench clean-venv
+.PHONY: setup repro test smoke bench lab clean-venv
 
 setup: $(STAMP)
 
@@ -27,6 +27,13 @@ smoke: $(STAMP)
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# JupyterLab on the repository: notebooks/*.py open as notebooks (jupytext.toml; the default viewer for
+# .py files is set in .jupyter/labconfig/default_setting_overrides.json) and save back as py:percent.
+lab: $(STAMP)
+	JUPYTER_CONFIG_PATH=$(CURDIR)/.jupyter$${JUPYTER_CONFIG_PATH:+:$$JUPYTER_CONFIG_PATH} SAELIB_ROOT=$(CURDIR) \
+		$(VENV)/bin/jupyter lab --ServerApp.root_dir=$(CURDIR) --LabApp.default_url=/lab/tree/notebooks \
+		$(if $(filter 0,$(shell id -u)),--ServerApp.allow_root=True)
 
 clean-venv:
 	rm -rf $(VENV)

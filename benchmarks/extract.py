@@ -3,6 +3,7 @@ forward hook that stops after the layer, on the same real-text batches in the sa
 
     python benchmarks/extract.py                       # gemma-3-270m layer 8, batches 16/32/64
     python benchmarks/extract.py --threads 1,2 --rounds 3
+    python benchmarks/extract.py --device cuda --batch-sizes 64,128,256   # on a GPU machine
 
 Both methods run interleaved (plain, nnsight, plain, nnsight, ...) so that drifting machine load
 hits them alike; tokens/s counts every position of the batch. Goal: nnsight >= 90% of plain.
@@ -22,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from saelib.data.corpus import load_corpus, tokenize_corpus  # noqa: E402
+from saelib.devices import resolve_device, synchronized  # noqa: E402
 from saelib.hooks import residuals_batch  # noqa: E402
 from saelib.models import load_model  # noqa: E402
 
@@ -41,17 +43,19 @@ def plain_residuals(model, tokens_NS, layer):
 
     handle = model.layers()[layer].register_forward_hook(hook)
     try:
-        model.hf_model(tokens_NS)
+        model.hf_model(tokens_NS.to(model.device))
     except _Stop:
         pass
     finally:
         handle.remove()
-    return captured["x"]
+    return captured["x"].cpu()  # the extractor needs the rows on the host, as residuals_batch returns them
 
 
-def _time(fn, *args):
-    t0 = time.perf_counter()
-    out = fn(*args)
+def _time(fn, model, *args):
+    """Seconds ``fn(model, *args)`` takes, queued GPU work included."""
+    with synchronized(model.device):
+        t0 = time.perf_counter()
+        out = fn(model, *args)
     return time.perf_counter() - t0, out
 
 
@@ -64,9 +68,11 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", default=str(torch.get_num_threads()), help="comma list for torch.set_num_threads")
     ap.add_argument("--rounds", type=int, default=1, help="timed batches per method and setting")
     ap.add_argument("--overhead-reps", type=int, default=10, help="repetitions of the 1x16-token overhead probe")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (saelib.devices.resolve_device)")
     args = ap.parse_args(argv)
 
-    model = load_model(args.model)
+    device = resolve_device(args.device)
+    model = load_model(args.model, device=device)
     layer = model.default_layer if args.layer is None else model.check_layer(args.layer)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     threads = [int(t) for t in args.threads.split(",")]
@@ -74,7 +80,7 @@ def main(argv=None) -> int:
     tokens = tokenize_corpus(model.tokenizer, docs, context=args.context, max_sequences=max(batch_sizes) * args.rounds)
     if tokens.shape[0] < max(batch_sizes) * args.rounds:
         raise SystemExit(f"held-out corpus gave only {tokens.shape[0]} sequences")
-    print(f"model {model.name} layer {layer} context {args.context}; cpu threads available {os.cpu_count()}")
+    print(f"model {model.name} layer {layer} context {args.context} on {device}; cpu threads available {os.cpu_count()}")
 
     # correctness: both methods return the same residuals
     small = tokens[:2]

@@ -18,7 +18,8 @@
 # model (`blocks.<layer>.hook_resid_post`). This notebook builds the text corpus, packs it into
 # sequences of `context` tokens (BOS at position 0, documents separated by BOS, as SAELens packs
 # them), runs the model in bf16 up to the hooked layer and writes the activations of every
-# non-special token to a sharded cache (`data/<profile>/activations/{train,heldout}/`).
+# non-special token to a sharded cache (`data/<profile>/activations/{train,heldout}/`). The model
+# runs on `params.yaml`'s `device` (`auto`: a CUDA GPU when one is visible, else the CPU).
 #
 # - **default / smoke profiles** use Gemma-3-270M (layer 8 of 18, the same relative depth as the
 #   papers' Gemma-2-2B layer 12 of 26) on an offline corpus of English text that ships in
@@ -30,8 +31,8 @@
 # The cache stores the token ids next to the activations, so evaluations can rerun the model on
 # the same text. Special tokens (BOS, and the BOS separators) are never stored as activations: at
 # layer 8 their residual norm is more than ten times that of ordinary tokens. A rerun with the same
-# settings finds the complete caches and does nothing; an interrupted run resumes at the first
-# missing shard.
+# settings re-hashes the shards, finds the complete caches and does nothing; an interrupted run
+# resumes at the first missing shard, and a corrupt or truncated shard is rewritten.
 
 # %% tags=["parameters"]
 profile = None
@@ -49,8 +50,8 @@ from saelib.extract import ExtractConfig, build_activation_cache, extraction_sum
 from saelib.io import atomic_write_json
 
 P = load_params(profile)
-cfg = ExtractConfig.from_run(P["run"])
-print(f"profile={P['profile']}")
+cfg = ExtractConfig.from_run(P["run"], device=P["device"])  # device: params.yaml `device` (auto: CUDA if present)
+print(f"profile={P['profile']} device={P['device']}")
 cfg
 
 # %% [markdown]

@@ -5,7 +5,12 @@ A cache folder holds ``manifest.json`` and ``shard_00000.safetensors`` ... Each 
 ``tokens_NS`` (int32, the shard's full sequences) and ``keep_NS`` (bool). The manifest records the
 model, layer, sizes, one SHA-256 per shard and one for all token ids, and ``complete`` once every
 shard is written. :class:`ActivationWriter` writes shards atomically and records each in the
-manifest, so an interrupted extraction resumes at the first missing shard.
+manifest, so an interrupted extraction resumes at the first missing shard; reopening a folder
+re-hashes the recorded shards and rewrites a corrupt or truncated one (and the shards after it).
+
+``ActivationCache(path, expect={"model": ..., "layer": ..., "context": ...})`` refuses a cache built
+for other settings than the run's, and ``iter_batches(..., device="cuda")`` streams batches to a GPU
+through pinned host memory.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .devices import to_device
 from .io import atomic_save_safetensors, atomic_write_json, read_json
 
 MANIFEST = "manifest.json"
@@ -31,7 +37,28 @@ class CorruptShardError(RuntimeError):
     """A shard's bytes do not match the hash recorded in the manifest (or the file is unreadable)."""
 
 
+class CacheMismatchError(ValueError):
+    """The cache was extracted with other settings (model, layer, context, ...) than the run asks for."""
+
+
 BUILD_COMMAND = "python -m saelib.runner notebooks/01_extract.py -p profile {profile}  (or: dvc repro extract)"
+REPAIR_HINT = (
+    "re-run extraction, which re-hashes every shard and rewrites the bad ones: {command}; "
+    "or delete the folder {path} and extract again"
+)
+
+
+def guess_profile(path: str | Path) -> str | None:
+    """The profile of a cache folder laid out as ``data/<profile>/activations/<split>``, else None."""
+    parts = Path(path).parts
+    if len(parts) >= 4 and parts[-4] == "data" and parts[-2] == "activations":
+        return parts[-3]
+    return None
+
+
+def build_command(path: str | Path, profile: str | None = None) -> str:
+    """The command that (re)builds the cache at ``path``, with the profile filled in when known."""
+    return BUILD_COMMAND.format(profile=profile or guess_profile(path) or "<profile>")
 
 
 def shard_name(index: int) -> str:
@@ -54,13 +81,13 @@ def tokens_sha256(tokens_NS: Tensor) -> str:
     return hashlib.sha256(arr.tobytes()).hexdigest()
 
 
-def _load_shard_file(path: Path) -> dict[str, Tensor]:
+def _load_shard_file(path: Path, hint: str = "") -> dict[str, Tensor]:
     from safetensors.torch import load_file
 
     try:
         return load_file(str(path))
     except Exception as exc:  # safetensors raises its own error types for truncated/garbled files
-        raise CorruptShardError(f"cannot read activation shard {path}: {exc}") from exc
+        raise CorruptShardError(f"cannot read activation shard {path}: {exc}" + (f"; {hint}" if hint else "")) from exc
 
 
 class ActivationWriter:
@@ -91,15 +118,22 @@ class ActivationWriter:
             self._save()
 
     def _drop_missing_shards(self) -> None:
-        """Forget recorded shards whose file vanished or whose size changed (they are rewritten)."""
+        """Forget the first recorded shard whose file vanished, changed size or no longer matches its
+        SHA-256, and every shard after it (extraction writes shards in sequence order, so it resumes
+        there and rewrites them)."""
         good = []
         for entry in self.manifest["shards"]:
             f = self.path / entry["file"]
-            if f.exists() and f.stat().st_size == entry.get("bytes", f.stat().st_size):
-                good.append(entry)
-            else:
+            intact = f.exists() and f.stat().st_size == entry.get("bytes", f.stat().st_size) and sha256_file(f) == entry.get("sha256")
+            if not intact:
                 break
+            good.append(entry)
         if len(good) != len(self.manifest["shards"]):
+            bad = self.manifest["shards"][len(good)]["file"]
+            print(f"activation cache {self.path}: {bad} is missing or corrupt; rewriting it and the "
+                  f"{len(self.manifest['shards']) - len(good) - 1} shard(s) after it")
+            for entry in self.manifest["shards"][len(good):]:
+                (self.path / entry["file"]).unlink(missing_ok=True)
             self.manifest["shards"] = good
             self.manifest["complete"] = False
             self._recount()
@@ -167,11 +201,18 @@ class ActivationWriter:
 
 
 class ActivationCache:
-    """Read access to a complete activation cache folder."""
+    """Read access to a complete activation cache folder.
 
-    def __init__(self, path: str | Path, *, profile: str | None = None):
+    ``expect`` (e.g. ``{"model": "gemma-3-270m", "layer": 8, "context": 128}``) names manifest fields
+    the caller's run settings require; any difference raises :class:`CacheMismatchError` naming the
+    folder and the fix. Opening checks that every shard exists with its recorded size (cheap; a
+    truncated shard is caught here); :meth:`verify` re-hashes them.
+    """
+
+    def __init__(self, path: str | Path, *, profile: str | None = None, expect: dict[str, Any] | None = None):
         self.path = Path(path)
-        command = BUILD_COMMAND.format(profile=profile or "<profile>")
+        self.command = build_command(self.path, profile)
+        command = self.command
         manifest_path = self.path / MANIFEST
         if not manifest_path.exists():
             raise MissingCacheError(f"no activation cache at {self.path} (missing {MANIFEST}); build it with: {command}")
@@ -182,8 +223,30 @@ class ActivationCache:
                 f"finish it with: {command}"
             )
         for entry in self.manifest["shards"]:
-            if not (self.path / entry["file"]).exists():
+            f = self.path / entry["file"]
+            if not f.exists():
                 raise MissingCacheError(f"activation cache at {self.path} lacks {entry['file']}; rebuild it with: {command}")
+            if "bytes" in entry and f.stat().st_size != entry["bytes"]:
+                raise CorruptShardError(
+                    f"activation shard {f} is truncated or overwritten ({f.stat().st_size} bytes, manifest says "
+                    f"{entry['bytes']}); {self._repair_hint()}"
+                )
+        if expect:
+            self.check_settings(expect)
+
+    def _repair_hint(self) -> str:
+        return REPAIR_HINT.format(command=self.command, path=self.path)
+
+    def check_settings(self, expect: dict[str, Any]) -> None:
+        """Raise :class:`CacheMismatchError` if any ``expect`` field differs from the manifest."""
+        diffs = [f"{k}: cache has {self.manifest.get(k)!r}, the run wants {v!r}" for k, v in expect.items() if self.manifest.get(k) != v]
+        if diffs:
+            raise CacheMismatchError(
+                f"activation cache {self.path} was extracted with other settings than this run ({'; '.join(diffs)}). "
+                f"Training on it would label the SAE with settings it was not trained on. Rebuild the cache for "
+                f"the current params.yaml with `dvc repro extract` (or: {self.command}), or delete the folder "
+                f"{self.path} first."
+            )
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -212,14 +275,14 @@ class ActivationCache:
     def load_shard(self, index: int) -> dict[str, Tensor]:
         """``{"acts_ND", "tokens_NS", "keep_NS"}`` of shard ``index`` (shape-checked against the manifest)."""
         entry = self.manifest["shards"][index]
-        data = _load_shard_file(self.shard_path(index))
+        data = _load_shard_file(self.shard_path(index), self._repair_hint())
         acts = data.get("acts_ND")
         if acts is None or "tokens_NS" not in data or "keep_NS" not in data:
-            raise CorruptShardError(f"shard {entry['file']} lacks acts_ND/tokens_NS/keep_NS (has {sorted(data)})")
+            raise CorruptShardError(f"shard {self.shard_path(index)} lacks acts_ND/tokens_NS/keep_NS (has {sorted(data)}); {self._repair_hint()}")
         if acts.shape != (entry["n_tokens"], self.d_model) or data["tokens_NS"].shape[0] != entry["n_sequences"]:
             raise CorruptShardError(
-                f"shard {entry['file']} holds acts {tuple(acts.shape)} / {data['tokens_NS'].shape[0]} sequences, "
-                f"manifest says ({entry['n_tokens']}, {self.d_model}) / {entry['n_sequences']}"
+                f"shard {self.shard_path(index)} holds acts {tuple(acts.shape)} / {data['tokens_NS'].shape[0]} sequences, "
+                f"manifest says ({entry['n_tokens']}, {self.d_model}) / {entry['n_sequences']}; {self._repair_hint()}"
             )
         return data
 
@@ -262,11 +325,13 @@ class ActivationCache:
             f = self.shard_path(i)
             digest = sha256_file(f)
             if digest != entry["sha256"]:
-                raise CorruptShardError(f"shard {f} is corrupt: SHA-256 {digest[:12]}… != manifest {entry['sha256'][:12]}…; rebuild the cache")
+                raise CorruptShardError(
+                    f"shard {f} is corrupt: SHA-256 {digest[:12]}… != manifest {entry['sha256'][:12]}…; {self._repair_hint()}"
+                )
             self.load_shard(i)
         digest = tokens_sha256(self.tokens())
         if digest != self.manifest["tokens_sha256"]:
-            raise CorruptShardError(f"token ids in {self.path} do not match the manifest's tokens_sha256")
+            raise CorruptShardError(f"token ids in {self.path} do not match the manifest's tokens_sha256; {self._repair_hint()}")
 
     def _shard_order(self, seed: int, shuffle: bool) -> list[int]:
         if not shuffle:
@@ -288,6 +353,7 @@ class ActivationCache:
         drop_last: bool = True,
         buffer_shards: int = 4,
         start_batch: int = 0,
+        device: str | torch.device | None = None,
     ) -> Iterator[Tensor]:
         """Stream activation batches ``x_BD`` (bf16) over the whole cache once.
 
@@ -295,6 +361,8 @@ class ActivationCache:
         and their rows permuted (rows left over from one pool join the next), so memory stays at a
         few shards. Deterministic for a given ``seed``. ``start_batch`` skips that many batches of
         the same stream (to resume training; the skipped shards are still read, the model is not run).
+        ``device``: where the batches go (None: stay on the host). On CUDA each batch is copied from
+        pinned host memory with ``non_blocking=True``, so the copy overlaps the previous step.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -312,8 +380,8 @@ class ActivationCache:
             n_full = pool.shape[0] // batch_size
             for b in range(n_full):
                 if emitted >= start_batch:
-                    yield pool[b * batch_size : (b + 1) * batch_size]
+                    yield to_device(pool[b * batch_size : (b + 1) * batch_size], device)
                 emitted += 1
             carry = pool[n_full * batch_size :]
         if carry.shape[0] and not drop_last and emitted >= start_batch:
-            yield carry
+            yield to_device(carry, device)

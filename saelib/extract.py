@@ -14,10 +14,10 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from .activations import MANIFEST, ActivationCache, ActivationWriter, MissingCacheError, tokens_sha256
+from .activations import MANIFEST, ActivationCache, ActivationWriter, CorruptShardError, MissingCacheError, tokens_sha256
 from .hooks import residuals_batch, special_mask
 from .io import read_json
-from .models import LoadedModel
+from .models import LoadedModel, load_model
 
 
 def cache_settings(model: LoadedModel, tokens_NS: Tensor, layer: int, meta: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -168,12 +168,16 @@ class ExtractConfig:
     threads: int | None = None
     """``torch.set_num_threads`` during extraction (None: torch's default). On a busy 2-core machine
     one thread beat two by 4x (barrier stalls); on an idle one two threads are faster."""
+    device: str = "auto"
+    """Where the model runs (``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``; ``P["device"]``). Not part of
+    the cache's identity: a cache extracted on a GPU is reused on the CPU and vice versa."""
 
     @classmethod
-    def from_run(cls, run: dict[str, Any]) -> "ExtractConfig":
-        """Take the fields this config has from a profile block (``P["run"]``); ignore the rest."""
+    def from_run(cls, run: dict[str, Any], **overrides: Any) -> "ExtractConfig":
+        """Take the fields this config has from a profile block (``P["run"]``), then ``overrides``
+        (e.g. ``device=P["device"]``); ignore the rest of the block."""
         names = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in run.items() if k in names})
+        return cls(**{**{k: v for k, v in run.items() if k in names}, **overrides})
 
 
 def split_meta(cfg: ExtractConfig, split: str) -> dict[str, Any]:
@@ -191,8 +195,13 @@ def split_meta(cfg: ExtractConfig, split: str) -> dict[str, Any]:
     return meta
 
 
-def find_complete_cache(out_dir: str | Path, *, model: str, layer: int, context: int, meta: dict[str, Any]) -> ActivationCache | None:
-    """The cache in ``out_dir`` if it is complete and was built with these settings, else ``None``."""
+def find_complete_cache(
+    out_dir: str | Path, *, model: str, layer: int, context: int, meta: dict[str, Any], verify: bool = True
+) -> ActivationCache | None:
+    """The cache in ``out_dir`` if it is complete, was built with these settings and (``verify``)
+    every shard still matches its SHA-256; else ``None``, so the caller re-extracts. A corrupt or
+    truncated shard is reported here and dropped by :class:`ActivationWriter`, which then rewrites
+    it (and the shards after it)."""
     path = Path(out_dir) / MANIFEST
     if not path.exists():
         return None
@@ -201,9 +210,13 @@ def find_complete_cache(out_dir: str | Path, *, model: str, layer: int, context:
     if not same:
         return None
     try:
-        return ActivationCache(out_dir)
-    except MissingCacheError:
+        cache = ActivationCache(out_dir)
+        if verify:
+            cache.verify()
+    except (MissingCacheError, CorruptShardError) as err:
+        print(f"activation cache {out_dir} needs repair ({err}); re-extracting from the first bad shard")
         return None
+    return cache
 
 
 def corpus_tokens(cfg: ExtractConfig, tokenizer, split: str) -> Tensor:
@@ -249,7 +262,10 @@ def build_activation_cache(
     if found is not None:
         return found
     if load is None:
-        from .models import load_model as load
+
+        def load(name: str) -> LoadedModel:
+            return load_model(name, device=cfg.device)
+
     model = load(cfg.model)
     model.check_layer(cfg.layer)
     tokens = corpus_tokens(cfg, model.tokenizer, split)
@@ -281,7 +297,8 @@ def extraction_summary(cfg: ExtractConfig, caches: dict[str, ActivationCache], c
     """The small, committed record of an extraction (``results/extract/summary.json``): settings,
     per-split sizes and hashes, residual-norm statistics and the corpus composition. Deterministic:
     a rerun on the same caches gives the same file."""
-    out: dict[str, Any] = {"config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__ if k != "threads"}}
+    machine_local = ("threads", "device")  # how the run was executed, not what it computed
+    out: dict[str, Any] = {"config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__ if k not in machine_local}}
     for split, cache in caches.items():
         m = cache.manifest
         out[split] = {

@@ -27,7 +27,7 @@ def special_mask(model_or_ids, tokens_NS: Tensor) -> Tensor:
     ids = model_or_ids.special_ids if isinstance(model_or_ids, LoadedModel) else list(model_or_ids)
     if tokens_NS.ndim != 2:
         raise ValueError(f"tokens must be (sequences, positions), got shape {tuple(tokens_NS.shape)}")
-    special = torch.tensor(sorted(set(int(i) for i in ids)), dtype=tokens_NS.dtype)
+    special = torch.tensor(sorted(set(int(i) for i in ids)), dtype=tokens_NS.dtype, device=tokens_NS.device)
     return ~torch.isin(tokens_NS, special)
 
 
@@ -165,9 +165,10 @@ def spliced_kl_ce(
         for name, patch in patches.items():
             where_NS = everywhere_NS if name in patch_everywhere else keep_NS
             hidden[name] = final_hidden(model, tok_NS, layer, patch, where_NS, mask)
-        pos = (keep_NS if saebench_positions else flags_NS["kl"]).nonzero(as_tuple=False)
-        flag = {k: f[pos[:, 0], pos[:, 1]] for k, f in flags_NS.items()}
-        tgt = target_NS[pos[:, 0], pos[:, 1]]
+        dev = model.device
+        pos = (keep_NS if saebench_positions else flags_NS["kl"]).nonzero(as_tuple=False).to(dev)
+        flag = {k: f.to(dev)[pos[:, 0], pos[:, 1]] for k, f in flags_NS.items()}
+        tgt = target_NS.to(dev)[pos[:, 0], pos[:, 1]]
         for k in counts:
             counts[k] += int(flag[k].sum())
         for start in range(0, pos.shape[0], token_chunk):

@@ -1,4 +1,5 @@
-"""Atomic file writes: every result lands whole or not at all."""
+"""Atomic file writes: every result lands whole or not at all. Paths written into JSON results are
+stored relative to the repository root, so committed results hold no machine-specific paths."""
 from __future__ import annotations
 
 import json
@@ -37,13 +38,34 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return _atomic_write(path, write)
 
 
+def _root() -> Path | None:
+    env = os.environ.get("SAELIB_ROOT")
+    if env:
+        return Path(env).resolve()
+    here = Path.cwd().resolve()
+    return next((f for f in (here, *here.parents) if (f / "params.yaml").exists()), None)
+
+
+def repo_relative(path: str | Path, root: str | Path | None = None) -> str:
+    """``path`` relative to the repository root (``root``, ``$SAELIB_ROOT`` or the nearest parent of
+    the working directory holding ``params.yaml``) as a POSIX string; unchanged when outside it."""
+    base = Path(root).resolve() if root is not None else _root()
+    p = Path(path)
+    if base is None or not p.is_absolute():
+        return p.as_posix()
+    try:
+        return p.resolve().relative_to(base).as_posix()
+    except ValueError:
+        return p.as_posix()
+
+
 def _json_default(obj: Any) -> Any:
     if hasattr(obj, "item"):  # numpy / torch scalars
         return obj.item()
     if hasattr(obj, "tolist"):
         return obj.tolist()
     if isinstance(obj, Path):
-        return str(obj)
+        return repo_relative(obj)
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
 
 

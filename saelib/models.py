@@ -12,6 +12,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .devices import compute_dtype, module_device, resolve_device
+
 
 class UnknownModelError(ValueError):
     """Raised for a model name that is not in the registry."""
@@ -65,6 +67,11 @@ class LoadedModel:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def device(self) -> torch.device:
+        """Device the model's weights live on (inputs are moved there by :mod:`saelib.hooks`)."""
+        return module_device(self.hf_model)
 
     @property
     def n_layers(self) -> int:
@@ -175,7 +182,9 @@ def _load_hub(spec: ModelSpec, dtype: torch.dtype) -> LoadedModel:
         raise HubUnavailableError(
             f"could not load {spec.name} ({spec.hub_id}) from the Hugging Face hub: {exc.__class__.__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}. The paper profile needs network access to the hub "
-            "and an accepted Gemma licence (huggingface-cli login); the offline default uses 'gemma-3-270m'."
+            "and an accepted Gemma licence: run `hf auth login`, then allow downloads with HF_HUB_OFFLINE=0 "
+            "(`HF_HUB_OFFLINE=0 dvc repro` or `make repro HF_HUB_OFFLINE=0`: the Makefile, the runner and the "
+            "tests default to HF_HUB_OFFLINE=1); the offline default uses 'gemma-3-270m'."
         ) from exc
     return wrap_model(model, tokenizer, spec)
 
@@ -220,19 +229,28 @@ def get_spec(name: str) -> ModelSpec:
         raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(sorted(REGISTRY))}") from None
 
 
-_MODEL_CACHE: dict[tuple[str, torch.dtype], LoadedModel] = {}
+_MODEL_CACHE: dict[tuple[str, torch.dtype, str], LoadedModel] = {}
 
 
-def load_model(name: str, *, dtype: torch.dtype = torch.bfloat16, reuse: bool = True) -> LoadedModel:
-    """Load a registered model (bf16 by default: AMX makes bf16 matmuls fastest on CPU).
+def load_model(
+    name: str, *, dtype: torch.dtype | None = None, device: str | torch.device | None = "auto", reuse: bool = True
+) -> LoadedModel:
+    """Load a registered model onto ``device``, in ``dtype`` (default: bf16 where bf16 matmuls are fast on
+    that device, i.e. a GPU or an AVX-512/AMX CPU, else float32; :func:`saelib.devices.compute_dtype`).
 
-    ``reuse`` returns the same object for repeated calls in one process.
+    ``device``: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; see
+    :func:`saelib.devices.resolve_device`. ``reuse`` returns the same object for repeated calls in
+    one process with the same dtype and device.
     """
     spec = get_spec(name)
-    key = (name, dtype)
+    target = resolve_device(device)
+    dtype = compute_dtype(target) if dtype is None else dtype
+    key = (name, dtype, str(target))
     if reuse and key in _MODEL_CACHE:
         return _MODEL_CACHE[key]
     loaded = _LOADERS[spec.source](spec, dtype)
+    if loaded.device != target:
+        loaded.hf_model.to(target)
     if reuse:
         _MODEL_CACHE[key] = loaded
     return loaded

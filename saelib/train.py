@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterator, Protocol
 import torch
 from torch import Tensor
 
+from .devices import bf16_matmul_is_fast, resolve_device
 from .io import atomic_torch_save, atomic_write_json, atomic_write_text
 from .sae.base import BaseSAE, SAEOutput
 
@@ -131,33 +132,6 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["adam_betas"] = list(self.adam_betas)
         return d
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; other names as ``torch.device`` (CUDA asked for but
-    absent is a clear error)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"TrainConfig.device={name!r} but CUDA is not available; use 'auto' or 'cpu'")
-    return dev
-
-
-@functools.lru_cache(maxsize=None)
-def bf16_matmul_is_fast(device_type: str) -> bool:
-    """Whether bf16 matmuls run at hardware speed on ``device_type``: CUDA with bf16 support, or a CPU
-    with AVX-512 (oneDNN's bf16 kernels; AMX / AVX512-BF16 are faster still). On other CPUs (AVX2 only)
-    PyTorch falls back to a reference kernel ~1000x slower than fp32."""
-    if device_type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
-    if device_type != "cpu":
-        return True
-    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported", "_is_avx512_supported")
-    found = [getattr(torch.cpu, name, None) for name in probes]
-    if all(f is None for f in found):
-        return True  # this torch cannot tell: keep bf16
-    return any(bool(f()) for f in found if f is not None)
 
 
 def step_uses_bf16(cfg: "TrainConfig", device_type: str) -> bool:

@@ -48,7 +48,7 @@ def test_hub_model_offline_gives_clear_error(monkeypatch):
         raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")
 
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", no_network)
-    with pytest.raises(HubUnavailableError, match="gemma-2-2b-it \\(google/gemma-2-2b-it\\).*offline default uses 'gemma-3-270m'"):
+    with pytest.raises(HubUnavailableError, match="gemma-2-2b-it \\(google/gemma-2-2b-it\\).*`hf auth login`.*HF_HUB_OFFLINE=0.*offline default uses 'gemma-3-270m'"):
         load_model("gemma-2-2b-it", reuse=False)
 
 

@@ -334,4 +334,22 @@ def read_saelens_folder(folder: str | Path) -> tuple[dict[str, Any], dict[str, T
     for name in (CFG_FILENAME, WEIGHTS_FILENAME):
         if not (folder / name).exists():
             raise SAEFormatError(f"SAE folder {folder} has no {name} (expected SAELens layout: {CFG_FILENAME} + {WEIGHTS_FILENAME})")
-    return read_json(folder / CFG_FILENAME), load_file(str(folder / WEIGHTS_FILENAME))
+    try:
+        cfg_json = read_json(folder / CFG_FILENAME)
+    except ValueError as err:  # json.JSONDecodeError
+        raise SAEFormatError(f"{folder / CFG_FILENAME} is not valid JSON ({err}); {retrain_hint(folder)}") from None
+    try:
+        tensors = load_file(str(folder / WEIGHTS_FILENAME))
+    except Exception as err:  # safetensors raises SafetensorError (not an OSError) for truncated/garbled files
+        raise SAEFormatError(
+            f"{folder / WEIGHTS_FILENAME} is corrupt or truncated ({type(err).__name__}: {err}); {retrain_hint(folder)}"
+        ) from None
+    return cfg_json, tensors
+
+
+def retrain_hint(folder: str | Path) -> str:
+    """How to rebuild the SAE in ``folder``: its train stage for ``checkpoints/<profile>/<variant>/sae``."""
+    folder = Path(folder)
+    if folder.name == "sae" and folder.parent.parent.parent.name == "checkpoints":
+        return f"retrain it with `dvc repro train@{folder.parent.name}` (profile {folder.parent.parent.name})"
+    return "save or download the SAE again"
