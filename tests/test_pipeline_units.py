@@ -45,3 +45,38 @@ def test_matched_l1_variant_gets_lambda_rescaled_by_the_cache_norm(P):
     assert PAPER_ACTIVATION_RMS == pytest.approx(math.sqrt(2304 * 4.438 / (1 - 0.293)))
     # a literal entry (same λ, no l1_rule) keeps 0.04 whatever the norm
     assert pipeline.resolve(P, "relu_l1").sae_cfg.l1_coef == pytest.approx(0.04)
+
+
+def test_read_sequence_genres_missing_file_is_a_note_and_a_wrong_file_an_error(tmp_path, capsys):
+    assert pipeline.read_sequence_genres(tmp_path, 3) is None
+    assert "per-genre core metrics skipped" in capsys.readouterr().out
+    (tmp_path / pipeline.SEQUENCE_LABELS).write_text('{"genre": ["news", "code", "news"], "source": ["a", "b", "a"]}')
+    assert pipeline.read_sequence_genres(tmp_path, 3) == ["news", "code", "news"]
+    with pytest.raises(ValueError, match=r"sequence_labels\.json.*one genre per held-out sequence \(4\), got 3"):
+        pipeline.read_sequence_genres(tmp_path, 4)
+
+
+def test_per_genre_core_scores_each_genre_on_its_own_rows(tiny_model):
+    from saelib.evals.core import evaluate_core
+    from saelib.sae import TopKConfig, make_sae
+
+    torch.manual_seed(0)
+    sae = make_sae("topk", TopKConfig(d_in=tiny_model.d_model, d_sae=2 * tiny_model.d_model, k=4))
+    g = torch.Generator().manual_seed(1)
+    base = torch.randint(10, 200, (2, 12), generator=g)
+    base[:, 0] = tiny_model.tokenizer.bos_token_id
+    tokens = base[[0, 0, 1, 1]]  # rows 0/1 and 2/3 are copies
+    # "a" and "b" each hold one copy of both texts: identical scores, equal to the two texts alone
+    dup = pipeline.per_genre_core(sae, tiny_model, tokens, ["a", "b", "a", "b"], 1, batch_size=2)
+    assert list(dup) == ["a", "b"]
+    alone = evaluate_core(sae, tiny_model, base, 1, batch_size=2)
+    for key in ("ev", "kl_score", "ce_score"):
+        assert dup["a"][key] == pytest.approx(dup["b"][key], rel=1e-5)
+        assert dup["a"][key] == pytest.approx(alone[key], rel=1e-5)
+    assert dup["a"]["n_sequences"] == dup["b"]["n_sequences"] == 2
+    # grouped by text instead, each genre sees one text only: the rows really are selected per genre
+    split = pipeline.per_genre_core(sae, tiny_model, tokens, ["x", "x", "y", "y"], 1, batch_size=2)
+    assert split["x"]["ev"] == pytest.approx(evaluate_core(sae, tiny_model, base[:1], 1)["ev"], rel=1e-5)
+    assert split["x"]["ev"] != pytest.approx(split["y"]["ev"], rel=1e-3)
+    with pytest.raises(ValueError, match="3 genre labels for 4 sequences"):
+        pipeline.per_genre_core(sae, tiny_model, tokens, ["a", "b", "a"], 1)
