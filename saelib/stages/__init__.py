@@ -76,13 +76,20 @@ def impl(which: str | ModuleType) -> ModuleType:
     return importlib.import_module(f"{__name__}.{check_eval(which)}")
 
 
-def model_loader(model: LoadedModel | Callable[[], LoadedModel] | None, name: str) -> Callable[[], LoadedModel]:
-    """A zero-argument loader: of ``model`` itself, of the given loader, or ``load_model(name)``."""
+def model_loader(model: LoadedModel | Callable[[], LoadedModel] | None, name: str,
+                 device: str = "auto") -> Callable[[], LoadedModel]:
+    """A zero-argument loader: of ``model`` itself, of the given loader, or ``load_model(name, device=device)``."""
     if isinstance(model, LoadedModel):
         return lambda: model
     if model is not None:
         return model
-    return lambda: load_model(name)
+    return lambda: load_model(name, device=device)
+
+
+def stage_run(P: dict[str, Any]) -> dict[str, Any]:
+    """The profile block handed to an eval's ``prepare``, with ``device`` (``P["device"]``) added: where
+    the model is loaded when a cache entry has to be filled."""
+    return {**P["run"], "device": P.get("device", "auto")}
 
 
 def write_model_side(which: str | ModuleType, prep: Prepared, folder: str | Path) -> list[Path]:
@@ -126,7 +133,7 @@ def prepare_eval(P: dict[str, Any], which: str | ModuleType, *, progress: bool =
     """The ``<eval>_prep`` stage: build the eval's model side into its cache and write its model-side
     tables to ``results/<profile>/model_side/<eval>/``."""
     mod = impl(which)
-    prep = mod.prepare(P["run"], eval_cache_dir(P, mod), progress=progress)
+    prep = mod.prepare(stage_run(P), eval_cache_dir(P, mod), progress=progress)
     write_model_side(mod, prep, P["paths"]["model_side"] / mod.NAME)
     return prep
 
@@ -143,7 +150,7 @@ def load_prepared(P: dict[str, Any], which: str | ModuleType, *, progress: bool 
         raise MissingPrepError(f"the model-side cache at {folder} lacks data the {mod.NAME!r} settings need (settings "
                                f"changed since it was built?); rebuild it with `dvc repro {mod.NAME}_prep`")
 
-    return mod.prepare(P["run"], folder, model=refuse if mod.LAZY_MODEL else None, progress=progress)
+    return mod.prepare(stage_run(P), folder, model=refuse if mod.LAZY_MODEL else None, progress=progress)
 
 
 def evaluate_variant(P: dict[str, Any], which: str | ModuleType, variant: str, *, prep: Prepared | None = None,

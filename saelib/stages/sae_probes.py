@@ -26,7 +26,7 @@ def prepare(run: dict[str, Any], cache_dir: str | Path, *, model: LoadedModel | 
     """Last-token residuals of every dataset's train/test prompts and the L2 residual baselines (cached
     under ``cache_dir``)."""
     cfg = sae_probes.SaeProbesConfig.from_params(run)
-    get = model_loader(model, run["model"])
+    get = model_loader(model, run["model"], run.get("device", "auto"))
     layer = int(run["layer"])
     data = sae_probes.prepare_sae_probes(cfg, model=get, model_name=run["model"], layer=layer, cache_dir=cache_dir)
     return Prepared(NAME, cfg, data, run["model"], layer, get)
