@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .activations import MANIFEST, ActivationCache, ActivationWriter, CorruptShardError, MissingCacheError, tokens_sha256
 from .hooks import residuals_batch, special_mask
-from .io import read_json
+from .io import atomic_write_json, read_json
 from .models import LoadedModel, load_model
 
 
@@ -192,6 +192,8 @@ def split_meta(cfg: ExtractConfig, split: str) -> dict[str, Any]:
         meta["max_tokens"] = cfg.train_tokens
     else:
         meta["max_sequences"] = cfg.heldout_sequences
+        if cfg.corpus == "offline":
+            meta["packing"] = "per_genre"  # each held-out row stays within one genre (SEQUENCE_LABELS)
     return meta
 
 
@@ -219,18 +221,29 @@ def find_complete_cache(
     return cache
 
 
-def corpus_tokens(cfg: ExtractConfig, tokenizer, split: str) -> Tensor:
-    """Token rows of ``split`` for this config: the training budget or the held-out sequence count."""
-    from .data.corpus import load_corpus, tokenize_corpus
+SEQUENCE_LABELS = "sequence_labels.json"
+"""Side file of a held-out cache packed per genre: ``{"genre": [...], "source": [...]}``, one entry per row."""
 
-    if split == "train":
-        budget = {"max_tokens": cfg.train_tokens}
-        hub = {"max_words": cfg.train_tokens}
+
+def corpus_rows(cfg: ExtractConfig, tokenizer, split: str) -> tuple[Tensor, dict[str, Any] | None]:
+    """Token rows of ``split`` for this config (the training budget or the held-out sequence count) and,
+    for the offline held-out split, the genre/source label of each row (rows packed one genre each, so
+    the core metrics can be read per genre); ``None`` labels otherwise."""
+    from .data.corpus import heldout_by_genre, load_corpus, tokenize_corpus
+
+    labels = None
+    if split == "heldout" and cfg.corpus == "offline":
+        packed = heldout_by_genre(tokenizer, cfg.context, cfg.heldout_sequences, seed=cfg.seed)
+        tokens, labels = packed.tokens_NS, packed.labels_json()
     else:
-        budget = {"max_sequences": cfg.heldout_sequences}
-        hub = {"max_words": cfg.heldout_sequences * cfg.context}
-    ds = load_corpus(cfg.corpus, split, seed=cfg.seed, **(hub if cfg.corpus == "pile" else {}))
-    tokens = tokenize_corpus(tokenizer, ds["text"], context=cfg.context, **budget)
+        if split == "train":
+            budget = {"max_tokens": cfg.train_tokens}
+            hub = {"max_words": cfg.train_tokens}
+        else:
+            budget = {"max_sequences": cfg.heldout_sequences}
+            hub = {"max_words": cfg.heldout_sequences * cfg.context}
+        ds = load_corpus(cfg.corpus, split, seed=cfg.seed, **(hub if cfg.corpus == "pile" else {}))
+        tokens = tokenize_corpus(tokenizer, ds["text"], context=cfg.context, **budget)
     wanted = cfg.heldout_sequences if split == "heldout" else None
     if tokens.shape[0] == 0 or (wanted is not None and tokens.shape[0] < wanted):
         raise ValueError(f"the {cfg.corpus} corpus's {split} split gave {tokens.shape[0]} sequences of {cfg.context} tokens; need {wanted or 'more'}")
@@ -238,7 +251,18 @@ def corpus_tokens(cfg: ExtractConfig, tokenizer, split: str) -> Tensor:
         kept = int(special_mask(_special_ids(tokenizer), tokens).sum())
         if kept < cfg.train_tokens:
             raise ValueError(f"the {cfg.corpus} corpus's train split holds only {kept} tokens; train_tokens asks for {cfg.train_tokens}")
-    return tokens
+    return tokens, labels
+
+
+def corpus_tokens(cfg: ExtractConfig, tokenizer, split: str) -> Tensor:
+    """Token rows of ``split`` (see :func:`corpus_rows`, without the labels)."""
+    return corpus_rows(cfg, tokenizer, split)[0]
+
+
+def read_sequence_labels(cache_dir: str | Path) -> dict[str, Any] | None:
+    """The per-row genre/source labels of a held-out cache, or ``None`` when it was not packed per genre."""
+    path = Path(cache_dir) / SEQUENCE_LABELS
+    return read_json(path) if path.exists() else None
 
 
 def _special_ids(tokenizer) -> list[int]:
@@ -268,14 +292,17 @@ def build_activation_cache(
 
     model = load(cfg.model)
     model.check_layer(cfg.layer)
-    tokens = corpus_tokens(cfg, model.tokenizer, split)
+    tokens, labels = corpus_rows(cfg, model.tokenizer, split)
     threads = torch.get_num_threads()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     try:
-        return extract_activations(
+        cache = extract_activations(
             model, tokens, cfg.layer, out_dir, batch_size=cfg.extract_batch, shard_tokens=cfg.shard_tokens, progress=progress, meta=meta
         )
+        if labels is not None:
+            atomic_write_json(Path(out_dir) / SEQUENCE_LABELS, labels)
+        return cache
     finally:
         torch.set_num_threads(threads)
 
@@ -284,7 +311,10 @@ __all__ = [
     "ExtractConfig",
     "build_activation_cache",
     "cache_settings",
+    "SEQUENCE_LABELS",
+    "corpus_rows",
     "corpus_tokens",
+    "read_sequence_labels",
     "extract_activations",
     "extraction_summary",
     "find_complete_cache",

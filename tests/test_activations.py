@@ -219,10 +219,11 @@ def test_build_activation_cache_is_a_noop_when_complete(tiny_model, tmp_path, mo
     import datasets
 
     import saelib.data.corpus as corpus
-    from saelib.extract import ExtractConfig, build_activation_cache, extraction_summary
+    from saelib.extract import ExtractConfig, build_activation_cache, extraction_summary, read_sequence_labels
 
     docs = [f"Plain sentence number {i} about the weather and the sea." for i in range(200)]
-    fake = datasets.Dataset.from_dict({"text": docs, "source": ["x"] * 200, "split": ["train"] * 200})
+    fake = datasets.Dataset.from_dict({"text": docs, "source": ["x", "y"] * 100, "genre": ["news", "code"] * 100,
+                                       "split": ["train"] * 200})
     monkeypatch.setattr(corpus, "load_corpus", lambda name, split, seed=0, **kw: fake)
     loads = []
 
@@ -238,6 +239,9 @@ def test_build_activation_cache_is_a_noop_when_complete(tiny_model, tmp_path, mo
     assert loads == ["tiny-gemma3"] and again.manifest == first.manifest  # no model load, nothing rewritten
     held = build_activation_cache(cfg, "heldout", tmp_path / "held", progress=False, load=load)
     assert held.n_sequences == 3 and len(loads) == 2
+    labels = read_sequence_labels(tmp_path / "held")  # held-out rows packed one genre each, labelled
+    assert labels is not None and len(labels["genre"]) == 3 and set(labels["genre"]) == {"news", "code"}
+    assert read_sequence_labels(tmp_path / "train") is None
     summary = extraction_summary(cfg, {"train": again, "heldout": held})
     assert summary["train"]["n_tokens"] == first.n_tokens and summary["heldout"]["n_positions"] == 3 * 16
     assert summary["train"]["norms"]["n_special"] + summary["train"]["norms"]["n_kept"] == summary["train"]["n_positions"]

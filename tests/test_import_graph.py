@@ -17,14 +17,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "saelib"
 
-KNOWN_CYCLES = {
-    # tasks.py <-> hub_tasks.py (registries vs task types): removed on the tasks helper's branch (issue 16).
-    frozenset({"saelib.data.tasks", "saelib.data.hub_tasks"}),
-    # sae/base.py's BaseSAE.load imports load_sae from the sae package's registry, which imports the
-    # architectures, which import base: found by this test, to be removed by the owner of saelib/sae/.
-    frozenset({"saelib.sae", "saelib.sae.base"}),
-}
-"""Cycles that existed when this test was written; the coordinator empties this set as they are removed."""
 
 
 def module_names(root: Path) -> dict[str, Path]:
@@ -200,13 +192,6 @@ def saelib_graph():
     return import_graph(ROOT)
 
 
-def test_saelib_has_no_import_cycle_besides_the_known_one(saelib_graph):
-    graph = saelib_graph
-    assert "saelib.data.corpus" in graph and "saelib.data.hub" in graph
-    bad = [c for c in cycles(graph) if frozenset(c) not in KNOWN_CYCLES]
-    assert not bad, "import cycles in saelib/:\n" + "\n".join(_fmt(c) for c in bad)
-
-
 def test_corpus_and_hub_do_not_import_each_other_back(saelib_graph):
     graph = saelib_graph
     assert "saelib.data.hub" in graph["saelib.data.corpus"]  # load_corpus dispatches to load_pile
@@ -214,9 +199,7 @@ def test_corpus_and_hub_do_not_import_each_other_back(saelib_graph):
     assert graph["saelib.data.split"] == set()  # the split rule imports nothing of saelib
 
 
-# Known cycles (KNOWN_CYCLES): tasks.py <-> hub_tasks.py, removed on the tasks helper's branch, and
-# sae <-> sae.base. The coordinator deletes this xfail mark once both are gone.
-@pytest.mark.xfail(strict=False, reason="known cycles tasks <-> hub_tasks and sae <-> sae.base")
 def test_saelib_has_no_import_cycle_at_all(saelib_graph):
+    assert "saelib.data.corpus" in saelib_graph and "saelib.data.hub" in saelib_graph
     found = cycles(saelib_graph)
     assert not found, "import cycles in saelib/:\n" + "\n".join(_fmt(c) for c in found)

@@ -18,6 +18,7 @@ from .base import (
     SAEOutput,
     geometric_median,
     read_saelens_folder,
+    register_loader,
     retrain_hint,
 )
 from .batchtopk import BatchTopKConfig, BatchTopKSAE
@@ -140,6 +141,8 @@ def load_sae(folder: str | Path, *, expect_d_in: int | None = None, what: str = 
         check_sae_input(sae, expect_d_in, folder=folder, what=what)
     return sae.eval()
 
+
+register_loader(load_sae)  # BaseSAE.load dispatches through the registry without importing this package
 
 __all__ = [
     "SAE_REGISTRY", "make_sae", "load_sae", "check_sae_input", "config_class", "BaseSAE", "SAEConfig", "SAEOutput", "SAEFormatError",

@@ -17,7 +17,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -315,13 +315,26 @@ class BaseSAE(nn.Module):
 
     @classmethod
     def load(cls, folder: str | Path) -> "BaseSAE":
-        """Exact inverse of ``save``; also reads plain SAELens folders of supported architectures."""
-        from . import load_sae
+        """Exact inverse of ``save``; also reads plain SAELens folders of supported architectures.
 
-        sae = load_sae(folder)
+        Dispatches through the loader that ``saelib.sae`` registers (:func:`register_loader`), which
+        knows every architecture; this module imports none of them."""
+        if _LOADER is None:
+            raise RuntimeError("no SAE loader registered: import saelib.sae (it registers load_sae)")
+        sae = _LOADER(folder)
         if cls is not BaseSAE and not isinstance(sae, cls):
             raise SAEFormatError(f"{folder} holds a {type(sae).__name__} ({sae.arch!r}), not a {cls.__name__}")
         return sae
+
+
+_LOADER: Callable[[str | Path], "BaseSAE"] | None = None
+"""The folder → SAE loader of the architecture registry (``saelib.sae.load_sae``), set by :func:`register_loader`."""
+
+
+def register_loader(loader: Callable[[str | Path], "BaseSAE"]) -> None:
+    """Called once by ``saelib.sae``: lets :meth:`BaseSAE.load` dispatch on the folder's architecture."""
+    global _LOADER
+    _LOADER = loader
 
 
 def read_saelens_folder(folder: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
