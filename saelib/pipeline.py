@@ -24,7 +24,9 @@ from .variants import ResolvedVariant, activation_rms, needs_activation_rms, res
 
 SEQUENCE_LABELS = "sequence_labels.json"
 """Side file of the held-out activation cache: ``{"genre": [...], "source": [...]}``, one entry per
-sequence (``saelib.data.corpus.GenreTokens.labels_json``)."""
+sequence (``saelib.data.corpus.GenreTokens.labels_json``), written by extraction
+(``saelib.extract.SEQUENCE_LABELS``, the same name; not imported, so the train stage does not depend on
+the extraction code)."""
 PER_GENRE_KEYS = ("ev", "kl_score", "ce_score", "n_sequences")
 """Core metrics stored per genre of the held-out text."""
 

@@ -48,6 +48,9 @@ def test_matched_l1_variant_gets_lambda_rescaled_by_the_cache_norm(P):
 
 
 def test_read_sequence_genres_missing_file_is_a_note_and_a_wrong_file_an_error(tmp_path, capsys):
+    from saelib import extract
+
+    assert pipeline.SEQUENCE_LABELS == extract.SEQUENCE_LABELS  # the file extraction writes
     assert pipeline.read_sequence_genres(tmp_path, 3) is None
     assert "per-genre core metrics skipped" in capsys.readouterr().out
     (tmp_path / pipeline.SEQUENCE_LABELS).write_text('{"genre": ["news", "code", "news"], "source": ["a", "b", "a"]}')
