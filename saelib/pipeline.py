@@ -85,13 +85,16 @@ def read_sequence_genres(folder: str | Path, n_sequences: int) -> list[str] | No
 def per_genre_core(sae, model: LoadedModel, tokens_NS: torch.Tensor, genres: list[str], layer: int, *,
                    batch_size: int = 16, n_kl_sequences: int | None = None, progress: bool = False) -> dict[str, dict]:
     """``{genre: {ev, kl_score, ce_score, n_sequences}}``: :func:`evaluate_core` on each genre's rows of
-    ``tokens_NS`` (genres in first-seen order; the splice metrics on each genre's first ``n_kl_sequences``)."""
+    ``tokens_NS`` (genres in first-seen order). With ``n_kl_sequences``, a genre's splice metrics use its
+    rows among the first ``n_kl_sequences`` (at least one): the sequences the all-genre KL/CE used, so
+    the per-genre pass costs about as much as the all-genre one."""
     if len(genres) != tokens_NS.shape[0]:
         raise ValueError(f"{len(genres)} genre labels for {tokens_NS.shape[0]} sequences")
     out = {}
     for genre in dict.fromkeys(genres):
         rows = torch.tensor([i for i, g in enumerate(genres) if g == genre])
-        core = evaluate_core(sae, model, tokens_NS[rows], layer, batch_size=batch_size, n_kl_sequences=n_kl_sequences,
+        n_kl = None if n_kl_sequences is None else max(1, genres[: int(n_kl_sequences)].count(genre))
+        core = evaluate_core(sae, model, tokens_NS[rows], layer, batch_size=batch_size, n_kl_sequences=n_kl,
                              progress=progress)
         out[genre] = {k: (float(core[k]) if k != "n_sequences" else int(core[k])) for k in PER_GENRE_KEYS}
     return out
