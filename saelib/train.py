@@ -154,10 +154,21 @@ def _warn_no_bf16(device_type: str) -> None:
 class NonFiniteLossError(FloatingPointError):
     """A loss term (or the gradient norm) became NaN/inf."""
 
-    def __init__(self, step: int, term: str, value: float):
+    def __init__(self, step: int, term: str, value: float, *, penalty_lambda: float | None = None, variant: str | None = None):
         self.step, self.term, self.value = step, term, value
-        super().__init__(f"training diverged: {term!r} = {value} at step {step} (0-based); "
-                         f"lower the learning rate or check the activations for NaN/inf")
+        self.penalty_lambda, self.variant = penalty_lambda, variant
+        where = f"variant {variant!r}: " if variant else ""
+        if penalty_lambda is not None:
+            fix = (f"the co-activation penalty is on (λ = {penalty_lambda:g}) and is the likely cause: lower `lam` or "
+                   f"`lam_mult` in params.yaml sae_variants.{variant or '<variant>'}.penalty, then `dvc repro "
+                   f"train@{variant or '<variant>'}`")
+        else:
+            fix = "check the activation cache for NaN/inf (`dvc repro extract` rebuilds it) or lower the learning rate (`train: {lr: ...}`)"
+        super().__init__(f"{where}training diverged: {term!r} = {value} at step {step} (0-based); {fix}")
+
+    def for_variant(self, variant: str) -> "NonFiniteLossError":
+        """The same error, naming ``variant`` (the pipeline adds it)."""
+        return NonFiniteLossError(self.step, self.term, self.value, penalty_lambda=self.penalty_lambda, variant=variant)
 
 
 @dataclass
@@ -226,13 +237,20 @@ def active_latents(out: SAEOutput, d_sae: int) -> tuple[Tensor, Tensor]:
         return nz_BF.any(0), nz_BF.sum(1).float().mean()
 
 
-def _first_bad(step: int, terms: dict[str, Tensor]) -> None:
+def _penalty_lambda(penalty: Penalty | None) -> float | None:
+    """λ of a co-activation penalty (``None`` when there is none)."""
+    cfg = getattr(penalty, "cfg", None)
+    lam = getattr(cfg, "lam", None)
+    return None if penalty is None or lam is None else float(lam)
+
+
+def _first_bad(step: int, terms: dict[str, Tensor], penalty: Penalty | None = None) -> None:
     vals = torch.stack([t.detach().float().reshape(()) for t in terms.values()])
     if bool(torch.isfinite(vals).all()):
         return
     for name, v in zip(terms, vals.tolist()):
         if not math.isfinite(v):
-            raise NonFiniteLossError(step, name, v)
+            raise NonFiniteLossError(step, name, v, penalty_lambda=_penalty_lambda(penalty))
 
 
 @dataclass
@@ -262,13 +280,13 @@ def train_step(sae: BaseSAE, opt: torch.optim.Optimizer, x_BD: Tensor, *, step: 
             raise KeyError(f"penalty must return a 'penalty' entry, got keys {sorted(pen)}")
         loss = loss + pen["penalty"].float()
     pen_terms = {k: v for k, v in pen.items() if isinstance(v, Tensor) and torch.is_floating_point(v)}
-    _first_bad(step, {**out.losses, **pen_terms, "total_loss": loss})
+    _first_bad(step, {**out.losses, **pen_terms, "total_loss": loss}, penalty)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for p in sae.parameters() if p.grad is not None]
     grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
     if not bool(torch.isfinite(grad_norm)):
-        raise NonFiniteLossError(step, "grad_norm", float(grad_norm))
+        raise NonFiniteLossError(step, "grad_norm", float(grad_norm), penalty_lambda=_penalty_lambda(penalty))
     if cfg.grad_clip > 0 and float(grad_norm) + 1e-6 > cfg.grad_clip:
         # same arithmetic as clip_grad_norm_, minus its multiply-by-1.0 pass when nothing is clipped
         torch.nn.utils.clip_grads_with_norm_(params, cfg.grad_clip, grad_norm, foreach=True)

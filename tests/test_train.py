@@ -158,6 +158,23 @@ def test_nan_penalty_raises_with_step_and_term(tmp_path):
     assert err.value.step == 2 and err.value.term == "penalty"
 
 
+def test_nan_with_a_penalty_names_lambda_and_the_fix(tmp_path):
+    class Bad:
+        class cfg:  # what CoactivationPenalty exposes: its resolved config
+            lam = 0.075
+
+        def __call__(self, out, sae, step):
+            value = out.val_BK.float().mean() * (float("inf") if step == 1 else 0.0)
+            return {"penalty": value}
+
+    with pytest.raises(NonFiniteLossError) as err:
+        train_sae(_topk(), FakeCache(_data()), _cfg(), penalty=Bad(), out_dir=tmp_path, progress=False)
+    assert err.value.penalty_lambda == 0.075 and "λ = 0.075" in str(err.value) and "lam_mult" in str(err.value)
+    named = err.value.for_variant("ortho_run4")
+    assert "variant 'ortho_run4'" in str(named) and "sae_variants.ortho_run4.penalty" in str(named)
+    assert "dvc repro train@ortho_run4" in str(named) and named.step == err.value.step == 1
+
+
 def test_nan_activations_raise_on_mse(tmp_path):
     data = _data()
     data[BS + 3, 0] = float("inf")

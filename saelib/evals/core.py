@@ -39,6 +39,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from ..devices import module_device
+
 __all__ = ["CoreAccumulator", "reconstruction_metrics", "feature_density", "kl_score", "ce_score", "splice_scores", "evaluate_core"]
 
 
@@ -222,22 +224,23 @@ def evaluate_core(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     was_training = sae.training
     sae.eval()
+    dev = module_device(sae)  # the SAE may sit on another device than the model; tensors follow it
     keep_NS = special_mask(model, tokens_NS)
     acc = CoreAccumulator(sae.cfg.d_sae)
     starts = range(0, tokens_NS.shape[0], batch_size)
     for start in tqdm(starts, desc="core metrics", disable=not progress):
         sl = slice(start, start + batch_size)
         x_NSD = residuals(model, tokens_NS[sl], layer, batch_size=batch_size)
-        x_ND = x_NSD[keep_NS[sl]].float()
+        x_ND = x_NSD[keep_NS[sl].to(x_NSD.device)].float().to(dev)
         if x_ND.shape[0] == 0:
             continue
         f_NF = sae.encode(x_ND)
-        acc.update(x_ND, sae.decode(f_NF), f_NF)
+        acc.update(x_ND.cpu(), sae.decode(f_NF).cpu(), f_NF.cpu())  # the accumulator lives on the host
     out: dict[str, Any] = dict(acc.result())
     out["n_sequences"] = int(tokens_NS.shape[0])
     if compute_kl:
         kl_tokens = tokens_NS if n_kl_sequences is None else tokens_NS[:n_kl_sequences]
-        patches = {"sae": lambda x_ND: sae.decode(sae.encode(x_ND)), "zero": torch.zeros_like,
+        patches = {"sae": lambda x_ND: sae.decode(sae.encode(x_ND.to(dev))).to(x_ND.device), "zero": torch.zeros_like,
                    "zero_keep_bos": torch.zeros_like}
         s = spliced_kl_ce(model, kl_tokens, layer, patches, batch_size=batch_size, token_chunk=token_chunk,
                           patch_everywhere=("zero",), saebench_positions=True, progress=progress)

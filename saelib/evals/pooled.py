@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..data.tasks import load_eval_source
+from ..devices import autocast_context, module_device
 from .common import content_key, load_cached, save_cached, stored_key
 
 
@@ -36,7 +38,8 @@ class PooledConfig:
     sae_batch_tokens: int = 8192
     """Tokens per SAE encode call when computing mean-pooled latents."""
     autocast_bf16: bool = True
-    """Encode under CPU bf16 autocast (AMX); the pooled means are accumulated in float32."""
+    """Encode under bf16 autocast on the SAE's device where bf16 is fast (GPU, AVX-512/AMX CPU; else fp32:
+    :func:`saelib.devices.autocast_context`); the pooled means are accumulated in float32."""
 
 
 class PooledActs:
@@ -209,6 +212,7 @@ def pooled_latents(sae, pooled: PooledActs, *, rows: Sequence[int] | np.ndarray 
     if rows_N.size and (rows_N.min() < 0 or rows_N.max() >= pooled.n_examples):
         raise IndexError(f"rows out of range for {pooled.n_examples} texts")
     d_sae = int(sae.cfg.d_sae)
+    dev = module_device(sae)
     out_NF = torch.zeros(len(rows_N), d_sae, dtype=torch.float32)
     starts = offsets[:-1][torch.as_tensor(rows_N)].tolist()
     ends = offsets[1:][torch.as_tensor(rows_N)].tolist()
@@ -219,12 +223,12 @@ def pooled_latents(sae, pooled: PooledActs, *, rows: Sequence[int] | np.ndarray 
             chunk.append(n)
             tokens += ends[n] - starts[n]
             n += 1
-        x_TD = torch.cat([pooled.acts_TD[starts[j]:ends[j]] for j in chunk]).float()
+        x_TD = torch.cat([pooled.acts_TD[starts[j]:ends[j]] for j in chunk]).float().to(dev)
         seg_T = torch.repeat_interleave(torch.arange(len(chunk)), torch.tensor([ends[j] - starts[j] for j in chunk]))
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
+        with autocast_context(dev, enabled=cfg.autocast_bf16):
             f_TF = sae.encode(x_TD)
         block = torch.zeros(len(chunk), d_sae, dtype=torch.float32)
-        block.index_add_(0, seg_T, f_TF.float())
+        block.index_add_(0, seg_T, f_TF.float().cpu())
         out_NF[chunk[0]: chunk[-1] + 1] = block
     counts = torch.tensor([e - s for s, e in zip(starts, ends)], dtype=torch.float32)
     return out_NF / counts[:, None]
@@ -261,8 +265,9 @@ def special_positions(sae, pooled: PooledActs, cfg: PooledConfig | None = None) 
     counts_N = pooled.counts()
     if int(counts_N.max()) > cfg.context:
         raise ValueError(f"a text has {int(counts_N.max())} kept tokens, more than the context {cfg.context}")
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
-        f0_F = sae.encode(torch.zeros(1, pooled.d_model)).float()[0]
+    dev = module_device(sae)
+    with autocast_context(dev, enabled=cfg.autocast_bf16):
+        f0_F = sae.encode(torch.zeros(1, pooled.d_model, device=dev)).float().cpu()[0]
     return SpecialPositions(f0_F, (cfg.context - counts_N).float() / counts_N.float())
 
 
@@ -369,24 +374,8 @@ def load_source_data(source: str, cfg: TaskDataConfig, *, model, model_name: str
     :func:`saelib.data.hub_tasks.load_scr_source` with quadrant size ``q_train``/``q_test``;
     otherwise from :func:`saelib.data.tasks.load_source` with ``cfg.n_train``/``cfg.n_test`` per stratum.
     Raises ``TaskUnavailable`` for a missing optional source."""
-    from ..data.hub_tasks import HUB_SOURCES, load_scr_source, local_dir
-    from ..data.tasks import load_source
-
-    if source in HUB_SOURCES:
-        data_dir = local_dir(source, cfg.data_dir)
-        if scr_task is not None:
-            ds = load_scr_source(scr_task, q_train=q_train or cfg.n_train // 2, q_test=q_test or cfg.n_test // 2,
-                                 seed=cfg.seed, data_dir=data_dir)
-            name = f"{source}-{scr_task.name}"
-        else:
-            ds = load_source(source, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed, data_dir=data_dir)
-            name = source
-    else:
-        n_train, n_test = cfg.n_train, cfg.n_test
-        if scr_task is not None and q_train is not None:
-            n_train, n_test = 2 * q_train, 2 * (q_test or cfg.n_test // 2)
-        ds = load_source(source, n_train=n_train, n_test=n_test, seed=cfg.seed)
-        name = source
+    ds, name = load_eval_source(source, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed, data_dir=cfg.data_dir,
+                                scr_task=scr_task, q_train=q_train, q_test=q_test)
     pooled = load_or_build(model, list(ds["text"]), model_name=model_name, layer=layer, cache_dir=cache_dir,
                            name=name, cfg=cfg.pooled, progress=progress)
     return SourceData(name, ds, pooled)

@@ -59,6 +59,7 @@ from torch import Tensor
 
 from saelib.hooks import Patch, final_hidden, logprobs, residuals, special_mask
 
+from ..devices import autocast_context, module_device
 from .common import content_key, load_cached, save_cached, saebench_document, write_saebench_json
 
 MULTIPLIER_UNITS = ("raw", "norm_scaled")
@@ -107,7 +108,8 @@ class UnlearningConfig:
     encode_batch: int = 4096
     """Tokens per SAE encode when counting firings."""
     encode_bf16: bool = True
-    """Count firings under bf16 autocast (AMX; ~7x faster on CPU). The intervention always runs in float32."""
+    """Count firings under bf16 autocast where bf16 is fast (AMX: ~7x faster on CPU; fp32 on AVX2-only CPUs,
+    :func:`saelib.devices.autocast_context`). The intervention always runs in float32."""
     curve_budgets: tuple[float, ...] = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, math.inf)
     """Retain budgets at which :func:`score_curve` reports the offline score."""
     auc_budget_cap: float = 0.05
@@ -173,10 +175,10 @@ def firing_counts(sae, x_ND: Tensor, *, batch_size: int = 4096, bf16: bool = Tru
         raise ValueError(f"x must be (tokens, d_model), got shape {tuple(x_ND.shape)}")
     counts_F: Tensor | None = None
     for start in range(0, x_ND.shape[0], batch_size):
-        x = x_ND[start : start + batch_size].float()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and x.device.type == "cpu"):
+        x = x_ND[start : start + batch_size].float().to(module_device(sae))
+        with autocast_context(x.device, enabled=bf16):
             f_NF = sae.encode(x)
-        c = (f_NF > 0).sum(0, dtype=torch.int64)
+        c = (f_NF > 0).sum(0, dtype=torch.int64).cpu()
         counts_F = c if counts_F is None else counts_F + c
     if counts_F is None:
         raise ValueError("no tokens to count firings on")

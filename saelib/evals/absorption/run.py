@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from ...io import repo_relative
 from ..common import content_key, limit_threads, load_cached, save_cached
 from .config import EVAL_TYPE_ID, AbsorptionConfig
 from .ksparse import select_split_features
@@ -119,7 +120,7 @@ def prepare_absorption_data(model, layer: int, cfg: AbsorptionConfig, cache_dir:
     t_probe = time.perf_counter() - t0 - t_res - t_acc
     test_words = list(vocab["text"].to_numpy()[prompts["test"].rows_N])
     info = {
-        "model": model.name, "layer": layer, "cache_folder": str(folder), "n_vocab": int(len(vocab)),
+        "model": model.name, "layer": layer, "cache_folder": repo_relative(folder), "n_vocab": int(len(vocab)),
         "n_train": len(prompts["train"]), "n_test": len(prompts["test"]), "prompt_length": int(prompts["test"].tokens_NS.shape[1]),
         "query_pos": prompts["test"].query_pos, "example_prompt": prompts["test"].text(tok, 0),
         "tokenization_mismatch": mismatch,
