@@ -19,7 +19,7 @@ from .io import atomic_write_json, atomic_write_text, read_json
 from .models import LoadedModel, load_model
 from .penalties import make_penalty
 from .sae import make_sae
-from .train import CHECKPOINT_NAME, read_log, train_sae
+from .train import CHECKPOINT_NAME, NonFiniteLossError, read_log, train_sae
 from .variants import ResolvedVariant, activation_rms, needs_activation_rms, resolve_variant
 
 SEQUENCE_LABELS = "sequence_labels.json"
@@ -120,7 +120,10 @@ def train_variant(P: dict[str, Any], variant: str, *, progress: bool = True) -> 
     penalty = make_penalty(rv.penalty_cfg, rv.sae_cfg.d_sae, getattr(rv.sae_cfg, "k", 0)) if rv.penalty_cfg else None
     if penalty is not None and rv.arch != "topk":
         penalty.needs_dense_latents = True  # only TopK hands the penalty its (idx_BK, val_BK) active set
-    result = train_sae(sae, cache, rv.train_cfg, penalty=penalty, out_dir=out_dir, resume=True, progress=progress)
+    try:
+        result = train_sae(sae, cache, rv.train_cfg, penalty=penalty, out_dir=out_dir, resume=True, progress=progress)
+    except NonFiniteLossError as err:  # name the variant (and its params.yaml entry) in the message
+        raise err.for_variant(variant) from err
     records = read_log(out_dir)
     curve = training_curve(records)
 
