@@ -88,3 +88,13 @@ def test_per_genre_core_scores_each_genre_on_its_own_rows(tiny_model):
     assert capped["x"]["ev"] == pytest.approx(alone["ev"], rel=1e-5)  # reconstruction still on every row
     with pytest.raises(ValueError, match="3 genre labels for 4 sequences"):
         pipeline.per_genre_core(sae, tiny_model, tokens, ["a", "b", "a"], 1)
+
+
+def test_train_stage_refuses_a_cache_extracted_for_other_settings(P):
+    from saelib.activations import ActivationCache, CacheMismatchError
+
+    _write_cache(P["paths"]["activations_train"], 1.0)  # model "fake", layer 1, context 4
+    expect = pipeline.cache_expectation(P)
+    assert expect == {"model": P["run"]["model"], "layer": int(P["run"]["layer"]), "context": int(P["run"]["context"])}
+    with pytest.raises(CacheMismatchError, match=r"model: cache has 'fake'.*dvc repro extract"):
+        ActivationCache(P["paths"]["activations_train"], expect=expect)
