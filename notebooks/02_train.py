@@ -86,7 +86,8 @@ pd.Series({k: summary.get(k) for k in keys}, name=variant).to_frame()
 
 # %%
 if summary.get("per_genre"):
-    display(pd.DataFrame(summary["per_genre"]).T.rename_axis("genre").round(4))  # noqa: F821 - IPython
+    per_genre = pd.DataFrame(summary["per_genre"]).T.astype({"n_sequences": int}).rename_axis("genre")
+    display(per_genre.round(4))  # noqa: F821 - IPython
 else:
     print("no per-genre metrics: the held-out cache has no sequence_labels.json")
 
