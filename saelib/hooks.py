@@ -51,6 +51,29 @@ def residuals_batch(model: LoadedModel, tokens_NS: Tensor, layer: int, attention
     return out.detach().cpu()
 
 
+def padded_residual_batches(model: LoadedModel, ids: list[list[int]], layer: int, batch_size: int, *,
+                            progress: bool = False, desc: str = "residuals"):
+    """Residuals of token-id lists of different lengths, longest first, right-padded per batch.
+
+    Yields ``(rows, tokens_NS, attn_NS, x_NSD)``: ``rows`` are the indices into ``ids`` of the batch's
+    rows, ``attn_NS`` marks the real tokens (1) against padding (0). Causal attention keeps every real
+    token's residual independent of the padding after it."""
+    from tqdm.auto import tqdm
+
+    pad_id = model.tokenizer.pad_token_id
+    pad_id = 0 if pad_id is None else int(pad_id)
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    batches = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    for rows in tqdm(batches, desc=desc, disable=not progress):
+        width = max(len(ids[i]) for i in rows)
+        tokens_NS = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        attn_NS = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, i in enumerate(rows):
+            tokens_NS[row, : len(ids[i])] = torch.tensor(ids[i])
+            attn_NS[row, : len(ids[i])] = 1
+        yield rows, tokens_NS, attn_NS, residuals_batch(model, tokens_NS, layer, attn_NS)
+
+
 def residuals(
     model: LoadedModel,
     tokens_NS: Tensor,

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from ..data.tasks import load_eval_source
 from ..devices import autocast_context, module_device
+from ..hooks import padded_residual_batches, special_mask
 from .common import content_key, load_cached, save_cached, stored_key
 
 
@@ -132,32 +133,18 @@ def build_pooled(model, texts: Sequence[str], layer: int, *, cfg: PooledConfig |
 
     Texts are sorted by token count and right-padded within a batch (causal attention: padding
     after a text does not change its residuals)."""
-    from tqdm.auto import tqdm
-
-    from ..hooks import residuals_batch, special_mask
-
     cfg = cfg or PooledConfig()
     if not texts:
         raise ValueError("no texts to encode")
     model.check_layer(layer)
     start = time.time()
     ids = tokenize_texts(model.tokenizer, texts, cfg.context)
-    pad_id = model.tokenizer.pad_token_id
-    pad_id = 0 if pad_id is None else int(pad_id)
-    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     per_text: list[Tensor | None] = [None] * len(ids)
-    batches = [order[s:s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
-    for batch in tqdm(batches, desc=f"pooled L{layer}", disable=not progress):
-        width = max(len(ids[i]) for i in batch)
-        tokens_NS = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        attn_NS = torch.zeros((len(batch), width), dtype=torch.long)
+    for batch, tokens_NS, attn_NS, x_NSD in padded_residual_batches(model, ids, layer, cfg.batch_size, progress=progress,
+                                                                    desc=f"pooled L{layer}"):
+        keep_NS = (special_mask(model, tokens_NS) & attn_NS.bool()).to(x_NSD.device)
         for row, i in enumerate(batch):
-            tokens_NS[row, : len(ids[i])] = torch.tensor(ids[i])
-            attn_NS[row, : len(ids[i])] = 1
-        x_NSD = residuals_batch(model, tokens_NS, layer, attn_NS)
-        keep_NS = special_mask(model, tokens_NS) & attn_NS.bool()
-        for row, i in enumerate(batch):
-            kept = x_NSD[row][keep_NS[row]]
+            kept = x_NSD[row][keep_NS[row]].cpu()
             if kept.shape[0] == 0:
                 raise ValueError(f"text {i} has no non-special tokens: {texts[i][:60]!r}")
             per_text[i] = kept.to(torch.bfloat16).clone()

@@ -42,7 +42,7 @@ from torch import Tensor
 
 from ..data.sae_probes_data import BinaryDataset, binary_dataset_names, read_binary_dataset
 from ..data.task_types import TaskUnavailable
-from ..hooks import residuals_batch
+from ..hooks import padded_residual_batches
 from ..io import atomic_save_safetensors, atomic_write_json
 
 EVAL_TYPE_ID = "sparse_probing_sae_probes"
@@ -271,21 +271,10 @@ def last_token_residuals(model, texts: Sequence[str], layer: int, *, context: in
         raise ValueError("no texts to encode")
     model.check_layer(layer)
     ids = last_token_ids(model.tokenizer, texts, context)
-    pad_id = model.tokenizer.pad_token_id
-    pad_id = 0 if pad_id is None else int(pad_id)
-    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     out: list[Tensor | None] = [None] * len(ids)
-    for s in range(0, len(order), batch_size):
-        batch = order[s:s + batch_size]
-        width = max(len(ids[i]) for i in batch)
-        tokens_NS = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        attn_NS = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            tokens_NS[row, : len(ids[i])] = torch.tensor(ids[i])
-            attn_NS[row, : len(ids[i])] = 1
-        x_NSD = residuals_batch(model, tokens_NS, layer, attn_NS)
-        for row, i in enumerate(batch):
-            out[i] = x_NSD[row, len(ids[i]) - 1].float().clone()
+    for rows, _, _, x_NSD in padded_residual_batches(model, ids, layer, batch_size):
+        for row, i in enumerate(rows):
+            out[i] = x_NSD[row, len(ids[i]) - 1].float().cpu().clone()
     return torch.stack(out)
 
 
