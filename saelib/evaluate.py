@@ -28,9 +28,10 @@ from .io import atomic_write_json
 from .models import LoadedModel, load_model
 from .sae import SAEFormatError, load_sae
 from .sae.base import read_saelens_folder
-from .stages import EVALS, impl
+from .stages import EVALS, impl, stage_run
 from .stages import absorption as _absorption  # noqa: F401 - the per-eval stage modules impl() dispatches to
 from .stages import probing as _probing  # noqa: F401
+from .stages import sae_probes as _sae_probes  # noqa: F401
 from .stages import scr as _scr  # noqa: F401
 from .stages import unlearning as _unlearning  # noqa: F401
 
@@ -135,7 +136,7 @@ def evaluate_sae_dir(sae_dir: str | Path, evals: list[str], out_dir: str | Path,
     def get_model() -> LoadedModel:
         nonlocal model
         if model is None:
-            model = load_model(run["model"])
+            model = load_model(run["model"], device=P.get("device", "auto"))
         if model.d_model != sae.cfg.d_in:
             raise EvaluateError(f"{folder / 'cfg.json'}: d_in={sae.cfg.d_in}, but {run['model']} is {model.d_model} wide")
         return model
@@ -154,7 +155,7 @@ def evaluate_sae_dir(sae_dir: str | Path, evals: list[str], out_dir: str | Path,
             written[ev] = atomic_write_json(out_dir / "core" / f"{name}.json", doc)
             continue
         mod = impl(ev)
-        prep = mod.prepare(run, P["paths"]["eval_cache"] / mod.NAME, model=get_model, progress=progress)
+        prep = mod.prepare(stage_run(P), P["paths"]["eval_cache"] / mod.NAME, model=get_model, progress=progress)
         mod.evaluate(prep, sae, out_dir / mod.NAME, name, extra=extra, progress=progress)
         written[ev] = out_dir / mod.NAME / f"{name}.json"
     return written

@@ -6,6 +6,8 @@ stage does not depend on (and re-run for) the eval modules."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -13,26 +15,38 @@ import torch
 
 from .activations import ActivationCache
 from .evals.core import evaluate_core
-from .io import atomic_write_json, atomic_write_text
+from .io import atomic_write_json, atomic_write_text, read_json
 from .models import LoadedModel, load_model
 from .penalties import make_penalty
 from .sae import make_sae
-from .train import CHECKPOINT_NAME, read_log, train_sae
-from .variants import ResolvedVariant, resolve_variant
+from .train import CHECKPOINT_NAME, NonFiniteLossError, read_log, train_sae
+from .variants import ResolvedVariant, activation_rms, needs_activation_rms, resolve_variant
+
+SEQUENCE_LABELS = "sequence_labels.json"
+"""Side file of the held-out activation cache: ``{"genre": [...], "source": [...]}``, one entry per
+sequence (``saelib.data.corpus.GenreTokens.labels_json``), written by extraction
+(``saelib.extract.SEQUENCE_LABELS``, the same name; not imported, so the train stage does not depend on
+the extraction code)."""
+PER_GENRE_KEYS = ("ev", "kl_score", "ce_score", "n_sequences")
+"""Core metrics stored per genre of the held-out text."""
 
 CURVE_COLUMNS = ("step", "tokens", "lr", "loss", "mse", "auxk", "l1", "penalty", "penalty_coact", "penalty_l1",
                  "penalty_raw", "penalty_over_mse", "coact_stat", "l0", "n_dead")
 
 
 def resolve(P: dict[str, Any], variant: str, model: LoadedModel | None = None) -> ResolvedVariant:
-    """Resolve ``variant`` for the active profile (needs only the model's width and name)."""
+    """Resolve ``variant`` for the active profile (needs only the model's width and name, and for a
+    ``l1_rule: norm_matched`` entry the centred RMS norm of the training activation cache)."""
     if variant not in P["all_variants"]:
         raise KeyError(f"unknown SAE variant {variant!r}; params.yaml defines: {', '.join(P['all_variants'])}")
     run = P["run"]
+    entry = P["all_variants"][variant]
     d_model = model.d_model if model is not None else ActivationCache(P["paths"]["activations_train"]).d_model
     hook = model.hook_name(run["layer"]) if model is not None else f"blocks.{run['layer']}.hook_resid_post"
-    return resolve_variant(variant, P["all_variants"][variant], run, d_model=d_model, model_name=run["model"],
-                           hook_name=hook)
+    # matched-L1 variants (l1_rule: norm_matched) rescale λ by the training activations' centred RMS norm
+    rms = activation_rms(ActivationCache(P["paths"]["activations_train"])) if needs_activation_rms(entry) else None
+    return resolve_variant(variant, entry, run, d_model=d_model, model_name=run["model"], hook_name=hook,
+                           activation_rms=rms)
 
 
 def training_curve(records: list[dict[str, Any]], n_points: int = 200) -> pd.DataFrame:
@@ -47,20 +61,69 @@ def training_curve(records: list[dict[str, Any]], n_points: int = 200) -> pd.Dat
     return frame[[c for c in CURVE_COLUMNS if c in frame.columns]]
 
 
-def train_variant(P: dict[str, Any], variant: str, *, progress: bool = True) -> dict[str, Any]:
-    """Train ``variant``; write ``results/<profile>/core/<variant>.json`` and ``results/<profile>/curves/<variant>.csv``."""
+def cache_expectation(P: dict[str, Any]) -> dict[str, Any]:
+    """The manifest fields an activation cache must have for the active profile (model, layer, context)."""
     run = P["run"]
-    model = load_model(run["model"])
+    return {"model": run["model"], "layer": int(run["layer"]), "context": int(run["context"])}
+
+
+def read_sequence_genres(folder: str | Path, n_sequences: int) -> list[str] | None:
+    """The genre of each held-out sequence from ``folder/sequence_labels.json``, or None (with a one-line
+    note) when the file is absent; a file that does not match the cache's sequences is a clear error."""
+    path = Path(folder) / SEQUENCE_LABELS
+    if not path.exists():
+        print(f"per-genre core metrics skipped: no {path} (extraction writes it for the offline corpus)")
+        return None
+    genres = read_json(path).get("genre")
+    if not isinstance(genres, list) or len(genres) != n_sequences:
+        got = len(genres) if isinstance(genres, list) else type(genres).__name__
+        raise ValueError(f"{path}: 'genre' must list one genre per held-out sequence ({n_sequences}), got {got}; "
+                         f"re-run extraction (`dvc repro extract`) to rewrite it with the cache")
+    return [str(g) for g in genres]
+
+
+def per_genre_core(sae, model: LoadedModel, tokens_NS: torch.Tensor, genres: list[str], layer: int, *,
+                   batch_size: int = 16, n_kl_sequences: int | None = None, progress: bool = False) -> dict[str, dict]:
+    """``{genre: {ev, kl_score, ce_score, n_sequences}}``: :func:`evaluate_core` on each genre's rows of
+    ``tokens_NS`` (genres in first-seen order). With ``n_kl_sequences``, a genre's splice metrics use its
+    rows among the first ``n_kl_sequences`` (at least one): the sequences the all-genre KL/CE used, so
+    the per-genre pass costs about as much as the all-genre one."""
+    if len(genres) != tokens_NS.shape[0]:
+        raise ValueError(f"{len(genres)} genre labels for {tokens_NS.shape[0]} sequences")
+    out = {}
+    for genre in dict.fromkeys(genres):
+        rows = torch.tensor([i for i, g in enumerate(genres) if g == genre])
+        n_kl = None if n_kl_sequences is None else max(1, genres[: int(n_kl_sequences)].count(genre))
+        core = evaluate_core(sae, model, tokens_NS[rows], layer, batch_size=batch_size, n_kl_sequences=n_kl,
+                             progress=progress)
+        out[genre] = {k: (float(core[k]) if k != "n_sequences" else int(core[k])) for k in PER_GENRE_KEYS}
+    return out
+
+
+def train_variant(P: dict[str, Any], variant: str, *, progress: bool = True) -> dict[str, Any]:
+    """Train ``variant``; write ``results/<profile>/core/<variant>.json`` and ``results/<profile>/curves/<variant>.csv``.
+
+    Runs on ``P["device"]`` (model and trainer); both activation caches must match the profile's model,
+    layer and context. When the held-out cache has ``sequence_labels.json``, the core JSON also holds
+    ``per_genre`` (:func:`per_genre_core`), else ``per_genre: null``."""
+    run = P["run"]
+    device = P.get("device", "auto")
+    model = load_model(run["model"], device=device)
     layer = model.check_layer(int(run["layer"]))
+    expect = cache_expectation(P)  # a cache extracted for other settings is refused, naming the fix
+    cache = ActivationCache(P["paths"]["activations_train"], profile=P["profile"], expect=expect)
+    heldout = ActivationCache(P["paths"]["activations_heldout"], profile=P["profile"], expect=expect)
     rv = resolve(P, variant, model)
-    cache = ActivationCache(P["paths"]["activations_train"], profile=P["profile"])
-    heldout = ActivationCache(P["paths"]["activations_heldout"], profile=P["profile"])
+    rv = replace(rv, train_cfg=replace(rv.train_cfg, device=device))
     out_dir = P["paths"]["checkpoints"] / variant
     sae = make_sae(rv.arch, rv.sae_cfg)
     penalty = make_penalty(rv.penalty_cfg, rv.sae_cfg.d_sae, getattr(rv.sae_cfg, "k", 0)) if rv.penalty_cfg else None
     if penalty is not None and rv.arch != "topk":
         penalty.needs_dense_latents = True  # only TopK hands the penalty its (idx_BK, val_BK) active set
-    result = train_sae(sae, cache, rv.train_cfg, penalty=penalty, out_dir=out_dir, resume=True, progress=progress)
+    try:
+        result = train_sae(sae, cache, rv.train_cfg, penalty=penalty, out_dir=out_dir, resume=True, progress=progress)
+    except NonFiniteLossError as err:  # name the variant (and its params.yaml entry) in the message
+        raise err.for_variant(variant) from err
     records = read_log(out_dir)
     curve = training_curve(records)
 
@@ -69,6 +132,10 @@ def train_variant(P: dict[str, Any], variant: str, *, progress: bool = True) -> 
     core = evaluate_core(result.sae, model, tokens, layer, batch_size=int(eval_cfg.get("batch_size", 16)),
                          n_kl_sequences=eval_cfg.get("n_kl_sequences"), progress=progress)
     density = core.pop("feature_density_F")
+    genres = read_sequence_genres(P["paths"]["activations_heldout"], tokens.shape[0])
+    per_genre = None if genres is None else per_genre_core(
+        result.sae, model, tokens, genres, layer, batch_size=int(eval_cfg.get("batch_size", 16)),
+        n_kl_sequences=eval_cfg.get("n_kl_sequences"), progress=progress)
     summary = {
         "variant": variant,
         "profile": P["profile"],
@@ -84,6 +151,7 @@ def train_variant(P: dict[str, Any], variant: str, *, progress: bool = True) -> 
         "final_train": {k: v for k, v in records[-1].items() if isinstance(v, (int, float))},
         "log_density_hist": torch.histc(torch.log10(density.clamp_min(1e-10)), bins=20, min=-10, max=0).tolist(),
         **{k: (float(v) if isinstance(v, (int, float)) else v) for k, v in core.items()},
+        "per_genre": per_genre,
     }
     atomic_write_json(P["paths"]["results"] / "core" / f"{variant}.json", summary)
     atomic_write_text(P["paths"]["results"] / "curves" / f"{variant}.csv", curve.to_csv(index=False))

@@ -27,6 +27,8 @@ SUMMARY_COLUMNS = {
                 "llm_top_5_test_accuracy", "sae_top_20_test_accuracy", "llm_top_20_test_accuracy",
                 "sae_test_accuracy", "llm_test_accuracy"),
     "unlearning": ("unlearning_score",),
+    "sae_probes": tuple(f"sae_top_{k}_test_{m}" for k in (1, 2, 5) for m in ("accuracy", "auc"))
+    + ("llm_test_accuracy", "llm_test_auc"),
 }
 """Columns of each eval's summary table (those present in the results; others are left out)."""
 
@@ -50,7 +52,7 @@ def _read(eval_name: str, folder: Path, variant: str) -> dict | None:
         if tpp.exists():
             out.update(read_scr(tpp))
         return out
-    if eval_name == "probing":
+    if eval_name in ("probing", "sae_probes"):  # same eval_result_metrics layout ({llm: ..., sae: ...})
         return read_probing(path)[0]
     return read_unlearning(path)
 

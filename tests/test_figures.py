@@ -453,7 +453,7 @@ def test_figures_notebook_runs_on_smoke_results(tmp_path, monkeypatch):
     from saelib.runner import run_notebook
 
     root = tmp_path / "repo"
-    names = write_synthetic_results(root / "results", profile="smoke")
+    names = write_synthetic_results(root / "results" / "smoke", profile="smoke")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["profile"] = "smoke"
     params["run_variants"] = [n for n in dict.fromkeys(seed_base(n) for n in names)] + ["ortho_run5", "jumprelu"]
@@ -465,18 +465,21 @@ def test_figures_notebook_runs_on_smoke_results(tmp_path, monkeypatch):
     monkeypatch.chdir(root)
     monkeypatch.setenv("SAELIB_ROOT", str(root))
     run_notebook(ROOT / "notebooks" / "07_figures.py", {"profile": "smoke"}, out_dir=root / "executed")
+    results, figures_dir = root / "results" / "smoke", root / "figures" / "smoke"  # per-profile layout
     for stem in ("effects", "headline_seeds", "competesae_absorption", "competesae_table1", "ortho_fig1_absorption",
                  "ortho_fig2_scr", "ortho_fig3_reconstruction", "ortho_fig4_probing", "lambda_sweep"):
         for ext in ("png", "pdf"):
-            assert (root / "figures" / f"{stem}.{ext}").stat().st_size > 5000, (stem, ext)
+            assert (figures_dir / f"{stem}.{ext}").stat().st_size > 5000, (stem, ext)
     for stem in ("headline", "effects", "table1_competesae", "lambda_sweep", "all_variants", "claims_ledger"):
-        assert (root / "results" / "tables" / f"{stem}.csv").exists() and (root / "results" / "tables" / f"{stem}.md").exists()
+        assert (results / "tables" / f"{stem}.csv").exists() and (results / "tables" / f"{stem}.md").exists()
     import pandas as pd
 
-    ledger = pd.read_csv(root / "results" / "claims_ledger.csv")
+    ledger = pd.read_csv(results / "claims_ledger.csv")
     assert list(ledger["claim_id"]) == claims.claim_ids()
-    readme = (root / "README.md").read_text()
-    assert "stale" not in readme and readme.endswith("## Tail\n")
+    # a smoke run writes its own block and never touches README.md (only the default profile's run does)
+    assert (root / "README.md").read_text() == "# repo\n\n## Results\n<!-- results:start -->\nstale\n<!-- results:end -->\n\n## Tail\n"
+    readme = (results / "README_results.md").read_text()
+    assert "stale" not in readme
     assert "model **gemma-3-270m**, layer **8**" in readme and "32,768 training tokens per SAE" in readme
     assert "`compete_run6` (competition, as run, λ = 0.01) vs `topk_k100`" in readme
     assert "**no** — higher absorption (worse)" in readme  # compete_run6 0.050 vs twin 0.040

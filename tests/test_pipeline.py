@@ -58,6 +58,12 @@ def test_smoke_pipeline_writes_core_metrics(smoke_repo):
             assert math.isfinite(core[key]), (variant, key, core[key])
         assert core["l0"] > 0
         assert core["ev"] <= 1.0
+        # the offline held-out split is packed one genre per row: core metrics per genre, rows adding up
+        labels = json.loads((dest / "data" / "smoke" / "activations" / "heldout" / "sequence_labels.json").read_text())
+        per_genre = core["per_genre"]
+        assert set(per_genre) == set(labels["genre"]), variant
+        assert sum(g["n_sequences"] for g in per_genre.values()) == core["n_sequences"]
+        assert all(math.isfinite(g[k]) for g in per_genre.values() for k in ("ev", "kl_score", "ce_score"))
 
 
 @pytest.mark.slow
@@ -93,6 +99,13 @@ def test_smoke_pipeline_writes_every_eval_and_the_ledger(smoke_repo):
             assert 0.0 <= probing[key] <= 1.0, (variant, key)
         assert set(per_task["task"]) == set(smoke["probing"]["tasks"])
         assert math.isfinite(read_unlearning(res / "unlearning" / f"{variant}.json")["unlearning_score"])
+        sae_probes = json.loads((res / "sae_probes" / f"{variant}.json").read_text())
+        assert sae_probes["eval_type_id"] == "sparse_probing_sae_probes"
+        assert {d["dataset_name"] for d in sae_probes["eval_result_details"]} | {
+            line.split()[1] for line in sae_probes["skipped_tasks"]} == set(smoke["sae_probes"]["tasks"])
+        for k in smoke["sae_probes"]["ks"]:
+            if sae_probes["eval_result_details"]:
+                assert 0.0 <= sae_probes["eval_result_metrics"]["sae"][f"sae_top_{k}_test_accuracy"] <= 1.0
     import pandas as pd
 
     ledger = pd.read_csv(res / "claims_ledger.csv")

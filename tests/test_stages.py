@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from saelib import stages
+from saelib import stages, summaries
 from saelib.config import load_params
 from saelib.sae import TopKConfig, make_sae
 
@@ -27,6 +27,7 @@ def P(tmp_path):
                         "multipliers": [50]}
     sm["tasks"] = {"n_train": 6, "n_test": 4}
     sm["probing"] = {"tasks": ["bbc_topic"], "k_values": [1, 5]}
+    sm["sae_probes"] = {"tasks": ["87_glue_cola"], "n_train": 24, "n_test": 16, "context": 32, "ks": [1, 2]}
     params["run_variants"] = ["topk"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return load_params("smoke", tmp_path / "params.yaml")
@@ -63,3 +64,8 @@ def test_prep_then_one_sae_writes_declared_files_and_leaves_the_cache_alone(P, n
     written = sorted(p.name for p in stages.results_dir(P, name).iterdir())
     assert written == sorted(stages.impl(name).output_files("topk"))
     assert headline and all(isinstance(v, float) for v in headline.values())
+    if name in ("probing", "sae_probes"):  # the figures stage's summary table reads back the same numbers
+        row = summaries.eval_summary(P["paths"]["results"], name, ["topk", "never_run"])
+        assert list(row.index) == ["topk"]
+        shared = [k for k in row.columns if k in headline]
+        assert shared and all(row.at["topk", k] == pytest.approx(headline[k]) for k in shared)

@@ -11,7 +11,7 @@ Every eval has two halves, and the pipeline runs them as two kinds of DVC stage:
   stages, and ``python -m saelib.evaluate`` for an SAE trained elsewhere).
 
 Each eval has its own submodule (``saelib.stages.absorption``, ``.scr`` (with TPP), ``.probing``,
-``.unlearning``) with the same four functions: ``prepare(run, cache_dir, *, model, progress)``,
+``.unlearning``, ``.sae_probes``) with the same four functions: ``prepare(run, cache_dir, *, model, progress)``,
 ``model_side_tables(prep)``, ``output_files(sae_name)`` and ``evaluate(prep, sae, out_dir, sae_name, *,
 extra, progress)``. A notebook imports only its eval's submodule, so a DVC stage depends only on the eval
 module it runs (``tests/test_dvc_deps.py``). This package holds what they share and the pipeline's
@@ -33,8 +33,9 @@ from ..io import atomic_write_text
 from ..models import LoadedModel, load_model
 from ..sae import load_sae
 
-EVALS = ("absorption", "scr", "probing", "unlearning")
-"""The evals that run per SAE after training (``core`` runs inside the train stage). ``scr`` also runs TPP."""
+EVALS = ("absorption", "scr", "probing", "unlearning", "sae_probes")
+"""The evals that run per SAE after training (``core`` runs inside the train stage). ``scr`` also runs TPP;
+``sae_probes`` is the second sparse-probing protocol (sae-probes', reported beside SAEBench's)."""
 
 
 class MissingPrepError(FileNotFoundError):
@@ -75,13 +76,20 @@ def impl(which: str | ModuleType) -> ModuleType:
     return importlib.import_module(f"{__name__}.{check_eval(which)}")
 
 
-def model_loader(model: LoadedModel | Callable[[], LoadedModel] | None, name: str) -> Callable[[], LoadedModel]:
-    """A zero-argument loader: of ``model`` itself, of the given loader, or ``load_model(name)``."""
+def model_loader(model: LoadedModel | Callable[[], LoadedModel] | None, name: str,
+                 device: str = "auto") -> Callable[[], LoadedModel]:
+    """A zero-argument loader: of ``model`` itself, of the given loader, or ``load_model(name, device=device)``."""
     if isinstance(model, LoadedModel):
         return lambda: model
     if model is not None:
         return model
-    return lambda: load_model(name)
+    return lambda: load_model(name, device=device)
+
+
+def stage_run(P: dict[str, Any]) -> dict[str, Any]:
+    """The profile block handed to an eval's ``prepare``, with ``device`` (``P["device"]``) added: where
+    the model is loaded when a cache entry has to be filled."""
+    return {**P["run"], "device": P.get("device", "auto")}
 
 
 def write_model_side(which: str | ModuleType, prep: Prepared, folder: str | Path) -> list[Path]:
@@ -125,7 +133,7 @@ def prepare_eval(P: dict[str, Any], which: str | ModuleType, *, progress: bool =
     """The ``<eval>_prep`` stage: build the eval's model side into its cache and write its model-side
     tables to ``results/<profile>/model_side/<eval>/``."""
     mod = impl(which)
-    prep = mod.prepare(P["run"], eval_cache_dir(P, mod), progress=progress)
+    prep = mod.prepare(stage_run(P), eval_cache_dir(P, mod), progress=progress)
     write_model_side(mod, prep, P["paths"]["model_side"] / mod.NAME)
     return prep
 
@@ -142,7 +150,7 @@ def load_prepared(P: dict[str, Any], which: str | ModuleType, *, progress: bool 
         raise MissingPrepError(f"the model-side cache at {folder} lacks data the {mod.NAME!r} settings need (settings "
                                f"changed since it was built?); rebuild it with `dvc repro {mod.NAME}_prep`")
 
-    return mod.prepare(P["run"], folder, model=refuse if mod.LAZY_MODEL else None, progress=progress)
+    return mod.prepare(stage_run(P), folder, model=refuse if mod.LAZY_MODEL else None, progress=progress)
 
 
 def evaluate_variant(P: dict[str, Any], which: str | ModuleType, variant: str, *, prep: Prepared | None = None,

@@ -22,7 +22,7 @@ def prepare(run: dict[str, Any], cache_dir: str | Path, *, model: LoadedModel | 
             progress: bool = False) -> Prepared:
     """Vocabulary, prompts, residuals, prompt accuracy and letter probes (cached under ``cache_dir``)."""
     cfg = ab.AbsorptionConfig.from_params(run.get("absorption", {}))
-    get = model_loader(model, run["model"])
+    get = model_loader(model, run["model"], run.get("device", "auto"))
     data = ab.prepare_absorption_data(get(), int(run["layer"]), cfg, cache_dir, progress=progress)
     return Prepared(NAME, cfg, data, run["model"], int(run["layer"]), get)
 

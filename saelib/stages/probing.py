@@ -22,7 +22,7 @@ def prepare(run: dict[str, Any], cache_dir: str | Path, *, model: LoadedModel | 
             progress: bool = False) -> Prepared:
     """Pooled residuals of every task's texts and the residual baselines (cached under ``cache_dir``)."""
     cfg = probing.ProbingEvalConfig.from_params(run)
-    get = model_loader(model, run["model"])
+    get = model_loader(model, run["model"], run.get("device", "auto"))
     data = probing.prepare_probing(cfg, model=get, model_name=run["model"], layer=int(run["layer"]),
                                    cache_dir=cache_dir, progress=progress)
     return Prepared(NAME, cfg, data, run["model"], int(run["layer"]), get)

@@ -21,7 +21,7 @@ def prepare(run: dict[str, Any], cache_dir: str | Path, *, model: LoadedModel | 
             progress: bool = False) -> Prepared:
     """Pooled residuals of every SCR and TPP text and the clean probes (cached under ``cache_dir``)."""
     scr_cfg, tpp_cfg = scr.ScrEvalConfig.from_params(run), tpp.TppEvalConfig.from_params(run)
-    get = model_loader(model, run["model"])
+    get = model_loader(model, run["model"], run.get("device", "auto"))
     layer = int(run["layer"])
     scr_prep = scr.prepare_scr(scr_cfg, model=get, model_name=run["model"], layer=layer, cache_dir=cache_dir,
                                progress=progress)

@@ -22,7 +22,7 @@ def prepare(run: dict[str, Any], cache_dir: str | Path, *, model: LoadedModel | 
     """Residuals of the frequency corpora and the loss sequences (or the paper's questions), cached under ``cache_dir``."""
     cfg = U.UnlearningConfig.from_params(run.get("unlearning", {}))
     model_name = cfg.model or run["model"]
-    get = model_loader(model if model_name == run["model"] else None, model_name)
+    get = model_loader(model if model_name == run["model"] else None, model_name, run.get("device", "auto"))
     layer = int(run["layer"])
     data = U.build_data(get(), layer, cfg, cache_dir, progress=progress)
     questions = U.paper_questions(get(), layer, cfg, cache_dir) if cfg.metric == "wmdp" else None
