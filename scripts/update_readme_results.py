@@ -146,6 +146,17 @@ def probing_baseline_line(summary: pd.DataFrame) -> str:
     return text + "."
 
 
+def sae_probes_line(summary: pd.DataFrame) -> str:
+    """The second probing eval (the sae-probes benchmark's protocol) for the TopK SAE, beside SAEBench's."""
+    cols = [f"sae_top_{k}_test_auc" for k in (1, 2, 5)]
+    if summary.empty or "topk" not in summary.index or not all(c in summary for c in cols):
+        return ""
+    aucs = ", ".join(f"k = {k}: {summary.loc['topk', c]:.3f}" for k, c in zip((1, 2, 5), cols))
+    return (f"sae-probes benchmark (its own datasets and protocol: last token, C-grid logistic probes; reported beside "
+            f"SAEBench's sparse probing, not mixed into it): the TopK SAE's test AUC with the top {aucs} latents "
+            f"(`results/<profile>/tables/sae_probes_summary.csv` has every variant).")
+
+
 def profile_dirs(root: str | Path, profile: str) -> tuple[Path, Path]:
     """``(results/<profile>, figures/<profile>)`` under ``root``."""
     root = Path(root)
@@ -191,6 +202,10 @@ def render_results_section(root: str | Path, profile: str = README_PROFILE) -> s
     if probing_path.exists():
         baseline = probing_baseline_line(pd.read_csv(probing_path, index_col=0))
         lines += ["", baseline] if baseline else []
+    sae_probes_path = res / "tables" / "sae_probes_summary.csv"
+    if sae_probes_path.exists():
+        line = sae_probes_line(pd.read_csv(sae_probes_path, index_col=0))
+        lines += ["", line] if line else []
     counts = ledger.groupby(["paper", "verdict"]).size().unstack(fill_value=0)
     counts = counts.reindex(columns=[v for v in VERDICTS if v in counts.columns])
     lines += ["", "### Claims ledger", "",

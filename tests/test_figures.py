@@ -384,6 +384,15 @@ def _readme_module():
     return mod
 
 
+def test_readme_sae_probes_line_reads_the_topk_row():
+    m = _readme_module()
+    summary = pd.DataFrame({"sae_top_1_test_auc": [0.7125, 0.6], "sae_top_2_test_auc": [0.75, 0.61],
+                            "sae_top_5_test_auc": [0.8, 0.62]}, index=["topk", "relu_l1"])
+    line = m.sae_probes_line(summary)
+    assert "k = 1: 0.713" in line and "k = 2: 0.750" in line and "k = 5: 0.800" in line and "0.6" not in line
+    assert m.sae_probes_line(summary.drop(index="topk")) == "" and m.sae_probes_line(pd.DataFrame()) == ""
+
+
 def test_readme_block_replaced_between_markers_only():
     m = _readme_module()
     text = f"# T\nintro\n\n## Results\n{m.START}\nold numbers\n{m.END}\n\n## After\nkept\n"
