@@ -8,16 +8,22 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup repro test smoke bench lab clean-venv
+.PHONY: setup repro quick test smoke bench lab clean-venv
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/install.sh scripts/system-packages.txt
+$(STAMP): pyproject.toml scripts/install.sh scripts/system-packages.txt scripts/requirements-nodeps.txt
 	bash scripts/install.sh $(PYTHON) $(VENV)
 	touch $(STAMP)
 
 repro: $(STAMP)
 	$(VENV)/bin/dvc repro
+
+# The headline rows only (one seed each), as a DVC experiment on the default profile: the baselines, each
+# penalty as run and as described, the L1 controls and the sparsity-matched standard SAE.
+QUICK_VARIANTS := topk,topk_k100,compete_run6,ortho_run4,compete_described,ortho_described,topk_l1,topk_k100_l1,relu_l1_matched
+quick: $(STAMP)
+	$(VENV)/bin/dvc exp run -S 'run_variants=[$(QUICK_VARIANTS)]'
 
 test: $(STAMP)
 	$(PY) -m pytest -q -rs
