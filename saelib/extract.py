@@ -18,6 +18,7 @@ from .activations import MANIFEST, ActivationCache, ActivationWriter, CorruptSha
 from .hooks import residuals_batch, special_mask
 from .io import atomic_write_json, read_json
 from .models import LoadedModel, load_model
+from .threads import limit_threads
 
 
 def cache_settings(model: LoadedModel, tokens_NS: Tensor, layer: int, meta: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -293,18 +294,13 @@ def build_activation_cache(
     model = load(cfg.model)
     model.check_layer(cfg.layer)
     tokens, labels = corpus_rows(cfg, model.tokenizer, split)
-    threads = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with limit_threads(cfg.threads, blas=False):
         cache = extract_activations(
             model, tokens, cfg.layer, out_dir, batch_size=cfg.extract_batch, shard_tokens=cfg.shard_tokens, progress=progress, meta=meta
         )
         if labels is not None:
             atomic_write_json(Path(out_dir) / SEQUENCE_LABELS, labels)
         return cache
-    finally:
-        torch.set_num_threads(threads)
 
 
 __all__ = [

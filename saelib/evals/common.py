@@ -22,7 +22,6 @@ import json
 import subprocess
 import time
 import uuid
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -30,10 +29,10 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
-from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 from ..io import atomic_save_safetensors, atomic_write_json
+from ..threads import limit_threads  # noqa: F401  (re-exported: the evals' thread limiter)
 
 CACHE_KEY = "cache_key"
 """Metadata entry of a cache file that holds its content key."""
@@ -128,33 +127,6 @@ def cached(path: str | Path, key: str, build: Callable[[], tuple[Mapping[str, Te
     tensors, meta = build()
     save_cached(path, key, tensors, meta)
     return dict(tensors), dict(meta), False
-
-
-# ---------------------------------------------------------------------------------------------
-# threads
-# ---------------------------------------------------------------------------------------------
-@contextmanager
-def limit_threads(n: int | None = 1, *, blas: bool = True) -> Iterator[None]:
-    """Run the block with ``n`` torch intra-op threads and (``blas``) ``n`` BLAS/OpenMP threads;
-    both are restored afterwards. ``None`` leaves everything as it is."""
-    if n is None:
-        yield
-        return
-    n = int(n)
-    if n < 1:
-        raise ValueError(f"thread count must be >= 1, got {n}")
-    before = torch.get_num_threads()
-    if before != n:
-        torch.set_num_threads(n)
-    try:
-        if blas:
-            with threadpool_limits(limits=n):
-                yield
-        else:
-            yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,13 +38,13 @@ box, against ~50 s and ~8 GiB extrapolated for the as-run dense form. Extra peak
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..threads import limit_threads
 from .config import NORMALISATIONS, TARGETS, _check_choice
 from .ema import DenseCoefEMA, SparseCoefEMA
 
@@ -223,25 +223,11 @@ def coactivation_penalty(
     target) or ``W_dec_FD`` (decoder target) when autograd is on. ``threads``: torch threads used
     meanwhile (see ``PenaltyConfig.threads``).
     """
-    with _limit_threads(threads):
+    with limit_threads(threads, blas=False):
         return _coactivation_penalty(idx_BK, val_BK, d_sae, kind=kind, k=k, tau=tau, normalise=normalise,
                                      include_diagonal=include_diagonal, target=target, W_dec_FD=W_dec_FD, ema=ema,
                                      update_ema=update_ema, padded=padded, block_bins=block_bins,
                                      block_instances=block_instances)
-
-
-@contextlib.contextmanager
-def _limit_threads(n: int | None):
-    """Run the penalty with ``n`` torch threads (restored afterwards)."""
-    before = torch.get_num_threads()
-    if n is None or n == before:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _coactivation_penalty(idx_BK, val_BK, d_sae, *, kind, k, tau, normalise, include_diagonal, target, W_dec_FD,
