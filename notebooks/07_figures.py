@@ -220,15 +220,25 @@ for stem, build in [("ortho_fig1_absorption", figures.fig_ortho_absorption), ("o
     save_figure(build(results), figures_dir / stem)
 
 # %% [markdown]
-# **Reading the SCR panels at the default profile.** The offline SCR tasks pair review domain with
-# sentiment, and text genre (news vs exam question) with topic. In both, the biased probe leans so
-# heavily on the louder attribute (domain, genre) that it scores chance on a set balanced for the
-# other one (`04_scr`'s headroom table). SCR then asks whether ablating at most 500 latents removes
-# the loud attribute. For these SAEs it does not, with or without a penalty, so S_n stays close to 0
-# and the SCR verdicts in the ledger mostly come out "within noise". That is a finding about these
-# SAEs on these tasks. It says nothing either way about the papers' Bias-in-Bios numbers; the `paper`
-# profile runs SAEBench's SCR tasks. When the seeds cannot resolve SCR's 0.02 margin, the verdict
-# reads "underpowered" rather than "within noise".
+# **Reading the SCR panels at the default profile.** The offline SCR task pairs profession group (arts
+# vs sciences) with nationality group (American vs European) in WordNet's person glosses, the closest
+# offline analogue of Bias in Bios' profession × gender. It was chosen by its oracle headroom: removing
+# the spurious probe's own direction from the pooled residual moves the biased probe by S ≈ 0.8
+# (`04_scr` prints the headroom row; `results/<profile>/model_side/scr/oracle_headroom.csv`). So a
+# residual-stream intervention can move S here; whether ablating up to 500 SAE latents does is what the
+# panels show. It says nothing either way about the papers' Bias-in-Bios numbers; the `paper` profile
+# runs SAEBench's SCR tasks. When the seeds cannot resolve SCR's 0.02 margin, the verdict reads
+# "underpowered" rather than "within noise".
+
+# %% [markdown]
+# ## The sae-probes benchmark (a second probing eval)
+# The protocol of "Are Sparse Autoencoders Useful? A Case Study in Sparse Probing" on its own datasets
+# (`05b_sae_probes`): last-token residuals, latents ranked by mean activation difference, logistic
+# probes with a C grid chosen on validation AUC. Reported here beside SAEBench's sparse probing, never
+# averaged into it. Dotted line: the L2 probe on all residual dimensions.
+
+# %%
+save_figure(figures.fig_sae_probes(results), figures_dir / "sae_probes")
 
 # %% [markdown]
 # ## Penalty strength sweep

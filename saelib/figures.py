@@ -302,6 +302,22 @@ def fig_ortho_probing(results: Results) -> plt.Figure:
 # ------------------------------------------------------------------------------------------------
 # λ sweep
 # ------------------------------------------------------------------------------------------------
+SAE_PROBES_METRICS = ("sae_probes_sae_top_1_test_auc", "sae_probes_sae_top_5_test_auc")
+"""The second probing eval (the sae-probes benchmark's protocol), drawn apart from SAEBench's sparse probing."""
+
+
+def fig_sae_probes(results: Results, variants: Sequence[str] = HEADLINE_GROUPS) -> plt.Figure:
+    """The sae-probes benchmark: test AUC of the top-1 and top-5 latent probes for the headline variants
+    (dotted: the residual-stream L2 probe on all dimensions; band: the TopK baseline)."""
+    set_style()
+    fig, axes = plt.subplots(1, len(SAE_PROBES_METRICS), figsize=(7.5 * len(SAE_PROBES_METRICS), 4.8))
+    for ax, metric in zip(axes, SAE_PROBES_METRICS):
+        bar_panel(ax, results, list(variants), metric, baseline="topk",
+                  reference_line=("sae_probes_llm_test_auc", "residual probe, all dims"), tick_rotation=35)
+    return _finish(fig, "sae-probes benchmark: SAE latent probes, test AUC — higher is better (band: TopK baseline)",
+                   results)
+
+
 def sweep_table(results: Results, metrics: Sequence[str] = SWEEP_METRICS + (RATIO_METRIC,)) -> pd.DataFrame:
     """One row per (penalty, reading, variant, metric): λ, λ / λ_reference, seed mean ± CI (the
     penalty / MSE ratio at the end of training included by default)."""
@@ -573,7 +589,7 @@ def key_metrics_table(results: Results, metrics: Iterable[str] = HEADLINE_METRIC
 
 __all__ = ["bar_panel", "variant_label", "family", "fig_competesae_absorption", "table1_competesae",
            "fig_competesae_table1", "fig_ortho_absorption", "fig_ortho_scr", "fig_ortho_reconstruction",
-           "fig_ortho_probing", "sweep_table", "fig_lambda_sweep", "headline_table", "fig_headline", "effects_table",
+           "fig_ortho_probing", "fig_sae_probes", "sweep_table", "fig_lambda_sweep", "headline_table", "fig_headline", "effects_table",
            "fig_effects", "key_metrics_table", "md_table", "write_table", "COMPETE_VARIANTS", "ORTHO_VARIANTS", "TABLE1_ROWS",
            "SWEEP_REFERENCES", "HEADLINE_GROUPS", "HEADLINE_METRICS", "L1_CONTROLS", "VARIANT_NOTES", "RATIO_METRIC",
            "effect_comparisons", "COMPARISON_TWIN", "COMPARISON_L1"]

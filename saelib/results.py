@@ -35,7 +35,7 @@ from scipy import stats
 
 from .io import read_json
 
-EVALS = ("core", "absorption", "scr", "tpp", "probing", "unlearning")
+EVALS = ("core", "absorption", "scr", "tpp", "probing", "sae_probes", "unlearning")
 """Result families, in the order their columns appear in the wide table."""
 
 SEED_RE = re.compile(r"^(?P<base>.+)_s(?P<seed>\d+)$")
@@ -66,6 +66,9 @@ _LABELS: dict[str, str] = {
     "unlearning_score": "unlearning score",
     "probe_gap_top20_top1": "probing gap top-20 − top-1",
     "penalty_over_mse_final": "penalty / MSE at the end of training",
+    "sae_probes_llm_test_auc": "sae-probes residual probe AUC, all dims",
+    "sae_probes_llm_test_accuracy": "sae-probes residual probe accuracy, all dims",
+    "sae_probes_llm_test_f1": "sae-probes residual probe F1, all dims",
 }
 _LOWER = {"mse", "mse_legacy", "train_wall_time_s", "mean_absorption_score", "mean_absorption_fraction_score",
           "mean_full_absorption_score", "max_letter_absorption_rate", "probe_gap_top20_top1"}
@@ -83,7 +86,7 @@ def direction(metric: str) -> str | None:
         return "lower"
     if base in _NO_DIRECTION:
         return None
-    if base in _LABELS or re.fullmatch(r"(sae|llm)_top_\d+_test_accuracy|scr_(metric|dir1|dir2)_threshold_\d+"
+    if base in _LABELS or re.fullmatch(r"(sae_probes_)?(sae|llm)_top_\d+_test_(accuracy|auc|f1)|scr_(metric|dir1|dir2)_threshold_\d+"
                                        r"|tpp_threshold_\d+_(total_metric|intended_diff_only)", base):
         return "higher"
     if re.fullmatch(r"tpp_threshold_\d+_unintended_diff_only", base):
@@ -98,6 +101,9 @@ def label(metric: str) -> str:
         text = _LABELS[base]
     elif m := re.fullmatch(r"(sae|llm)_top_(\d+)_test_accuracy", base):
         text = f"{'sparse probing' if m.group(1) == 'sae' else 'residual probe'}, top-{m.group(2)}"
+    elif m := re.fullmatch(r"sae_probes_(sae|llm)_top_(\d+)_test_(accuracy|auc|f1)", base):
+        what = {"accuracy": "accuracy", "auc": "AUC", "f1": "F1"}[m.group(3)]
+        text = f"sae-probes {what}, {'SAE' if m.group(1) == 'sae' else 'residual'} top-{m.group(2)}"
     elif m := re.fullmatch(r"scr_(metric|dir1|dir2)_threshold_(\d+)", base):
         text = f"SCR{'' if m.group(1) == 'metric' else ' ' + m.group(1)}, n = {m.group(2)} ablated latents"
     elif m := re.fullmatch(r"tpp_threshold_(\d+)_(.+)", base):
@@ -202,6 +208,17 @@ def read_probing(path: str | Path) -> tuple[dict[str, float], pd.DataFrame]:
 
 UNLEARNING_OPTIONAL = ("unlearning_score_sd", "unlearning_auc", "unlearning_auc_sd")
 """Unlearning metrics written by the current eval (bootstrap SDs, the area score); older files lack them."""
+
+
+SAE_PROBES_PREFIX = "sae_probes_"
+"""The sae-probes benchmark's metrics share SAEBench probing's names; in the results table they carry this prefix."""
+
+
+def read_sae_probes(path: str | Path) -> dict[str, float]:
+    """Dataset-averaged metrics of ``results/<profile>/sae_probes/<variant>.json``, prefixed ``sae_probes_``
+    (the second probing eval, kept apart from SAEBench's sparse probing)."""
+    vals, _ = read_probing(path)
+    return {SAE_PROBES_PREFIX + k: v for k, v in vals.items()}
 
 
 def read_unlearning(path: str | Path) -> dict[str, float]:
@@ -455,7 +472,7 @@ def _variant_files(folder: Path, suffix: str = "") -> dict[str, Path]:
 
 def load_results(results_dir: str | Path, *, variants: Iterable[str] | None = None,
                  profile: str | None = None) -> Results:
-    """Read ``results_dir/{core,absorption,scr,probing,unlearning}``.
+    """Read ``results_dir/{core,absorption,scr,probing,sae_probes,unlearning}``.
 
     ``variants``: only these names are loaded (seed replicates ``<name>_s<N>`` must be listed too, as
     ``run_variants`` lists them); ``None`` = everything found.
@@ -485,7 +502,7 @@ def load_results(results_dir: str | Path, *, variants: Iterable[str] | None = No
             return False
         return True
 
-    readers = {"absorption": read_absorption, "unlearning": read_unlearning}
+    readers = {"absorption": read_absorption, "unlearning": read_unlearning, "sae_probes": read_sae_probes}
     for name, path in _variant_files(root / "core").items():
         if not keep(name):
             continue
@@ -495,7 +512,7 @@ def load_results(results_dir: str | Path, *, variants: Iterable[str] | None = No
         rows.setdefault(name, {}).update(read_core(path))
         meta[name] = {**_meta_from_core(name, doc), "evals": "core"}
         penalty[name] = doc.get("penalty_cfg") or None
-    for family in ("absorption", "scr", "tpp", "probing", "unlearning"):
+    for family in ("absorption", "scr", "tpp", "probing", "sae_probes", "unlearning"):
         folder = root / ("scr" if family == "tpp" else family)
         for name, path in _variant_files(folder, "_tpp" if family == "tpp" else "").items():
             if not keep(name):

@@ -44,6 +44,7 @@ FIGURES = (
     ("ortho_fig2_scr", "Paper 004 Fig. 2: SCR at n = 2 and 20"),
     ("ortho_fig3_reconstruction", "Paper 004 Fig. 3: MSE and cosine similarity"),
     ("ortho_fig4_probing", "Paper 004 Fig. 4: sparse probing top-1 and top-20"),
+    ("sae_probes", "sae-probes benchmark: SAE latent probes, test AUC (beside SAEBench's sparse probing)"),
     ("lambda_sweep", "Penalty strength sweep (λ ÷ paper's λ, log axis)"),
 )
 """Figure stems (under figures/) in README order, with captions."""

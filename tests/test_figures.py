@@ -125,6 +125,12 @@ def write_synthetic_results(results: Path, profile: str = "smoke") -> list[str]:
                 "eval_result_metrics": {"llm": llm, "sae": sae},
                 "eval_result_details": [{"dataset_name": "movie_sentiment", "sae_test_accuracy": 0.9 + v["kl_score"] / 100},
                                         {"dataset_name": "bbc_topic", "sae_test_accuracy": 0.5}]})
+            _write(results / "sae_probes" / f"{name}.json", {
+                "eval_type_id": "sparse_probing_sae_probes", "variant": name, "profile": profile,
+                "eval_result_metrics": {"llm": {"llm_test_auc": 0.9},
+                                        "sae": {"sae_top_1_test_auc": v["sae_top_1_test_accuracy"] - 0.05,
+                                                "sae_top_5_test_auc": v["sae_top_1_test_accuracy"]}},
+                "eval_result_details": [{"dataset_name": "5_hist_fig_ismale", "sae_top_1_test_auc": 0.6}]})
             _write(results / "unlearning" / f"{name}.json", {
                 "eval_type_id": "unlearning", "variant": name, "metric": "offline", "model": "gemma-3-270m", "layer": 8,
                 "eval_result_metrics": {"unlearning": {"unlearning_score": 0.1 if pen else 0.05}}})
@@ -243,6 +249,7 @@ FIGURE_EXPECTATIONS = {
     "fig_ortho_scr": ["SCR, n = 2", "SCR, n = 20", "higher is better"],
     "fig_ortho_reconstruction": ["MSE per element", "cosine similarity", "lower is better", "higher is better"],
     "fig_ortho_probing": ["top-1", "top-20", "higher is better"],
+    "fig_sae_probes": ["sae-probes AUC, SAE top-1", "sae-probes AUC, SAE top-5", "higher is better", "not\nrun"],
     "fig_lambda_sweep": ["λ ÷ paper's λ (log scale)", "competition penalty", "orthogonality penalty"],
     "fig_headline": ["gemma-3-270m, layer 8", "mean ± 95% CI over seeds"],
     "fig_effects": ["penalty better (lower)", "penalty better (higher)", "+25.0%"],
@@ -267,6 +274,16 @@ def test_figure_builds_labels_direction_and_marks_missing(builder, synthetic, tm
     plt.close(fig)
     for expected in FIGURE_EXPECTATIONS[builder]:
         assert expected in text, (builder, expected)
+
+
+def test_sae_probes_metrics_are_kept_apart_from_saebench_probing(synthetic):
+    _, names, r = synthetic
+    wide = r.wide
+    assert "sae_probes_sae_top_1_test_auc" in wide and "sae_top_1_test_auc" not in wide
+    # SAEBench's own probing numbers are untouched by the second eval's files
+    assert wide.loc["ortho_run2", "sae_top_1_test_accuracy"] == pytest.approx(0.73)
+    assert wide.loc["ortho_run2", "sae_probes_sae_top_1_test_auc"] == pytest.approx(0.68)
+    assert wide.loc["ortho_run2", "sae_probes_llm_test_auc"] == pytest.approx(0.9)
 
 
 def test_figures_survive_an_empty_results_folder(tmp_path):
