@@ -77,9 +77,14 @@ stage.model_side_tables(prep)["data"]
 # %%
 if variant is not None:
     headline = stages.evaluate_variant(P, stage, variant, prep=prep)
-    result = read_json(stages.results_dir(P, stage) / f"{variant}.json")["eval_result_details"]
+    doc = read_json(stages.results_dir(P, stage) / f"{variant}.json")
+    configs = doc["eval_result_details"]          # one row per (retain threshold, n latents, multiplier)
+    result = doc["eval_result_unstructured"]      # the best configuration, the budget curve, the bootstrap
     best = result.get("best") or {}
-    print(f"{variant}: unlearning score {headline['unlearning_score']:.4f} (threshold {best.get('retain_threshold')}, "
+    sd = result.get("unlearning_score_sd")
+    print(f"{variant}: unlearning score {headline['unlearning_score']:.4f}"
+          + (f" ± {sd:.4f} (bootstrap SD over eval sequences)" if sd is not None else "")
+          + f", area score {result.get('unlearning_auc', float('nan')):.4f} (threshold {best.get('retain_threshold')}, "
           f"n {best.get('n_features')}, multiplier {best.get('multiplier')})")
 
 # %% [markdown]
@@ -89,7 +94,7 @@ if variant is not None:
 
 # %%
 if variant is not None and cfg.metric == "offline":
-    rows = pd.DataFrame(result["configs"])
+    rows = pd.DataFrame(configs)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     ax1.scatter(100 * rows["retain_rel_increase"], rows["forget_ce_increase"], alpha=0.7)
     curve = pd.DataFrame(result["curve"])
@@ -104,7 +109,7 @@ if variant is not None and cfg.metric == "offline":
     plt.tight_layout()
     plt.show()
 elif variant is not None:
-    rows = pd.DataFrame(result["configs"])
+    rows = pd.DataFrame(configs)
     fig, ax = plt.subplots(figsize=(5, 4))
     ax.scatter(rows["mmlu_accuracy"], rows["wmdp_accuracy"], alpha=0.7)
     ax.axvline(cfg.mmlu_min_accuracy, ls="--", c="grey")
@@ -114,5 +119,5 @@ elif variant is not None:
 # %%
 if variant is not None:
     cols = [c for c in ("retain_threshold", "n_features", "multiplier", "n_selected", "forget_ce_increase",
-                        "retain_rel_increase", "wmdp_accuracy", "mmlu_accuracy") if c in result["configs"][0]]
-    display(pd.DataFrame(result["configs"])[cols])  # noqa: F821 - IPython
+                        "retain_rel_increase", "wmdp_accuracy", "mmlu_accuracy") if c in configs[0]]
+    display(pd.DataFrame(configs)[cols])  # noqa: F821 - IPython

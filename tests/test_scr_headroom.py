@@ -7,7 +7,8 @@ from saelib.evals.probing import ProbeTrainConfig
 from saelib.evals.scr import ScrConfig
 from saelib.evals.scr_headroom import MIN_ORACLE_S, oracle_headroom_from_quadrants, remove_direction
 
-CFG = ScrConfig(probe=ProbeTrainConfig(min_steps=400, seed=0))
+# the probe the default profile uses for SCR (centred inputs, last epoch; params.yaml profiles.default.scr)
+CFG = ScrConfig(probe=ProbeTrainConfig(min_steps=400, seed=0, normalize_inputs=True, select_on_test=False))
 
 
 def _synthetic(signal_a, signal_b, *, n_train=48, n_test=32, d=6, seed=0):
