@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from saelib.devices import autocast_context  # noqa: E402
 from saelib.penalties import PenaltyConfig, make_penalty  # noqa: E402
 from saelib.sae import TopKConfig, make_sae  # noqa: E402
 from saelib.train import TrainConfig, make_optimizer, train_step  # noqa: E402
@@ -123,7 +124,7 @@ class Stepper:
 
 def penalty_only_ms(stepper: Stepper, x_BD: torch.Tensor, penalty, reps: int) -> float:
     """Median time of the penalty's forward + backward (to val_BK / W_dec) on a fixed SAE output."""
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with autocast_context("cpu"):
         out = stepper.sae(x_BD, dense_latents=False)
     val = out.val_BK.detach().float().requires_grad_(True)
     out = out._replace(val_BK=val)

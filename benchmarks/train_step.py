@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from saelib.devices import autocast_context, compute_dtype  # noqa: E402
 from saelib.sae import TopKConfig, make_sae  # noqa: E402
 from saelib.train import TrainConfig, active_latents, make_optimizer, train_step  # noqa: E402
 
@@ -86,7 +87,7 @@ class SAELensStep:
 
     def __call__(self, x_BD: torch.Tensor) -> None:
         self.sae.train()
-        with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        with autocast_context("cpu"):
             out = self.sae.training_forward_pass(self.TrainStepInput(
                 sae_in=x_BD, coefficients={}, dead_neuron_mask=(self.since_fired_F > 1000).bool(),
                 n_training_steps=self.step, is_logging_step=False))
@@ -116,7 +117,7 @@ def run_shape(d: int, f: int, k: int, batch: int, impls: list[str], steps: int, 
               clock=time.perf_counter) -> dict:
     gen = torch.Generator().manual_seed(0)
     xs = [(torch.randn(batch, d, generator=gen) * 4.0 + 1.0).to(torch.bfloat16) for _ in range(4)]
-    W_DF = (torch.randn(d, f, generator=gen) * 0.02).to(torch.bfloat16)
+    W_DF = (torch.randn(d, f, generator=gen) * 0.02).to(compute_dtype("cpu"))  # the step's matmul dtype
     runners: dict[str, object] = {f"ours[{impl}]": OursStep(d, f, k, batch, impl) for impl in impls}
     saelens_error = None
     if with_saelens:
@@ -124,7 +125,7 @@ def run_shape(d: int, f: int, k: int, batch: int, impls: list[str], steps: int, 
             runners["saelens"] = SAELensStep(d, f, k, batch)
         except ImportError as err:
             saelens_error = f"sae-lens unavailable: {err}"
-    runners["matmul"] = lambda x: x @ W_DF
+    runners["matmul"] = lambda x: x.to(W_DF.dtype) @ W_DF
     times: dict[str, list[float]] = {name: [] for name in runners}
     for i in range(warmup + steps):
         for name, fn in runners.items():
@@ -243,7 +244,7 @@ def main() -> None:
     for d, f, k in args.shapes:
         row = run_shape(d, f, k, args.batch, impls, args.steps, args.warmup, not args.no_saelens, CLOCKS[args.clock])
         rows.append(row)
-        print(f"\nd={d} F={f} k={k} B={args.batch}: bare bf16 matmul {row['matmul_ms']:.1f} ms = {row['matmul_gflops']:.0f} GFLOP/s")
+        print(f"\nd={d} F={f} k={k} B={args.batch}: bare {str(compute_dtype('cpu')).replace('torch.', '')} matmul {row['matmul_ms']:.1f} ms = {row['matmul_gflops']:.0f} GFLOP/s")
         if "saelens" in row:
             s = row["saelens"]
             print(f"  {'SAELens TopKTrainingSAE'.ljust(25)} {s['ms']:8.1f} ms/step  {s['tokens_per_s']:9.0f} tok/s")

@@ -52,10 +52,18 @@ def test_registry_lists_archs_and_rejects_unknown():
 
 
 def test_topk_backward_impl_auto_rule():
-    assert TopKConfig(d_in=640, d_sae=5120, k=28).sparse_backward  # k ≤ F/64
-    assert TopKConfig(d_in=640, d_sae=5120, k=80).sparse_backward
-    assert not TopKConfig(d_in=640, d_sae=5120, k=88).sparse_backward
-    assert not TopKConfig(d_in=2304, d_sae=18432, k=320).sparse_backward
+    from saelib.sae.topk import auto_sparse_rule
+    # with fast bf16 matmuls (CUDA, AMX): sparse iff k <= F/64
+    assert auto_sparse_rule(28, 5120, True) and auto_sparse_rule(80, 5120, True)
+    assert not auto_sparse_rule(88, 5120, True) and not auto_sparse_rule(320, 18432, True)
+    # without (AVX2 CPU, fp32): always sparse
+    assert auto_sparse_rule(88, 5120, False) and auto_sparse_rule(320, 18432, False)
+    from saelib.devices import bf16_matmul_is_fast
+    fast = bf16_matmul_is_fast("cpu")
+    assert TopKConfig(d_in=640, d_sae=5120, k=28).sparse_backward
+    assert TopKConfig(d_in=640, d_sae=5120, k=88).sparse_backward == (not fast)
+    assert TopKConfig(d_in=640, d_sae=5120, k=88, backward_impl="dense").sparse_backward_on("cpu") is False
+    assert TopKConfig(d_in=640, d_sae=5120, k=5000, backward_impl="sparse").sparse_backward_on("cuda") is True
     with pytest.raises(ValueError, match="backward_impl"):
         TopKConfig(d_in=D, d_sae=F, backward_impl="fast")
 

@@ -10,9 +10,12 @@ float rounding (``TopKConfig.backward_impl``):
   (token, latent) pairs (``embedding_bag`` kernels, fp32): O(B·k·d) work, no (B, F) tensor.
 - ``"dense"``: the gradients are bf16 matmuls against dense (B, F) latents — faster once k/F is
   large enough that the B·k·d random row accesses cost more than the AMX matmuls.
-- ``"auto"`` (default): sparse when ``k ≤ d_sae/64``, the crossover measured on this CPU with
-  ``benchmarks/train_step.py`` (equal speed at 640×5120, k = 88; dense 1.1x faster at
-  2304×18432, k = 320; sparse 1.3x faster at 640×5120, k = 28).
+- ``"auto"`` (default): where bf16 matmuls are fast (CUDA, AVX-512/AMX CPUs), sparse when
+  ``k ≤ d_sae/64``, the crossover measured on an AMX CPU with ``benchmarks/train_step.py`` (equal
+  speed at 640×5120, k = 88; dense 1.1x faster at 2304×18432, k = 320; sparse 1.3x faster at
+  640×5120, k = 28). Where they are not (an AVX2-only CPU runs in fp32) always sparse: the dense
+  path's four fp32 matmuls cost more than the gathers (640×5120, k = 89 on 2 AVX2 cores: 365 ms
+  sparse against 761 ms dense per step).
 
 In both, ``∂b_dec`` from the encoder is ``−W_enc Σ_b ∂pre_b`` (one matrix-vector product).
 """
@@ -25,6 +28,7 @@ import torch
 import torch.nn.functional as Fn
 from torch import Tensor
 
+from ..devices import bf16_matmul_is_fast
 from .base import BaseSAE, SAEConfig, SAEOutput, compute_dtype
 
 
@@ -42,7 +46,8 @@ class TopKConfig(SAEConfig):
     """Divide the AuxK squared error by the residual's variance (OpenAI's reference implementation)."""
     backward_impl: str = "auto"
     """``"sparse"`` (gather/scatter over active latents), ``"dense"`` (bf16 matmuls) or ``"auto"``
-    (sparse when ``k ≤ d_sae/64``); same results up to float rounding."""
+    (sparse when ``k ≤ d_sae/64`` or when the device has no fast bf16 matmul); same results up to
+    float rounding."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -53,17 +58,26 @@ class TopKConfig(SAEConfig):
         if self.aux_k is not None and int(self.aux_k) < 1:
             raise ValueError(f"aux_k must be >= 1 or None, got {self.aux_k}")
 
+    def sparse_backward_on(self, device_type: str = "cpu") -> bool:
+        """Whether the sparse implementation is used on a device of this type (``"cpu"``, ``"cuda"``)."""
+        if self.backward_impl == "auto":
+            return auto_sparse_rule(int(self.k), int(self.d_sae), bf16_matmul_is_fast(device_type))
+        return self.backward_impl == "sparse"
+
     @property
     def sparse_backward(self) -> bool:
-        """Whether the sparse implementation is used."""
-        if self.backward_impl == "auto":
-            return int(self.k) * 64 <= int(self.d_sae)
-        return self.backward_impl == "sparse"
+        """Whether the sparse implementation is used on the CPU (see :meth:`sparse_backward_on`)."""
+        return self.sparse_backward_on("cpu")
 
     @property
     def resolved_aux_k(self) -> int:
         """``aux_k`` with the default ``d_in // 2`` filled in."""
         return int(self.aux_k) if self.aux_k is not None else max(1, self.d_in // 2)
+
+
+def auto_sparse_rule(k: int, d_sae: int, fast_bf16_matmul: bool) -> bool:
+    """``backward_impl="auto"``: sparse when ``k ≤ d_sae/64``, or always without fast bf16 matmuls."""
+    return (not fast_bf16_matmul) or k * 64 <= d_sae
 
 
 def fast_topk(pre_BF: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -374,6 +388,10 @@ class TopKSAE(BaseSAE):
     def _encoder_latent_major(self) -> bool:
         return self.cfg.sparse_backward
 
+    def _sparse_backward(self) -> bool:
+        """The backward implementation for the device the weights are on."""
+        return self.cfg.sparse_backward_on(self.W_enc.device.type)
+
     def _check_2d(self, x_BD: Tensor) -> Tensor:
         x_BD = self._check_input(x_BD)
         if x_BD.ndim != 2:
@@ -399,7 +417,7 @@ class TopKSAE(BaseSAE):
         """``(idx_BK, val_dec_BK, pre_BF, val_BK)``: ``val_dec_BK`` feeds the decoder, ``val_BK`` (fp32)
         any other loss term. The same tensor on the sparse backward (fp32 throughout); on the dense
         backward ``val_BK`` is the exact fp32 route of :class:`GatherEncodeExact` (equal values)."""
-        if self.cfg.sparse_backward and torch.is_grad_enabled():
+        if self._sparse_backward() and torch.is_grad_enabled():
             with torch.no_grad():
                 pre_BF = self.pre_activations(x_BD)
                 pre_BK, idx_BK = fast_topk(pre_BF, self.cfg.k)
@@ -432,7 +450,7 @@ class TopKSAE(BaseSAE):
         penalty) reaches every parameter with an fp32 gradient, never rounded into the bf16 MSE one.
         """
         x_BD = self._check_2d(x_BD)
-        sparse = self.cfg.sparse_backward
+        sparse = self._sparse_backward()
         idx_BK, val_dec_BK, pre_BF, val_BK = self._code(x_BD)
         x_hat_BD = sparse_decode(val_dec_BK, idx_BK, self.W_dec, sparse_backward=sparse) + self.b_dec.float()
         mse = self.mse_loss(x_hat_BD, x_BD)
