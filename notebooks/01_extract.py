@@ -47,6 +47,7 @@ from IPython.display import display
 from saelib.config import load_params
 from saelib.data.corpus import SOURCE_PACKAGES, composition, load_corpus
 from saelib.extract import ExtractConfig, build_activation_cache, extraction_summary, summarize_norms
+from saelib.heldout import build_core_baseline
 from saelib.io import atomic_write_json
 
 P = load_params(profile)
@@ -90,6 +91,18 @@ summary = pd.DataFrame(
     }
 ).T
 summary
+
+# %% [markdown]
+# ## The SAE-independent half of the core splice metrics
+# Every SAE's KL and CE scores compare the model's clean run, its run with the SAE spliced in, and two
+# zero-ablation runs on the same held-out sequences. Only the SAE run depends on the SAE, and on
+# Gemma-3's 262k-word vocabulary each run is a full forward plus an unembedding of every position, so the
+# clean run (its final hidden states) and both zero-ablation baselines are computed here once, into
+# `data/<profile>/eval_cache/core`; each train stage adds its SAE's run to them (same numbers as running
+# all four there; `tests/test_core_metrics.py` checks it).
+
+# %%
+print("core baseline:", build_core_baseline(P))
 
 # %% [markdown]
 # ## Residual norms: ordinary tokens vs BOS

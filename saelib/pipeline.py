@@ -15,6 +15,7 @@ import torch
 
 from .activations import ActivationCache
 from .evals.core import evaluate_core
+from .heldout import SEQUENCE_LABELS, build_core_baseline, cache_expectation, load_profile_baseline, read_sequence_genres  # noqa: F401
 from .io import atomic_write_json, atomic_write_text, read_json
 from .models import LoadedModel, load_model
 from .penalties import make_penalty
@@ -22,11 +23,6 @@ from .sae import make_sae
 from .train import CHECKPOINT_NAME, NonFiniteLossError, read_log, train_sae
 from .variants import ResolvedVariant, activation_rms, needs_activation_rms, resolve_variant
 
-SEQUENCE_LABELS = "sequence_labels.json"
-"""Side file of the held-out activation cache: ``{"genre": [...], "source": [...]}``, one entry per
-sequence (``saelib.data.corpus.GenreTokens.labels_json``), written by extraction
-(``saelib.extract.SEQUENCE_LABELS``, the same name; not imported, so the train stage does not depend on
-the extraction code)."""
 PER_GENRE_KEYS = ("ev", "kl_score", "ce_score", "n_sequences")
 """Core metrics stored per genre of the held-out text."""
 
@@ -61,43 +57,17 @@ def training_curve(records: list[dict[str, Any]], n_points: int = 200) -> pd.Dat
     return frame[[c for c in CURVE_COLUMNS if c in frame.columns]]
 
 
-def cache_expectation(P: dict[str, Any]) -> dict[str, Any]:
-    """The manifest fields an activation cache must have for the active profile (model, layer, context)."""
-    run = P["run"]
-    return {"model": run["model"], "layer": int(run["layer"]), "context": int(run["context"])}
-
-
-def read_sequence_genres(folder: str | Path, n_sequences: int) -> list[str] | None:
-    """The genre of each held-out sequence from ``folder/sequence_labels.json``, or None (with a one-line
-    note) when the file is absent; a file that does not match the cache's sequences is a clear error."""
-    path = Path(folder) / SEQUENCE_LABELS
-    if not path.exists():
-        print(f"per-genre core metrics skipped: no {path} (extraction writes it for the offline corpus)")
-        return None
-    genres = read_json(path).get("genre")
-    if not isinstance(genres, list) or len(genres) != n_sequences:
-        got = len(genres) if isinstance(genres, list) else type(genres).__name__
-        raise ValueError(f"{path}: 'genre' must list one genre per held-out sequence ({n_sequences}), got {got}; "
-                         f"re-run extraction (`dvc repro extract`) to rewrite it with the cache")
-    return [str(g) for g in genres]
-
-
 def per_genre_core(sae, model: LoadedModel, tokens_NS: torch.Tensor, genres: list[str], layer: int, *,
                    batch_size: int = 16, n_kl_sequences: int | None = None, progress: bool = False) -> dict[str, dict]:
-    """``{genre: {ev, kl_score, ce_score, n_sequences}}``: :func:`evaluate_core` on each genre's rows of
-    ``tokens_NS`` (genres in first-seen order). With ``n_kl_sequences``, a genre's splice metrics use its
-    rows among the first ``n_kl_sequences`` (at least one): the sequences the all-genre KL/CE used, so
-    the per-genre pass costs about as much as the all-genre one."""
+    """``{genre: {ev, kl_score, ce_score, n_sequences}}``: the core metrics of each genre's rows of
+    ``tokens_NS`` (genres in first-seen order), from one :func:`evaluate_core` pass with ``groups``.
+    With ``n_kl_sequences``, a genre's splice metrics use its rows among the first ``n_kl_sequences``
+    (at least one: :func:`~saelib.evals.core.splice_rows`), the sequences the all-genre KL/CE used."""
     if len(genres) != tokens_NS.shape[0]:
         raise ValueError(f"{len(genres)} genre labels for {tokens_NS.shape[0]} sequences")
-    out = {}
-    for genre in dict.fromkeys(genres):
-        rows = torch.tensor([i for i, g in enumerate(genres) if g == genre])
-        n_kl = None if n_kl_sequences is None else max(1, genres[: int(n_kl_sequences)].count(genre))
-        core = evaluate_core(sae, model, tokens_NS[rows], layer, batch_size=batch_size, n_kl_sequences=n_kl,
-                             progress=progress)
-        out[genre] = {k: (float(core[k]) if k != "n_sequences" else int(core[k])) for k in PER_GENRE_KEYS}
-    return out
+    core = evaluate_core(sae, model, tokens_NS, layer, batch_size=batch_size, n_kl_sequences=n_kl_sequences,
+                         groups=genres, progress=progress)
+    return core["per_group"]
 
 
 def train_variant(P: dict[str, Any], variant: str, *, progress: bool = True) -> dict[str, Any]:
@@ -113,6 +83,8 @@ def train_variant(P: dict[str, Any], variant: str, *, progress: bool = True) -> 
     expect = cache_expectation(P)  # a cache extracted for other settings is refused, naming the fix
     cache = ActivationCache(P["paths"]["activations_train"], profile=P["profile"], expect=expect)
     heldout = ActivationCache(P["paths"]["activations_heldout"], profile=P["profile"], expect=expect)
+    baseline = load_profile_baseline(P)  # checked before training, used after it
+    eval_cfg = run.get("core", {})
     rv = resolve(P, variant, model)
     rv = replace(rv, train_cfg=replace(rv.train_cfg, device=device))
     out_dir = P["paths"]["checkpoints"] / variant
@@ -127,15 +99,13 @@ def train_variant(P: dict[str, Any], variant: str, *, progress: bool = True) -> 
     records = read_log(out_dir)
     curve = training_curve(records)
 
-    eval_cfg = run.get("core", {})
     tokens = heldout.tokens()
-    core = evaluate_core(result.sae, model, tokens, layer, batch_size=int(eval_cfg.get("batch_size", 16)),
-                         n_kl_sequences=eval_cfg.get("n_kl_sequences"), progress=progress)
-    density = core.pop("feature_density_F")
     genres = read_sequence_genres(P["paths"]["activations_heldout"], tokens.shape[0])
-    per_genre = None if genres is None else per_genre_core(
-        result.sae, model, tokens, genres, layer, batch_size=int(eval_cfg.get("batch_size", 16)),
-        n_kl_sequences=eval_cfg.get("n_kl_sequences"), progress=progress)
+    core = evaluate_core(result.sae, model, tokens, layer, batch_size=int(eval_cfg.get("batch_size", 16)),
+                         n_kl_sequences=eval_cfg.get("n_kl_sequences"), groups=genres, baseline=baseline,
+                         progress=progress)
+    density = core.pop("feature_density_F")
+    per_genre = core.pop("per_group", None)
     summary = {
         "variant": variant,
         "profile": P["profile"],

@@ -213,6 +213,13 @@ def lr_at(step: int, n_steps: int, base_lr: float, *, warmup_steps: int = 0, dec
     return base_lr * scale
 
 
+def lr_travel(n_steps: int, base_lr: float, *, warmup_steps: int = 0, decay_frac: float = 1 / 8) -> float:
+    """``Σ_t lr_t`` over the run: about the farthest Adam can move any one parameter, since its
+    per-step update ``lr·m̂/(√v̂ + ε)`` stays within about ``lr`` in magnitude."""
+    return float(sum(lr_at(t, n_steps, base_lr, warmup_steps=warmup_steps, decay_frac=decay_frac)
+                     for t in range(n_steps)))
+
+
 def make_optimizer(sae: BaseSAE, cfg: TrainConfig, lr: float) -> torch.optim.Adam:
     """Adam over all SAE parameters (fused CPU kernel when available)."""
     params = list(sae.parameters())

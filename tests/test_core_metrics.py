@@ -124,3 +124,67 @@ def test_splice_scores_identity_one_zero_zero(tiny_model):
     assert r_zero["kl_score"] == pytest.approx(kl_score(r_zero["kl_sae"], r_zero["kl_zero"]), rel=1e-9)
     assert r_zero["kl_zero"] != pytest.approx(r_zero["kl_zero_keep_bos"], rel=1e-3)
     assert r_zero["l2_ratio"] == 0.0
+
+
+def test_splice_rows_first_n_plus_each_missing_group():
+    from saelib.evals.core import splice_rows
+    assert splice_rows(5, None) == [0, 1, 2, 3, 4]
+    assert splice_rows(5, 2) == [0, 1] and splice_rows(3, 10) == [0, 1, 2]
+    assert splice_rows(6, 2, ["a", "a", "b", "c", "b", "a"]) == [0, 1, 2, 3]
+    assert splice_rows(4, 3, ["a", "b", "a", "b"]) == [0, 1, 2]
+    with pytest.raises(ValueError, match="3 group labels for 4 sequences"):
+        splice_rows(4, 2, ["a", "b", "a"])
+
+
+def test_splice_sums_subsets_equal_separate_runs(tiny_model):
+    from saelib.hooks import splice_sums, spliced_kl_ce
+
+    g = torch.Generator().manual_seed(3)
+    tok = torch.randint(10, 200, (5, 10), generator=g)
+    tok[:, 0] = tiny_model.tokenizer.bos_token_id
+    patches = {"half": lambda x: 0.5 * x, "zero": torch.zeros_like}
+    kw = dict(patch_everywhere=("zero",), saebench_positions=True, batch_size=2, token_chunk=7)
+    ss = splice_sums(tiny_model, tok, 1, patches, **kw)
+    whole = spliced_kl_ce(tiny_model, tok, 1, patches, **kw)
+    sub = spliced_kl_ce(tiny_model, tok[[1, 3]], 1, patches, **kw)
+    for got, want in ((ss.result(), whole), (ss.rows([1, 3]).result(), sub)):
+        for name in ("clean", "half", "zero"):
+            for key, value in want[name].items():
+                assert got[name][key] == pytest.approx(value, rel=1e-5), (name, key)
+    # per-sequence KL sums are sums over that sequence's positions: 9 KL positions each (BOS input kept? no)
+    assert ss.counts["kl_saebench"].tolist() == [9] * 5 and ss.counts["kl"].tolist() == [8] * 5
+    assert (ss.sums["half"]["kl"] > 0).all()
+
+
+def test_core_baseline_gives_the_same_numbers_and_refuses_other_tokens(tiny_model, tmp_path):
+    from saelib.evals.core_baseline import compute_core_baseline, load_core_baseline, save_core_baseline
+    from saelib.sae import TopKConfig, make_sae
+
+    torch.manual_seed(0)
+    sae = make_sae("topk", TopKConfig(d_in=tiny_model.d_model, d_sae=2 * tiny_model.d_model, k=4))
+    g = torch.Generator().manual_seed(4)
+    tok = torch.randint(10, 200, (6, 12), generator=g)
+    tok[:, 0] = tiny_model.tokenizer.bos_token_id
+    groups = ["news", "code", "news", "code", "web", "news"]
+    plain = evaluate_core(sae, tiny_model, tok, 1, batch_size=4, n_kl_sequences=3, groups=groups)
+    base = compute_core_baseline(tiny_model, tok, 1, n_kl_sequences=3, groups=groups, batch_size=4)
+    settings = {"n_kl_sequences": 3}
+    save_core_baseline(tmp_path, base, settings)
+    loaded = load_core_baseline(tmp_path, settings)
+    fast = evaluate_core(sae, tiny_model, tok, 1, batch_size=4, n_kl_sequences=3, groups=groups, baseline=loaded)
+    for key in ("kl_score", "ce_score", "kl_zero", "ce_zero", "kl_sae", "ce_clean", "kl_score_keep_bos", "n_tokens_splice"):
+        assert fast[key] == pytest.approx(plain[key], rel=1e-6), key
+    assert list(fast["per_group"]) == ["news", "code", "web"]
+    for g_ in fast["per_group"]:
+        for key in ("ev", "kl_score", "ce_score", "n_sequences"):
+            assert fast["per_group"][g_][key] == pytest.approx(plain["per_group"][g_][key], rel=1e-6)
+    # "web" is only row 4, outside the first 3: its KL comes from that row alone
+    web = evaluate_core(sae, tiny_model, tok[[4]], 1, batch_size=4)
+    assert fast["per_group"]["web"]["kl_score"] == pytest.approx(web["kl_score"], rel=1e-5)
+    assert fast["per_group"]["news"]["n_sequences"] == 3
+    with pytest.raises(ValueError, match="other held-out sequences"):
+        evaluate_core(sae, tiny_model, tok.flip(0), 1, batch_size=4, n_kl_sequences=3, groups=groups, baseline=loaded)
+    with pytest.raises(ValueError, match="dvc repro extract"):
+        load_core_baseline(tmp_path, {"n_kl_sequences": 4})
+    with pytest.raises(FileNotFoundError, match="dvc repro extract"):
+        load_core_baseline(tmp_path / "missing")

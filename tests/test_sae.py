@@ -385,3 +385,18 @@ def test_topk_config_rejects_bad_aux_k():
         TopKConfig(d_in=8, d_sae=32, k=2, aux_k=0)
     assert TopKConfig(d_in=8, d_sae=32, k=2, aux_k=3).resolved_aux_k == 3
     assert TopKConfig(d_in=8, d_sae=32, k=2).resolved_aux_k == 4
+
+
+def test_lr_travel_and_jumprelu_threshold_report():
+    from saelib.sae.jumprelu import threshold_report
+    from saelib.train import lr_travel
+    assert lr_travel(100, 1.0, decay_frac=0.0) == pytest.approx(100.0)
+    # 50 steps at 1, then (100 - t) / 50 for t = 50..99: 50 + 1275 / 50
+    assert lr_travel(100, 1.0, decay_frac=0.5) == pytest.approx(75.5)
+    assert lr_travel(10, 2.0, warmup_steps=4, decay_frac=0.0) == pytest.approx(2.0 * (0.25 + 0.5 + 0.75 + 1 + 6))
+    sae = make_sae("jumprelu", JumpReLUConfig(d_in=4, d_sae=6, target_l0=2, threshold_init=2.0))
+    with torch.no_grad():
+        sae.threshold.copy_(torch.tensor([2.0, 2.5, 1.0, 2.0, 2.0, 3.0]))
+    rep = threshold_report(sae, l0=1.5, travel=0.5)
+    assert rep["threshold_moved_max"] == pytest.approx(1.0) and rep["threshold_moved_median"] == pytest.approx(0.0)
+    assert rep["travel_over_init"] == pytest.approx(0.25) and rep["target_l0"] == 2 and rep["l0"] == 1.5

@@ -41,7 +41,8 @@ from torch import Tensor
 
 from ..devices import module_device
 
-__all__ = ["CoreAccumulator", "reconstruction_metrics", "feature_density", "kl_score", "ce_score", "splice_scores", "evaluate_core"]
+__all__ = ["CoreAccumulator", "GROUP_KEYS", "reconstruction_metrics", "feature_density", "kl_score", "ce_score", "splice_rows",
+           "splice_scores", "evaluate_core"]
 
 
 def kl_score(kl_sae: float, kl_zero: float) -> float:
@@ -195,6 +196,27 @@ def splice_scores(s: dict[str, dict[str, float]]) -> dict[str, float]:
     }
 
 
+def splice_rows(n_sequences: int, n_kl_sequences: int | None, groups: Sequence[str] | None = None) -> list[int]:
+    """Sequences the splice metrics run on: the first ``n_kl_sequences`` (all when None), plus, with
+    ``groups`` (one label per sequence), the first sequence of every group that has none among them,
+    so that each group's KL/CE has at least one sequence. Sorted."""
+    n_kl = n_sequences if n_kl_sequences is None else min(int(n_kl_sequences), n_sequences)
+    rows = list(range(n_kl))
+    if groups is not None:
+        if len(groups) != n_sequences:
+            raise ValueError(f"{len(groups)} group labels for {n_sequences} sequences")
+        present = set(groups[:n_kl])
+        for i, g in enumerate(groups):
+            if g not in present:
+                present.add(g)
+                rows.append(i)
+    return sorted(rows)
+
+
+GROUP_KEYS = ("ev", "kl_score", "ce_score", "n_sequences")
+"""Core metrics :func:`evaluate_core` reports per group (``per_group``)."""
+
+
 @torch.no_grad()
 def evaluate_core(
     sae: Any,
@@ -206,6 +228,8 @@ def evaluate_core(
     n_kl_sequences: int | None = None,
     token_chunk: int = 256,
     compute_kl: bool = True,
+    groups: Sequence[str] | None = None,
+    baseline: Any = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """All core metrics of ``sae`` on ``model``'s layer-``layer`` residual over ``tokens_NS``.
@@ -213,38 +237,75 @@ def evaluate_core(
     Reconstruction/sparsity metrics use every sequence, in batches of ``batch_size`` sequences
     (the legacy per-batch unit); the splice metrics use the first ``n_kl_sequences`` (default all).
     Special tokens are excluded everywhere. Returns scalars plus ``feature_density_F`` (tensor).
+
+    ``groups`` (a label per sequence, e.g. its genre) adds ``per_group``: ``{label: {ev, kl_score,
+    ce_score, n_sequences}}`` from the same pass, EV over the group's sequences and KL/CE over its
+    sequences among :func:`splice_rows`. ``baseline`` (a :class:`~saelib.evals.core_baseline.CoreBaseline`
+    for these tokens and settings) supplies the SAE-independent runs (clean hidden states, both
+    zero-ablation baselines), so that only the SAE's own splice runs here; the numbers are the same.
     """
     from tqdm.auto import tqdm
 
-    from ..hooks import residuals, special_mask, spliced_kl_ce
+    from ..hooks import residuals, special_mask, splice_sums
 
     if tokens_NS.ndim != 2:
         raise ValueError(f"tokens must be (sequences, positions), got {tuple(tokens_NS.shape)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n_seq = tokens_NS.shape[0]
+    if groups is not None and len(groups) != n_seq:
+        raise ValueError(f"{len(groups)} group labels for {n_seq} sequences")
+    labels = list(dict.fromkeys(groups)) if groups is not None else []
+    group_id_N = torch.tensor([labels.index(g) for g in groups]) if groups is not None else None
     was_training = sae.training
     sae.eval()
     dev = module_device(sae)  # the SAE may sit on another device than the model; tensors follow it
     keep_NS = special_mask(model, tokens_NS)
     acc = CoreAccumulator(sae.cfg.d_sae)
-    starts = range(0, tokens_NS.shape[0], batch_size)
+    group_acc = [CoreAccumulator(sae.cfg.d_sae) for _ in labels]
+    starts = range(0, n_seq, batch_size)
     for start in tqdm(starts, desc="core metrics", disable=not progress):
         sl = slice(start, start + batch_size)
         x_NSD = residuals(model, tokens_NS[sl], layer, batch_size=batch_size)
-        x_ND = x_NSD[keep_NS[sl].to(x_NSD.device)].float().to(dev)
+        keep = keep_NS[sl].to(x_NSD.device)
+        x_ND = x_NSD[keep].float().to(dev)
         if x_ND.shape[0] == 0:
             continue
         f_NF = sae.encode(x_ND)
-        acc.update(x_ND.cpu(), sae.decode(f_NF).cpu(), f_NF.cpu())  # the accumulator lives on the host
+        x_hat, x_host, f_host = sae.decode(f_NF).cpu(), x_ND.cpu(), f_NF.cpu()
+        acc.update(x_host, x_hat, f_host)  # the accumulator lives on the host
+        if group_id_N is not None:
+            tok_group_N = group_id_N[sl][keep.cpu().nonzero()[:, 0]]
+            for gi, gacc in enumerate(group_acc):
+                m = tok_group_N == gi
+                if bool(m.any()):
+                    gacc.update(x_host[m], x_hat[m], f_host[m])
     out: dict[str, Any] = dict(acc.result())
-    out["n_sequences"] = int(tokens_NS.shape[0])
+    out["n_sequences"] = int(n_seq)
+    per_group: dict[str, dict[str, Any]] = {g: {"ev": group_acc[i].result()["ev"],
+                                                "n_sequences": int((group_id_N == i).sum())}
+                                            for i, g in enumerate(labels)}
     if compute_kl:
-        kl_tokens = tokens_NS if n_kl_sequences is None else tokens_NS[:n_kl_sequences]
-        patches = {"sae": lambda x_ND: sae.decode(sae.encode(x_ND.to(dev))).to(x_ND.device), "zero": torch.zeros_like,
-                   "zero_keep_bos": torch.zeros_like}
-        s = spliced_kl_ce(model, kl_tokens, layer, patches, batch_size=batch_size, token_chunk=token_chunk,
-                          patch_everywhere=("zero",), saebench_positions=True, progress=progress)
-        out.update(splice_scores(s))
+        rows = splice_rows(n_seq, n_kl_sequences, groups)
+        kl_tokens = tokens_NS[rows]
+        sae_patch = {"sae": lambda x_ND: sae.decode(sae.encode(x_ND.to(dev))).to(x_ND.device)}
+        if baseline is None:
+            zeros = {"zero": torch.zeros_like, "zero_keep_bos": torch.zeros_like}
+            ss = splice_sums(model, kl_tokens, layer, {**sae_patch, **zeros}, batch_size=batch_size,
+                             token_chunk=token_chunk, patch_everywhere=("zero",), saebench_positions=True,
+                             progress=progress)
+        else:
+            baseline.check(kl_tokens, layer)
+            own = splice_sums(model, kl_tokens, layer, sae_patch, batch_size=batch_size, token_chunk=token_chunk,
+                              saebench_positions=True, clean_hidden_NSD=baseline.clean_hidden_NSD, progress=progress)
+            ss = baseline.sums.with_patches(own)
+        n_kl = n_seq if n_kl_sequences is None else min(int(n_kl_sequences), n_seq)
+        out.update(splice_scores(ss.rows([i for i, r in enumerate(rows) if r < n_kl]).result()))
+        for gi, g in enumerate(labels):
+            sc = splice_scores(ss.rows([i for i, r in enumerate(rows) if groups[r] == g]).result())
+            per_group[g].update(kl_score=sc["kl_score"], ce_score=sc["ce_score"])
+    if groups is not None:
+        out["per_group"] = {g: {k: per_group[g].get(k, float("nan")) for k in GROUP_KEYS} for g in labels}
     out["feature_density_F"] = acc.density()
     if was_training:
         sae.train()

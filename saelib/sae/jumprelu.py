@@ -182,3 +182,20 @@ class JumpReLUSAE(BaseSAE):
         losses = {"mse": mse, "l0": l0, "sparsity": sparsity, "sparsity_coef": mse.new_tensor(coef),
                   "loss": mse + coef * sparsity}
         return SAEOutput(x_hat_BD, f_BF, None, None, losses)
+
+
+def threshold_report(sae: JumpReLUSAE, l0: float, travel: float) -> dict[str, float]:
+    """How far the thresholds moved against how far Adam could move them (``travel``, e.g.
+    :func:`saelib.train.lr_travel`) and the L0 reached against the target.
+
+    The target-L0 term reaches the SAE only through θ (the step function's pseudo-derivative has no
+    ``pre`` part), so when ``travel`` is small next to ``threshold_init`` the term cannot pull L0 back
+    to its target once the encoder's own updates move the pre-activations."""
+    theta_F = sae.threshold.detach().float()
+    init = float(sae.cfg.threshold_init or 0.0)
+    moved_F = (theta_F - init).abs()
+    return {"target_l0": float(sae.cfg.target_l0 or float("nan")), "l0": float(l0), "threshold_init": init,
+            "threshold_median": float(theta_F.median()), "threshold_moved_median": float(moved_F.median()),
+            "threshold_moved_max": float(moved_F.max()), "adam_travel_bound": float(travel),
+            "travel_over_init": float(travel / init) if init > 0 else float("inf")}
+
