@@ -129,3 +129,17 @@ def test_one_sae_changing_reruns_only_its_evals(committed):
     changed = _changed(repo)
     assert changed == {"train@relu_l1", *(f"{e}@relu_l1" for e in stages.EVALS)}, changed
     sae.write_text("fake checkpoints/smoke/relu_l1/sae\n")
+
+
+def test_repro_in_order_runs_every_per_sae_stage_headline_first():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("repro_in_order", ROOT / "scripts" / "repro_in_order.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.ordered_variants(["a", "b", "c", "d"], ["c", "x", "a"]) == ["c", "a", "b", "d"]
+    head = mod.headline_variants()
+    assert "topk" in head and "relu_l1_matched" in head
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    # every foreach stage of the pipeline is one the script runs per SAE (nothing left to the final repro by accident)
+    assert {name for name, st in stages.items() if "foreach" in st} == set(mod.PER_SAE)

@@ -1,0 +1,57 @@
+"""Run the full pipeline one SAE at a time, headline rows first, then ``dvc repro`` for the rest.
+
+    python scripts/repro_in_order.py                 # the active profile's run_variants
+    python scripts/repro_in_order.py --dry           # print the dvc commands only
+
+Same stages, same results as a plain ``dvc repro`` (DVC skips whatever dvc.lock already records),
+only in an order that is useful when a long run is interrupted: every SAE finished so far has all of
+its evals (train@, then absorption@, scr@, probing@, sae_probes@, unlearning@ of that variant),
+and the headline rows (the Makefile's ``QUICK_VARIANTS``) finish first. DVC writes dvc.lock after
+every stage, so re-running this script resumes where the last run stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PER_SAE = ("train", "absorption", "scr", "probing", "sae_probes", "unlearning")
+
+
+def headline_variants() -> list[str]:
+    """``QUICK_VARIANTS`` from the Makefile (the rows ``make quick`` runs)."""
+    m = re.search(r"^QUICK_VARIANTS := (.+)$", (ROOT / "Makefile").read_text(), re.M)
+    return [v.strip() for v in m.group(1).split(",")] if m else []
+
+
+def ordered_variants(run_variants: list[str], first: list[str]) -> list[str]:
+    """``first`` (those that are in ``run_variants``), then the rest in ``run_variants`` order."""
+    head = [v for v in first if v in run_variants]
+    return head + [v for v in run_variants if v not in head]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dry", action="store_true", help="print the commands, run nothing")
+    args = ap.parse_args(argv)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    per_sae = [s for s in PER_SAE if s in stages]
+    commands = [["dvc", "repro", *[f"{s}@{v}" for s in per_sae]]
+                for v in ordered_variants(list(params["run_variants"]), headline_variants())]
+    commands.append(["dvc", "repro"])
+    for cmd in commands:
+        print("+", " ".join(cmd), flush=True)
+        if not args.dry and subprocess.call(cmd, cwd=ROOT) != 0:
+            print(f"stopped: `{' '.join(cmd)}` failed; fix it and re-run this script to resume", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
