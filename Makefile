@@ -23,7 +23,7 @@ repro: $(STAMP)
 # penalty as run and as described, the L1 controls and the sparsity-matched standard SAE.
 QUICK_VARIANTS := topk,topk_k100,compete_run6,ortho_run4,compete_described,ortho_described,topk_l1,topk_k100_l1,relu_l1_matched
 quick: $(STAMP)
-	$(VENV)/bin/dvc exp run -S 'run_variants=[$(QUICK_VARIANTS)]'
+	$(VENV)/bin/dvc exp run -S 'run_variants=[$(QUICK_VARIANTS)]' -S 'unlearning_variants.yaml:unlearning_variants=[$(QUICK_VARIANTS)]'
 
 test: $(STAMP)
 	$(PY) -m pytest -q -rs

@@ -5,8 +5,10 @@
 
 Same stages, same results as a plain ``dvc repro`` (DVC skips whatever dvc.lock already records),
 only in an order that is useful when a long run is interrupted: every SAE finished so far has all of
-its evals (train@, then absorption@, scr@, probing@, sae_probes@, unlearning@ of that variant),
-and the headline rows (the Makefile's ``QUICK_VARIANTS``) finish first. DVC writes dvc.lock after
+its evals (train@, then absorption@, scr@, probing@, sae_probes@, and unlearning@ when the variant is
+in unlearning_variants.yaml),
+and the headline rows (the Makefile's ``QUICK_VARIANTS``) finish first, then the other rows the unlearning eval
+scores (the headline rows' seeds), then the rest (sweeps, other runs). DVC writes dvc.lock after
 every stage, so re-running this script resumes where the last run stopped.
 """
 from __future__ import annotations
@@ -35,15 +37,34 @@ def ordered_variants(run_variants: list[str], first: list[str]) -> list[str]:
     return head + [v for v in run_variants if v not in head]
 
 
+def foreach_lists(spec: dict, params: dict) -> dict[str, list[str]]:
+    """For each ``foreach`` stage of ``dvc.yaml``, the variants it runs for: ``${run_variants}`` from
+    params.yaml, or a list from one of ``vars:``'s files (``unlearning_variants.yaml``)."""
+    context = dict(params)
+    for entry in spec.get("vars", []):
+        if isinstance(entry, str):
+            context.update(yaml.safe_load((ROOT / entry).read_text()) or {})
+        elif isinstance(entry, dict):
+            context.update(entry)
+    out = {}
+    for name, stage in spec["stages"].items():
+        if "foreach" in stage:
+            key = re.fullmatch(r"\$\{(\w+)\}", str(stage["foreach"]).strip())
+            if not key:
+                raise ValueError(f"dvc.yaml: stage {name!r} loops over {stage['foreach']!r}, not a ${{list}} variable")
+            out[name] = list(context[key.group(1)])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dry", action="store_true", help="print the commands, run nothing")
     args = ap.parse_args(argv)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    per_sae = [s for s in PER_SAE if s in stages]
-    commands = [["dvc", "repro", *[f"{s}@{v}" for s in per_sae]]
-                for v in ordered_variants(list(params["run_variants"]), headline_variants())]
+    lists = foreach_lists(yaml.safe_load((ROOT / "dvc.yaml").read_text()), params)
+    per_sae = [s for s in PER_SAE if s in lists]
+    commands = [["dvc", "repro", *[f"{s}@{v}" for s in per_sae if v in lists[s]]]
+                for v in ordered_variants(list(params["run_variants"]), headline_variants() + lists.get("unlearning", []))]
     commands.append(["dvc", "repro"])
     for cmd in commands:
         print("+", " ".join(cmd), flush=True)

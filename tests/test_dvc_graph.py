@@ -53,7 +53,7 @@ def test_each_eval_has_a_prep_stage_and_a_per_variant_stage_on_that_sae_only():
         assert not any(d in ("checkpoints/smoke", "checkpoints/${profile}") for d in per_sae["deps"]), name
         # the stage declares exactly the files the eval writes for that SAE
         assert sorted(per_sae["outs"]) == sorted(f"results/smoke/{name}/{f}" for f in stages.impl(name).output_files("topk"))
-        assert SPEC["stages"][name]["foreach"] == "${run_variants}"
+        assert SPEC["stages"][name]["foreach"] == ("${unlearning_variants}" if name == "unlearning" else "${run_variants}")
         assert "-p variant ${item}" in SPEC["stages"][name]["do"]["cmd"]
         assert "run_variants" not in SPEC["stages"][f"{name}_prep"].get("params", [])
 
@@ -74,6 +74,7 @@ def _fake_repo(tmp: Path, variants: list[str]) -> tuple[Path, dict]:
     params["profile"] = "smoke"
     params["run_variants"] = variants
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (repo / "unlearning_variants.yaml").write_text(yaml.safe_dump({"unlearning_variants": list(variants)}))
     for f in _stage_files("smoke", variants).values():
         for path in f["deps"] + f["outs"]:
             target = repo / path
@@ -113,8 +114,12 @@ def test_adding_a_variant_trains_and_evaluates_only_it_then_redoes_figures(commi
     assert _changed(repo) == set(), "the faked pipeline should start up to date"
     params = {**params, "run_variants": params["run_variants"] + ["topk_k100"]}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    expected = {"train@topk_k100", *(f"{e}@topk_k100" for e in stages.EVALS), "figures"}
+    expected = {"train@topk_k100", *(f"{e}@topk_k100" for e in stages.EVALS if e != "unlearning"), "figures"}
     assert _changed(repo) == expected
+    # unlearning runs for the SAEs of unlearning_variants.yaml only: listing it there adds its stage
+    (repo / "unlearning_variants.yaml").write_text(yaml.safe_dump({"unlearning_variants": ["topk", "relu_l1", "topk_k100"]}))
+    assert _changed(repo) == expected | {"unlearning@topk_k100"}
+    (repo / "unlearning_variants.yaml").write_text(yaml.safe_dump({"unlearning_variants": ["topk", "relu_l1"]}))
     # (`dvc repro --dry` cannot stand in here: it stops at absorption@topk_k100, whose SAE folder only
     # exists once train@topk_k100 has really run; the smoke test runs the real thing.)
 
@@ -143,3 +148,18 @@ def test_repro_in_order_runs_every_per_sae_stage_headline_first():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     # every foreach stage of the pipeline is one the script runs per SAE (nothing left to the final repro by accident)
     assert {name for name, st in stages.items() if "foreach" in st} == set(mod.PER_SAE)
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    lists = mod.foreach_lists(spec, yaml.safe_load((ROOT / "params.yaml").read_text()))
+    assert lists["train"] == yaml.safe_load((ROOT / "params.yaml").read_text())["run_variants"]
+    assert 0 < len(lists["unlearning"]) < len(lists["train"])
+
+
+def test_unlearning_variants_are_trained_variants():
+    """unlearning@<v> needs checkpoints/<p>/<v>/sae, which only train@<v> writes."""
+    run = yaml.safe_load((ROOT / "params.yaml").read_text())["run_variants"]
+    unl = yaml.safe_load((ROOT / "unlearning_variants.yaml").read_text())["unlearning_variants"]
+    assert set(unl) <= set(run), sorted(set(unl) - set(run))
+    assert len(unl) == len(set(unl))
+    # the ledger's unlearning claims compare these rows over their seeds
+    for base in ("topk", "compete_run6", "relu_l1_matched"):
+        assert {base, *(f"{base}_s{i}" for i in range(1, 5))} <= set(unl), base

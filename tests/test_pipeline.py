@@ -37,6 +37,7 @@ def smoke_repo(tmp_path_factory):
     params["profile"] = "smoke"
     params["run_variants"] = params["profiles"]["smoke"]["test_variants"]
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (dest / "unlearning_variants.yaml").write_text(yaml.safe_dump({"unlearning_variants": params["run_variants"]}))
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     env = {k: v for k, v in os.environ.items() if k != "SAELIB_ROOT"}
     env["HF_HUB_OFFLINE"] = "1"
