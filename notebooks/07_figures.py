@@ -131,6 +131,11 @@ eval_tables["scr"].round(3)
 # %%
 eval_tables["probing"].round(3)
 
+# %% [markdown]
+# Unlearning scores only the SAEs listed in `unlearning_variants.yaml` (every seed of the TopK baseline, of
+# CompeteSAE as run and of the sparsity-matched standard SAE, and one seed of each other headline row): its
+# SAEBench sweep costs more CPU time per SAE than training one, so the sweeps and the other runs go without it.
+
 # %%
 eval_tables["unlearning"].round(4)
 
