@@ -28,8 +28,9 @@ quick: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -rs
 
+# The pipeline test alone on the smoke profile (the real Gemma-3-270M; `make test` runs it on `tiny`).
 smoke: $(STAMP)
-	$(PY) -m pytest -q -rs tests/test_pipeline.py
+	SAELIB_PIPELINE_PROFILE=smoke $(PY) -m pytest -q -rs tests/test_pipeline.py
 
 bench: $(STAMP)
 	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

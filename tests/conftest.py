@@ -23,3 +23,24 @@ def gemma():
     from saelib.models import load_model
 
     return load_model("gemma-3-270m", device="cpu")
+
+
+# The pipeline smoke run (tests/test_pipeline.py, tests/pipeline_run.py) starts in the background once the
+# session's tests are known and runs while the unit tests do; its tests are moved to the end of the session.
+@pytest.hookimpl(trylast=True)  # after -m/-k deselection: only a session that runs a pipeline test starts it
+def pytest_collection_modifyitems(session, config, items):
+    pipeline = [item for item in items if item.path.name == "test_pipeline.py"]
+    if not pipeline or config.option.collectonly:
+        return
+    items[:] = [item for item in items if item.path.name != "test_pipeline.py"] + pipeline
+    from pipeline_run import PIPELINE_RUN, PipelineRun
+
+    config.stash[PIPELINE_RUN] = PipelineRun.start()
+
+
+def pytest_unconfigure(config):
+    from pipeline_run import PIPELINE_RUN
+
+    run = config.stash.get(PIPELINE_RUN, None)
+    if run is not None:
+        run.stop()

@@ -47,7 +47,7 @@ def test_load_params_errors(tmp_path):
 
 
 def test_repo_params_are_valid():
-    for profile in ("smoke", "default", "gpu", "paper"):
+    for profile in ("tiny", "smoke", "default", "gpu", "paper"):
         P = load_params(profile)
         assert P["run"]["model"] and isinstance(P["run"]["layer"], int)
         assert P["variants"], "run_variants must not be empty"

@@ -1,66 +1,43 @@
-"""Smoke run of the whole DVC pipeline on the `smoke` profile, in a copy of the repository.
+"""Smoke run of the whole DVC pipeline on a test profile, in a copy of the repository.
 
-This is the end-to-end test: real Gemma-3-270M, real corpus, every notebook through papermill,
-then a second `dvc repro` that must do nothing.
+This is the end-to-end test: every notebook through papermill on the real corpus and the real Gemma-3
+tokenizer, with the `tiny` profile's 4-layer random Gemma-3 by default (`SAELIB_PIPELINE_PROFILE=smoke`,
+`make smoke`: the real Gemma-3-270M), then a second `dvc repro` that must do nothing. The first run starts in
+the background when the session begins (conftest.py, pipeline_run.py).
 """
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _repo_files():
-    out = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.split("\n")
-    return [f for f in out if f and (ROOT / f).is_file()]
+from pipeline_run import PIPELINE_RUN, PROFILE, ROOT, PipelineRun
 
 
 @pytest.fixture(scope="module")
-def smoke_repo(tmp_path_factory):
-    dest = tmp_path_factory.mktemp("smoke") / "repo"
-    for rel in _repo_files():
-        if rel.startswith(("results/", "figures/")) or rel == "dvc.lock":
-            continue  # the committed default-profile outputs must be regenerated, not reused
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, target)
-    params = yaml.safe_load((dest / "params.yaml").read_text())
-    params["profile"] = "smoke"
-    params["run_variants"] = params["profiles"]["smoke"]["test_variants"]
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    (dest / "unlearning_variants.yaml").write_text(yaml.safe_dump({"unlearning_variants": params["run_variants"]}))
-    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
-    env = {k: v for k, v in os.environ.items() if k != "SAELIB_ROOT"}
-    env["HF_HUB_OFFLINE"] = "1"
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    dvc = str(Path(sys.executable).parent / "dvc")
-    first = subprocess.run([dvc, "repro"], cwd=dest, env=env, capture_output=True, text=True)
-    (dest.parent / "first_repro.log").write_text(first.stdout + "\n" + first.stderr)
-    assert first.returncode == 0, f"dvc repro failed:\n{first.stdout[-6000:]}\n{first.stderr[-6000:]}"
-    second = subprocess.run([dvc, "repro"], cwd=dest, env=env, capture_output=True, text=True)
-    return dest, params, first, second
+def smoke_repo(request):
+    run = request.config.stash.get(PIPELINE_RUN, None) or PipelineRun.start()
+    rc, log, wall = run.wait()
+    assert rc == 0, f"dvc repro failed (log: {run.log}):\n{log[-12000:]}"
+    print(f"\npipeline run on profile {run.profile!r}: {wall:.0f} s")
+    second = run.run("repro")
+    return run.dest, run.params, log, second
 
 
 @pytest.mark.slow
 def test_smoke_pipeline_writes_core_metrics(smoke_repo):
     dest, params, _, _ = smoke_repo
     for variant in params["run_variants"]:
-        core = json.loads((dest / "results" / "smoke" / "core" / f"{variant}.json").read_text())
+        core = json.loads((dest / "results" / PROFILE / "core" / f"{variant}.json").read_text())
         for key in ("l0", "mse", "ev", "kl_score", "ce_score", "frac_alive"):
             assert math.isfinite(core[key]), (variant, key, core[key])
         assert core["l0"] > 0
         assert core["ev"] <= 1.0
         # the offline held-out split is packed one genre per row: core metrics per genre, rows adding up
-        labels = json.loads((dest / "data" / "smoke" / "activations" / "heldout" / "sequence_labels.json").read_text())
+        labels = json.loads((dest / "data" / PROFILE / "activations" / "heldout" / "sequence_labels.json").read_text())
         per_genre = core["per_genre"]
         assert set(per_genre) == set(labels["genre"]), variant
         assert sum(g["n_sequences"] for g in per_genre.values()) == core["n_sequences"]
@@ -80,8 +57,8 @@ def test_smoke_pipeline_writes_every_eval_and_the_ledger(smoke_repo):
     from saelib.results import read_absorption, read_probing, read_scr, read_unlearning
 
     dest, params, _, _ = smoke_repo
-    res = dest / "results" / "smoke"
-    smoke = params["profiles"]["smoke"]
+    res = dest / "results" / PROFILE
+    smoke = params["profiles"][PROFILE]
     for variant in params["run_variants"]:
         absorption = read_absorption(res / "absorption" / f"{variant}.json")
         assert 0.0 <= absorption["mean_absorption_score"] <= 1.0, variant
@@ -111,23 +88,23 @@ def test_smoke_pipeline_writes_every_eval_and_the_ledger(smoke_repo):
 
     ledger = pd.read_csv(res / "claims_ledger.csv")
     assert sorted(ledger["claim_id"]) == sorted(claims.claim_ids())
-    assert (dest / "figures" / "smoke" / "effects.png").stat().st_size > 5000
+    assert (dest / "figures" / PROFILE / "effects.png").stat().st_size > 5000
 
 
 @pytest.mark.slow
 def test_smoke_pipeline_keeps_to_its_profile_and_fills_dvc_metrics(smoke_repo):
-    """A smoke run writes only under results/smoke and figures/smoke, leaves README.md alone, and
+    """A test-profile run writes only under results/<profile> and figures/<profile>, leaves README.md alone, and
     `dvc metrics show` lists every variant with flat headline keys."""
     dest, params, _, _ = smoke_repo
-    assert sorted(p.name for p in (dest / "results").iterdir()) == ["smoke"]
-    assert sorted(p.name for p in (dest / "figures").iterdir()) == ["smoke"]
+    assert sorted(p.name for p in (dest / "results").iterdir()) == [PROFILE]
+    assert sorted(p.name for p in (dest / "figures").iterdir()) == [PROFILE]
     assert (dest / "README.md").read_text() == (ROOT / "README.md").read_text()
-    assert "Profile **`smoke`**" in (dest / "results" / "smoke" / "README_results.md").read_text()
+    assert f"Profile **`{PROFILE}`**" in (dest / "results" / PROFILE / "README_results.md").read_text()
     for variant in params["run_variants"]:
-        metrics = json.loads((dest / "results" / "smoke" / "metrics" / f"{variant}.json").read_text())
+        metrics = json.loads((dest / "results" / PROFILE / "metrics" / f"{variant}.json").read_text())
         assert all(isinstance(v, float) for v in metrics.values()) and {"l0", "mse", "mean_absorption_score"} <= set(metrics)
     env = {k: v for k, v in os.environ.items() if k != "SAELIB_ROOT"}
     shown = subprocess.run([str(Path(sys.executable).parent / "dvc"), "metrics", "show", "--json"], cwd=dest, env=env,
                            capture_output=True, text=True, check=True)
     files = next(iter(json.loads(shown.stdout).values()))["data"]
-    assert {f"results/smoke/metrics/{v}.json" for v in params["run_variants"]} <= set(files)
+    assert {f"results/{PROFILE}/metrics/{v}.json" for v in params["run_variants"]} <= set(files)
