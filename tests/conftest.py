@@ -9,6 +9,16 @@ import pytest
 import torch
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of tiny problems: OpenMP start-up costs more than it gains on 2 busy
+    cores (the pipeline test runs beside the unit tests)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """4-layer random Gemma-3 with the real tokenizer (fast)."""

@@ -12,13 +12,7 @@ from saelib.evals import absorption as ab
 LET = ab.LETTERS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The synthetic problems are tiny: one thread avoids OpenMP overhead on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny problems: see conftest.py
 
 
 # ----------------------------------------------------------------------------------------------

@@ -26,12 +26,7 @@ from saelib.sae import ReLUConfig, make_sae
 LET = ab.LETTERS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny problems: see conftest.py
 
 
 class SAELensLike:
