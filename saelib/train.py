@@ -14,7 +14,10 @@ background thread reads batches ahead (``TrainConfig.prefetch``), pinned for CUD
 Outputs in ``out_dir``: ``log.jsonl`` (one record per logged step), ``checkpoint.pt`` (model,
 optimizer, penalty state, step, data position, RNG, dead counters; written atomically),
 ``sae/`` (SAELens layout) and ``train_summary.json``. A run that finds a compatible checkpoint
-continues from it and produces bit-identical results to an uninterrupted run.
+continues from it and produces bit-identical results to an uninterrupted run. Times add up across
+resumes: the checkpoint holds the training seconds spent up to its step, so ``time_s`` in the log and
+``wall_time_s`` in the summary count every step once (work lost after the last checkpoint is redone and
+counted when it is redone, not twice).
 """
 from __future__ import annotations
 
@@ -188,7 +191,8 @@ class TrainResult:
     resumed_from: int = 0
     """Step the run continued from (0: fresh)."""
     wall_time_s: float = 0.0
-    """Seconds spent in this call's training loop."""
+    """Training seconds of the whole run: this call's loop plus, after a resume, the seconds the
+    checkpoint had recorded up to its step."""
     log_path: Path = field(default_factory=Path)
     sae_dir: Path = field(default_factory=Path)
 
@@ -443,6 +447,7 @@ def train_sae(sae: BaseSAE, cache: ActivationSource, cfg: TrainConfig, *, penalt
     opt = make_optimizer(sae, cfg, base_lr)
     since_fired_F = torch.zeros(sae.cfg.d_sae, dtype=torch.int64, device=device)
     start, epoch, in_epoch = 0, 0, 0
+    elapsed_before = 0.0  # training seconds up to the checkpoint's step (resume)
 
     if resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -454,6 +459,7 @@ def train_sae(sae: BaseSAE, cache: ActivationSource, cfg: TrainConfig, *, penalt
             penalty.load_state_dict(ckpt["penalty"])  # type: ignore[attr-defined]
         since_fired_F = ckpt["since_fired_F"].to(device)
         start, epoch, in_epoch = ckpt["step"], ckpt["epoch"], ckpt["in_epoch"]
+        elapsed_before = float(ckpt.get("elapsed_s", 0.0))
         torch.set_rng_state(ckpt["rng"])
         if device.type == "cuda" and ckpt.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
@@ -469,13 +475,14 @@ def train_sae(sae: BaseSAE, cache: ActivationSource, cfg: TrainConfig, *, penalt
             "penalty": penalty.state_dict() if hasattr(penalty, "state_dict") else None,  # type: ignore[union-attr]
             "rng": torch.get_rng_state(), "train_cfg": cfg.to_dict(),
             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "elapsed_s": time.perf_counter() - t0,
         })
 
     sae.train()
     if hasattr(penalty, "train"):
         penalty.train()  # type: ignore[union-attr]
     last: dict[str, Any] = {}
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - elapsed_before  # time_s and wall_time_s count the steps before the resume too
     bar = tqdm(total=n_steps, initial=start, desc=f"train {sae.arch}", disable=not progress, unit="step")
     batches: Any = iter(())
     if start < n_steps:
@@ -520,11 +527,10 @@ def train_sae(sae: BaseSAE, cache: ActivationSource, cfg: TrainConfig, *, penalt
         sae.normalize_decoder_()
     sae.eval()
     sae_dir = sae.save(out_dir / SAE_DIRNAME)
-    trained = n_steps - start
     summary = {
         "arch": sae.arch, "sae_config": sae.cfg.to_dict(), "train_config": cfg.to_dict(), "base_lr": base_lr,
         "n_steps": n_steps, "tokens": n_steps * cfg.batch_size, "resumed_from_step": start,
-        "wall_time_s": round(wall, 3), "tokens_per_s": (trained * cfg.batch_size / wall) if trained and wall > 0 else None,
+        "wall_time_s": round(wall, 3), "tokens_per_s": (n_steps * cfg.batch_size / wall) if wall > 0 else None,
         "n_dead_final": int((since_fired_F >= cfg.dead_tokens_threshold).sum()),
         "final": last, "penalty": type(penalty).__name__ if penalty is not None else None,
         "device": str(device), "compute_dtype": "bfloat16" if step_uses_bf16(cfg, device.type) else "float32",

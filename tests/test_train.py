@@ -138,6 +138,37 @@ def test_resume_is_bit_for_bit(tmp_path, impl):
     assert _without_time(read_log(tmp_path / "b")) == _without_time(read_log(tmp_path / "a"))
 
 
+def test_training_time_adds_up_across_resumes(tmp_path):
+    """Every step costs >= 20 ms (a sleeping penalty): a run resumed after a crash at step 7, and a run
+    re-entered after its last step (a stage killed after training, before its evals), report the
+    time of all 12 steps, and the log's time_s keeps growing across the resume."""
+    import time as _time
+
+    def slow(out, sae, step):
+        _time.sleep(0.02)
+        return {"penalty": 0.0 * out.val_BK.float().sum()}
+
+    def crashing(out, sae, step):
+        if step == 7:
+            raise RuntimeError("simulated crash")
+        return slow(out, sae, step)
+
+    data = _data(n=5 * BS)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_sae(_topk(), FakeCache(data), _cfg(), penalty=crashing, out_dir=tmp_path / "b", progress=False)
+    elapsed = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["elapsed_s"]
+    assert elapsed >= 6 * 0.02  # the six steps before the checkpoint
+    resumed = train_sae(_topk(), FakeCache(data), _cfg(), penalty=slow, out_dir=tmp_path / "b", progress=False)
+    assert resumed.resumed_from == 6
+    assert resumed.wall_time_s >= 12 * 0.02 and resumed.summary["wall_time_s"] >= 12 * 0.02
+    times = [r["time_s"] for r in read_log(tmp_path / "b")]
+    assert len(times) == 12 and times == sorted(times) and times[6] >= elapsed
+    again = train_sae(_topk(), FakeCache(data), _cfg(), penalty=slow, out_dir=tmp_path / "b", progress=False)
+    assert again.resumed_from == 12
+    assert again.wall_time_s == pytest.approx(resumed.wall_time_s, abs=0.05)
+    assert again.summary["tokens_per_s"] == pytest.approx(12 * BS / again.wall_time_s)
+
+
 def test_resume_refuses_a_different_config(tmp_path):
     cache = FakeCache(_data())
     train_sae(_topk(), cache, _cfg(total_tokens=3 * BS), out_dir=tmp_path, progress=False)
