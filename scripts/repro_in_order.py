@@ -2,6 +2,7 @@
 
     python scripts/repro_in_order.py                 # the active profile's run_variants
     python scripts/repro_in_order.py --dry           # print the dvc commands only
+    python scripts/repro_in_order.py --skip '_matched'   # leave out variants whose name matches (a regex)
 
 Same stages, same results as a plain ``dvc repro`` (DVC skips whatever dvc.lock already records),
 only in an order that is useful when a long run is interrupted: every SAE finished so far has all of
@@ -33,7 +34,7 @@ def headline_variants() -> list[str]:
 
 def ordered_variants(run_variants: list[str], first: list[str]) -> list[str]:
     """``first`` (those that are in ``run_variants``), then the rest in ``run_variants`` order."""
-    head = [v for v in first if v in run_variants]
+    head = [v for v in dict.fromkeys(first) if v in run_variants]
     return head + [v for v in run_variants if v not in head]
 
 
@@ -59,13 +60,17 @@ def foreach_lists(spec: dict, params: dict) -> dict[str, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dry", action="store_true", help="print the commands, run nothing")
+    ap.add_argument("--skip", metavar="REGEX", help="leave out the variants whose name matches REGEX (re.search) and "
+                    "the final plain `dvc repro` (which would run them): for holding back rows whose code is changing")
     args = ap.parse_args(argv)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     lists = foreach_lists(yaml.safe_load((ROOT / "dvc.yaml").read_text()), params)
     per_sae = [s for s in PER_SAE if s in lists]
     commands = [["dvc", "repro", *[f"{s}@{v}" for s in per_sae if v in lists[s]]]
-                for v in ordered_variants(list(params["run_variants"]), headline_variants() + lists.get("unlearning", []))]
-    commands.append(["dvc", "repro"])
+                for v in ordered_variants(list(params["run_variants"]), headline_variants() + lists.get("unlearning", []))
+                if not (args.skip and re.search(args.skip, v))]
+    if not args.skip:
+        commands.append(["dvc", "repro"])
     for cmd in commands:
         print("+", " ".join(cmd), flush=True)
         if not args.dry and subprocess.call(cmd, cwd=ROOT) != 0:

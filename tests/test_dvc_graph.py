@@ -143,6 +143,7 @@ def test_repro_in_order_runs_every_per_sae_stage_headline_first():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.ordered_variants(["a", "b", "c", "d"], ["c", "x", "a"]) == ["c", "a", "b", "d"]
+    assert mod.ordered_variants(["a", "b", "c"], ["c", "c", "a", "c"]) == ["c", "a", "b"]  # headline ∩ unlearning
     head = mod.headline_variants()
     assert "topk" in head and "relu_l1_matched" in head
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
@@ -152,6 +153,21 @@ def test_repro_in_order_runs_every_per_sae_stage_headline_first():
     lists = mod.foreach_lists(spec, yaml.safe_load((ROOT / "params.yaml").read_text()))
     assert lists["train"] == yaml.safe_load((ROOT / "params.yaml").read_text())["run_variants"]
     assert 0 < len(lists["unlearning"]) < len(lists["train"])
+
+
+def test_repro_in_order_skip_holds_back_matching_rows_and_the_final_repro(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("repro_in_order", ROOT / "scripts" / "repro_in_order.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--dry"]) == 0
+    every = capsys.readouterr().out.splitlines()
+    assert every[-1] == "+ dvc repro" and any("train@relu_l1_matched " in c for c in every)
+    assert mod.main(["--dry", "--skip", "_matched"]) == 0
+    kept = capsys.readouterr().out.splitlines()
+    assert kept == [c for c in every[:-1] if "_matched" not in c]
+    assert any("train@topk " in c for c in kept) and len(kept) < len(every) - 1
 
 
 def test_unlearning_variants_are_trained_variants():
