@@ -136,6 +136,17 @@ eval_tables["probing"].round(3)
 # of CompeteSAE as run and of the sparsity-matched standard SAE (the rows of the unlearning claims and of the
 # seed-stability check). Its SAEBench sweep costs about seven times the CPU time of training an SAE, so the
 # other rows go without it.
+#
+# Each row carries two scores, each with its bootstrap SD over the eval sequences (`_sd` columns):
+# * `unlearning_score`: SAEBench's rule on the offline measurement, the best configuration whose retain loss
+#   rises by at most 1%. It is a step function of the configurations' losses: a configuration that crosses the
+#   budget moves it by the whole size of its forget effect, so its SD can be large when the best configurations
+#   sit near the budget.
+# * `unlearning_auc` (the area score): the same score averaged over retain budgets from 0 to 5%. It does not
+#   jump when one configuration crosses a budget, so it separates SAEs that the thresholded score ties at 0.
+#
+# The ledger judges the unlearning claims on `unlearning_score`, the papers' definition, so its MDE column
+# reflects that score's spread. Compare SAEs on `unlearning_auc` where the two disagree.
 
 # %%
 eval_tables["unlearning"].round(4)

@@ -39,7 +39,8 @@ def resolve(P: dict[str, Any], variant: str, model: LoadedModel | None = None) -
     entry = P["all_variants"][variant]
     d_model = model.d_model if model is not None else ActivationCache(P["paths"]["activations_train"]).d_model
     hook = model.hook_name(run["layer"]) if model is not None else f"blocks.{run['layer']}.hook_resid_post"
-    # matched-L1 variants (l1_rule: norm_matched) rescale λ by the training activations' centred RMS norm
+    # matched-L1 variants (l1_rule: norm_matched) convert λ to our loss's units and the training activations'
+    # centred RMS norm (saelib.variants.matched_l1_coef)
     rms = activation_rms(ActivationCache(P["paths"]["activations_train"])) if needs_activation_rms(entry) else None
     return resolve_variant(variant, entry, run, d_model=d_model, model_name=run["model"], hook_name=hook,
                            activation_rms=rms)

@@ -39,9 +39,9 @@ def test_matched_l1_variant_gets_lambda_rescaled_by_the_cache_norm(P):
     radius = 12.0
     _write_cache(P["paths"]["activations_train"], radius)
     rv = pipeline.resolve(P, "relu_l1_matched")
-    # documented rule (saelib.variants.matched_l1_coef): λ = 0.04 · act_rms / PAPER_ACTIVATION_RMS
+    # documented rule (saelib.variants.matched_l1_coef): λ = 0.04 · 2304 · act_rms / PAPER_ACTIVATION_RMS
     assert rv.sae_cfg.d_in == D
-    assert rv.sae_cfg.l1_coef == pytest.approx(0.04 * radius / PAPER_ACTIVATION_RMS, rel=1e-6)
+    assert rv.sae_cfg.l1_coef == pytest.approx(0.04 * 2304 * radius / PAPER_ACTIVATION_RMS, rel=1e-6)
     assert PAPER_ACTIVATION_RMS == pytest.approx(math.sqrt(2304 * 4.438 / (1 - 0.293)))
     # a literal entry (same λ, no l1_rule) keeps 0.04 whatever the norm
     assert pipeline.resolve(P, "relu_l1").sae_cfg.l1_coef == pytest.approx(0.04)

@@ -10,7 +10,7 @@ import yaml
 
 from saelib.sae import ReLUConfig, make_sae
 from saelib.variants import (
-    PAPER_ACTIVATION_RMS, activation_rms, matched_l1_coef, needs_activation_rms, resolve_variant,
+    PAPER_ACTIVATION_RMS, PAPER_D_MODEL, activation_rms, matched_l1_coef, needs_activation_rms, resolve_variant,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,13 +54,31 @@ def test_the_rule_rests_on_the_loss_scaling_identity():
     small_loss = sae(x, step=None).losses["loss"]
     big_loss = big(x * s, step=None).losses["loss"]
     torch.testing.assert_close(big_loss, small_loss * s**2, rtol=1e-5, atol=0)
-    assert matched_l1_coef(lam, s * PAPER_ACTIVATION_RMS) == pytest.approx(lam * s)
+    assert matched_l1_coef(lam, s * PAPER_ACTIVATION_RMS, ref_d=1) == pytest.approx(lam * s)
+
+
+def test_the_rule_converts_a_per_element_coefficient_to_our_summed_loss():
+    """d · [(1/d)‖x − x̂‖² + λ‖f‖₁] is our summed loss with coefficient λ·d (step 1 of the rule)."""
+    d, lam = 8, 0.04
+    sae = make_sae("relu", ReLUConfig(d_in=d, d_sae=32, l1_coef=lam * d, l1_warmup_steps=0, seed=3))
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.1)
+    x = torch.randn(64, d, generator=torch.Generator().manual_seed(4))
+    out = sae(x, step=None)
+    f = sae.encode(x)
+    per_element = (out.x_hat_BD - x).pow(2).mean(-1).mean() + lam * f.sum(-1).mean()
+    torch.testing.assert_close(out.losses["loss"], d * per_element, rtol=1e-5, atol=0)
+    assert matched_l1_coef(lam, PAPER_ACTIVATION_RMS, ref_d=d) == pytest.approx(lam * d)
+    assert matched_l1_coef(lam, 2 * PAPER_ACTIVATION_RMS) == pytest.approx(lam * PAPER_D_MODEL * 2)
+    assert PAPER_D_MODEL == 2304
+    with pytest.raises(ValueError, match="ref_d"):
+        matched_l1_coef(lam, 1.0, ref_d=0)
 
 
 def test_matched_variants_rescale_every_l1_coefficient(params):
     V = params["sae_variants"]
     rms = 1474.0
-    want = 0.04 * rms / PAPER_ACTIVATION_RMS
+    want = 0.04 * 2304 * rms / PAPER_ACTIVATION_RMS
     assert PAPER_ACTIVATION_RMS == pytest.approx(120.26, rel=1e-3)
     relu = resolve_variant("relu_l1_matched", V["relu_l1_matched"], RUN, d_model=640, activation_rms=rms)
     assert relu.sae_cfg.l1_coef == pytest.approx(want)
