@@ -1,5 +1,6 @@
 """Shared fixtures. Tests run offline (HF_HUB_OFFLINE=1) and on CPU."""
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -35,17 +36,48 @@ def gemma():
     return load_model("gemma-3-270m", device="cpu")
 
 
-# The pipeline smoke run (tests/test_pipeline.py, tests/pipeline_run.py) starts in the background once the
-# session's tests are known and runs while the unit tests do; its tests are moved to the end of the session.
+# The pipeline smoke run (tests/test_pipeline.py, tests/pipeline_run.py) runs in the background while the unit
+# tests do; its tests are moved to the end of the session. A plain `pytest` / `make test` starts it before
+# collection (collecting ~540 tests takes 20-30 s of the run's critical path); any other selection starts it
+# once the session's tests are known, and only if a pipeline test is among them.
+def _selects_the_whole_suite(config) -> bool:
+    """True when the command line surely collects and runs tests/test_pipeline.py: every path argument is the
+    tests folder or a folder above it, and nothing deselects tests (-k, -m, --deselect, --lf, --sw)."""
+    opt = config.option
+    if (opt.collectonly or opt.keyword or opt.markexpr or getattr(opt, "deselect", None) or getattr(opt, "lf", False)
+            or getattr(opt, "stepwise", False) or getattr(opt, "stepwise_skip", False)):
+        return False
+    here = Path(__file__).resolve().parent
+    for arg in config.args:
+        if "::" in arg:
+            return False
+        path = (config.invocation_params.dir / arg).resolve()
+        if not (path == here or path in here.parents):
+            return False
+    return bool(config.args)
+
+
+def pytest_configure(config):
+    if _selects_the_whole_suite(config):
+        from pipeline_run import PIPELINE_RUN, PipelineRun
+
+        config.stash[PIPELINE_RUN] = PipelineRun.start()
+
+
 @pytest.hookimpl(trylast=True)  # after -m/-k deselection: only a session that runs a pipeline test starts it
 def pytest_collection_modifyitems(session, config, items):
-    pipeline = [item for item in items if item.path.name == "test_pipeline.py"]
-    if not pipeline or config.option.collectonly:
-        return
-    items[:] = [item for item in items if item.path.name != "test_pipeline.py"] + pipeline
     from pipeline_run import PIPELINE_RUN, PipelineRun
 
-    config.stash[PIPELINE_RUN] = PipelineRun.start()
+    pipeline = [item for item in items if item.path.name == "test_pipeline.py"]
+    if not pipeline or config.option.collectonly:
+        early = config.stash.get(PIPELINE_RUN, None)
+        if early is not None:  # started before collection, but no pipeline test is left to use it
+            early.cancel()
+            del config.stash[PIPELINE_RUN]
+        return
+    items[:] = [item for item in items if item.path.name != "test_pipeline.py"] + pipeline
+    if PIPELINE_RUN not in config.stash:
+        config.stash[PIPELINE_RUN] = PipelineRun.start()
 
 
 def pytest_unconfigure(config):
