@@ -95,19 +95,20 @@ class PipelineRun:
         """Run ``dvc *args`` in the copy (foreground, torch's default threads)."""
         return subprocess.run([self.dvc(), *args], cwd=self.dest, env=_env(None), capture_output=True, text=True)
 
-    def cancel(self) -> None:
-        """Kill the first `dvc repro` if it still runs and remove the scratch copy (the run is not needed)."""
+    def _kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+    def cancel(self) -> None:
+        """Kill the first `dvc repro` if it still runs and remove the scratch copy (the run is not needed)."""
+        self._kill()
         shutil.rmtree(self.dest.parent, ignore_errors=True)
 
     def stop(self) -> None:
         """End of session: kill a first `dvc repro` that still runs (the session ended early); remove the
         scratch copy after a successful run, keep it (named on stderr) after a failed one."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        self._kill()
         if self.process is not None and self.process.returncode == 0:
             shutil.rmtree(self.dest.parent, ignore_errors=True)
         else:
