@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from saelib import stages
+from scripts_module import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = str(Path(sys.executable).parent / "dvc")
@@ -136,18 +137,8 @@ def test_one_sae_changing_reruns_only_its_evals(committed):
     sae.write_text("fake checkpoints/smoke/relu_l1/sae\n")
 
 
-def _repro_in_order():
-    """scripts/repro_in_order.py as a module (scripts/ is not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("repro_in_order", ROOT / "scripts" / "repro_in_order.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_repro_in_order_runs_every_per_sae_stage_headline_first():
-    mod = _repro_in_order()
+    mod = load_script("repro_in_order")
     assert mod.ordered_variants(["a", "b", "c", "d"], ["c", "x", "a"]) == ["c", "a", "b", "d"]
     assert mod.ordered_variants(["a", "b", "c"], ["c", "c", "a", "c"]) == ["c", "a", "b"]  # headline ∩ unlearning
     head = mod.headline_variants()
@@ -162,7 +153,7 @@ def test_repro_in_order_runs_every_per_sae_stage_headline_first():
 
 
 def test_repro_in_order_skip_holds_back_matching_rows_and_the_final_repro(capsys):
-    mod = _repro_in_order()
+    mod = load_script("repro_in_order")
     assert mod.main(["--dry"]) == 0
     every = capsys.readouterr().out.splitlines()
     assert every[-1] == "+ dvc repro" and any("train@relu_l1_matched " in c for c in every)

@@ -25,6 +25,7 @@ from scipy import stats  # noqa: E402
 
 from saelib import claims, figures  # noqa: E402
 from saelib.results import diff_ci, load_results, mean_ci, pooled_sd, seed_base  # noqa: E402
+from scripts_module import load_script  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_SD = {"mean_absorption_score": 0.001, "mse": 1.0, "kl_score": 0.002, "scr_metric_threshold_2": 0.005,
@@ -392,17 +393,8 @@ def test_ledger_verdicts_on_synthetic_results(synthetic):
 # ------------------------------------------------------------------------------------------------
 # README block
 # ------------------------------------------------------------------------------------------------
-def _readme_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("update_readme_results", ROOT / "scripts" / "update_readme_results.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_readme_sae_probes_line_reads_the_topk_row():
-    m = _readme_module()
+    m = load_script("update_readme_results")
     summary = pd.DataFrame({"sae_top_1_test_auc": [0.7125, 0.6], "sae_top_2_test_auc": [0.75, 0.61],
                             "sae_top_5_test_auc": [0.8, 0.62]}, index=["topk", "relu_l1"])
     line = m.sae_probes_line(summary)
@@ -411,7 +403,7 @@ def test_readme_sae_probes_line_reads_the_topk_row():
 
 
 def test_readme_block_replaced_between_markers_only():
-    m = _readme_module()
+    m = load_script("update_readme_results")
     text = f"# T\nintro\n\n## Results\n{m.START}\nold numbers\n{m.END}\n\n## After\nkept\n"
     new = m.replace_block(text, "new numbers\n")
     assert "old numbers" not in new and "new numbers" in new
@@ -428,7 +420,7 @@ def test_readme_block_replaced_between_markers_only():
 def test_effect_sentences_answer_the_question():
     import pandas as pd
 
-    m = _readme_module()
+    m = load_script("update_readme_results")
     eff = pd.DataFrame([
         {"variant": "a", "baseline": "b", "penalty": "competition", "reading": "as_run", "lam": 0.01,
          "metric": "mean_absorption_score", "baseline_mean": 0.04, "diff": 0.01, "diff_lo": 0.005, "diff_hi": 0.015,
@@ -451,7 +443,7 @@ def test_effect_sentences_answer_the_question():
 
 
 def test_headline_table_and_probing_baseline_lines():
-    m = _readme_module()
+    m = load_script("update_readme_results")
     head = pd.DataFrame([
         {"group": "topk", "metric": "mean_absorption_score", "n": 3, "mean": 0.02, "ci": 0.004},
         {"group": "topk", "metric": "kl_score", "n": 3, "mean": 0.95, "ci": 0.01},
