@@ -46,15 +46,9 @@ from saelib.devices import autocast_context  # noqa: E402
 from saelib.penalties import PenaltyConfig, make_penalty  # noqa: E402
 from saelib.sae import TopKConfig, make_sae  # noqa: E402
 from saelib.train import TrainConfig, make_optimizer, train_step  # noqa: E402
+from train_step import parse_shape  # noqa: E402  (benchmarks/train_step.py: this folder is sys.path[0])
 
 VARIANTS = ("none", "ortho_run", "compete_run", "compete_desc", "ortho_dec", "dense_run")
-
-
-def parse_shape(text: str) -> tuple[int, int, int]:
-    parts = text.lower().split("x")
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"shape must be DxFxK, got {text!r}")
-    return int(parts[0]), int(parts[1]), int(parts[2])
 
 
 class DenseAsRunPenalty:

@@ -46,6 +46,7 @@ from saelib.train import TrainConfig, active_latents, make_optimizer, train_step
 
 
 def parse_shape(text: str) -> tuple[int, int, int]:
+    """``DxFxK`` (e.g. ``640x5120x28``): input width, dictionary size, k."""
     parts = text.lower().split("x")
     if len(parts) != 3:
         raise argparse.ArgumentTypeError(f"shape must be DxFxK, got {text!r}")
