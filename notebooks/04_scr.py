@@ -39,6 +39,19 @@
 #
 # Residuals of every text are cached once per model/layer/dataset; for each SAE only the
 # mean-pooled latents are computed, and x̄' = x̄ − Σ f̄_i W_dec[i] gives the ablated means exactly.
+#
+# **Which ablation, at which positions.** The default follows SAEBench 0.6.0
+# (`special_positions: saebench`): SAEBench pads each text to the context, zeroes the residual at BOS and
+# PAD, runs the SAE on *every* position and pools the ablated result over the whole padded text. A zero
+# input still fires latents wherever the encoder has a bias (a TopK SAE fires k of them), so ablating such
+# a latent also moves each text's zeroed positions by −f_i(0)·W_dec[i], weighted by how much padding the
+# text has. The named alternative `kept_only` changes only the kept tokens, i.e. removes only what the
+# latent carries on the text itself. Every SCR result reports both: `scr_metrics` is the chosen
+# definition, `scr_metrics_kept_only` (keys suffixed `_kept_only`) the other. The diagnostics table at
+# the end of the SAE side shows, per n, how many ablated latents fire on a zero input and the biased
+# probe's positive rate after the ablation: a rate of 0 or 1 means every text was pushed to one side of
+# the probe (accuracy 0.5 on a balanced set, S_n jumping to a large negative value) by the zero-input
+# term, not by removing the spurious attribute.
 
 # %% tags=["parameters"]
 profile = None
@@ -54,8 +67,9 @@ from saelib.stages import scr as stage
 from saelib.config import load_params
 from saelib.data.tasks import get_scr_task, quadrant_counts
 from saelib.evals import scr, scr_headroom
-from saelib.io import atomic_write_text
+from saelib.io import atomic_write_text, read_json
 from saelib.plotting import set_style
+from saelib.results import scr_ablation_diagnostics
 
 set_style()
 P = load_params(profile)
@@ -133,7 +147,7 @@ if variant is not None:
 
 # %%
 if variant is not None:
-    panels = [m for m in ("scr_metric", "scr_dir1", "scr_dir2", "tpp_total_metric") if m in set(curve["metric"])]
+    panels = [m for m in ("scr_metric", "scr_metric_kept_only", "scr_dir1", "scr_dir2", "tpp_total_metric") if m in set(curve["metric"])]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), sharex=True, squeeze=False)
     for ax, metric in zip(axes[0], panels):
         sns.lineplot(data=curve[curve["metric"] == metric], x="n", y="value", marker="o", ax=ax)
@@ -143,7 +157,18 @@ if variant is not None:
     plt.show()
 
 # %% [markdown]
+# What each ablation did in the reported direction, under both definitions (`n_fire_on_zero`: ablated
+# latents that fire on a zero input; a `biased_probe_positive_rate` of 0 or 1 is the collapse described
+# at the top):
+
+# %%
+if variant is not None:
+    doc = read_json(stages.results_dir(P, stage) / f"{variant}.json")
+    display(scr_ablation_diagnostics(doc).round(3))  # noqa: F821 - IPython
+
+# %% [markdown]
 # Results: `results/<profile>/scr/<variant>.json` (SCR, SAEBench keys `scr_dir1_threshold_n`,
-# `scr_dir2_threshold_n`, `scr_metric_threshold_n`), `results/<profile>/scr/<variant>_tpp.json` (TPP keys
+# `scr_dir2_threshold_n`, `scr_metric_threshold_n`; the alternative definition's under
+# `scr_metrics_kept_only`, suffixed `_kept_only`), `results/<profile>/scr/<variant>_tpp.json` (TPP keys
 # `tpp_threshold_n_total_metric`, `…_intended_diff_only`, `…_unintended_diff_only`), per-task and
 # per-class CSVs beside them. The curves over n for every variant are drawn in `07_figures`.

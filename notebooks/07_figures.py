@@ -82,9 +82,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from saelib import claims, figures, summaries
-from saelib.io import atomic_write_json, atomic_write_text
+from saelib.io import atomic_write_json, atomic_write_text, read_json
 from saelib.plotting import save_figure, set_style
-from saelib.results import load_results
+from saelib.results import load_results, scr_ablation_diagnostics, seed_base
 
 set_style()
 pd.set_option("display.max_colwidth", 80)
@@ -248,6 +248,36 @@ for stem, build in [("ortho_fig1_absorption", figures.fig_ortho_absorption), ("o
 # panels show. It says nothing either way about the papers' Bias-in-Bios numbers; the `paper` profile
 # runs SAEBench's SCR tasks. When the seeds cannot resolve SCR's 0.02 margin, the verdict reads
 # "underpowered" rather than "within noise".
+
+# %% [markdown]
+# ### SCR at n = 20: can the TopK baseline be told apart from 0?
+# Mean ± 95% CI over seeds of `scr_metric_threshold_20` under both ablation definitions (`04_scr`):
+# SAEBench's (the default, which also moves the zeroed BOS/PAD positions of every padded text) and
+# `kept_only` (the kept tokens only). `excludes_zero` is the check of issue #13: True when the CI
+# lies wholly on one side of 0.
+
+# %%
+scr_defs = figures.scr_definitions_table(results, groups=[g for g in ("topk", "compete_run6", "relu_l1_matched")
+                                                          if g in results.wide.index])
+figures.write_table(scr_defs, tables_dir / "scr_n20_definitions")
+scr_defs[["group", "special_positions", "n", "mean", "ci", "lo", "hi", "excludes_zero", "values"]].round(3)
+
+# %% [markdown]
+# Why the SAEBench definition swings by ±0.25 on TopK SAEs: a TopK SAE fires k latents on the zero
+# vector. When one of the top-n latents ablated is among them and its decoder row leans on the biased
+# probe, SAEBench's ablation shifts every text's pooled residual the same way, by an amount set by its
+# padding, and the biased probe calls every text one class: accuracy 0.5 on the balanced set, a large
+# negative S_n. The table lists, for each seed of the TopK baseline and n = 20, how many ablated latents
+# fire on zero and the biased probe's positive rate after the ablation (0 or 1 = collapsed).
+
+# %%
+collapse = []
+for v in [v for v in results.wide.index if seed_base(v) == "topk"]:
+    path = results_dir / "scr" / f"{v}.json"
+    if path.exists():
+        d = scr_ablation_diagnostics(read_json(path))
+        collapse.append(d[d["n"] == 20].assign(variant=v))
+pd.concat(collapse, ignore_index=True).round(3) if collapse else "no SCR results for the TopK baseline"
 
 # %% [markdown]
 # ## The sae-probes benchmark (a second probing eval)

@@ -418,6 +418,21 @@ def headline_table(results: Results, groups: Sequence[str] = HEADLINE_GROUPS,
     return t
 
 
+def scr_definitions_table(results: Results, groups: Sequence[str] = HEADLINE_GROUPS, n: int = 20) -> pd.DataFrame:
+    """``scr_metric_threshold_<n>`` under both ablation definitions (SAEBench's, which also moves the zeroed
+    BOS/PAD positions, and the kept-tokens-only alternative): seed mean ± 95% CI per group, and
+    ``excludes_zero`` (True/False; None with fewer than two seeds)."""
+    rows = []
+    for definition, suffix in (("saebench", ""), ("kept_only", "_kept_only")):
+        t = seed_table(results, [f"scr_metric_threshold_{n}{suffix}"], groups)
+        t.insert(1, "special_positions", definition)
+        rows.append(t)
+    out = pd.concat(rows, ignore_index=True)
+    out["excludes_zero"] = [None if not (c == c) else bool(lo > 0 or hi < 0)
+                            for c, lo, hi in zip(out["ci"], out["lo"], out["hi"])]
+    return out
+
+
 def fig_headline(results: Results, groups: Sequence[str] = HEADLINE_GROUPS,
                  metrics: Sequence[str] = HEADLINE_METRICS) -> plt.Figure:
     """Headline variants, mean ± 95% CI over seeds (dots = seeds), one panel per metric."""

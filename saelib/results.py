@@ -86,7 +86,7 @@ def direction(metric: str) -> str | None:
         return "lower"
     if base in _NO_DIRECTION:
         return None
-    if base in _LABELS or re.fullmatch(r"(sae_probes_)?(sae|llm)_top_\d+_test_(accuracy|auc|f1)|scr_(metric|dir1|dir2)_threshold_\d+"
+    if base in _LABELS or re.fullmatch(r"(sae_probes_)?(sae|llm)_top_\d+_test_(accuracy|auc|f1)|scr_(metric|dir1|dir2)_threshold_\d+(_saebench|_kept_only)?"
                                        r"|tpp_threshold_\d+_(total_metric|intended_diff_only)", base):
         return "higher"
     if re.fullmatch(r"tpp_threshold_\d+_unintended_diff_only", base):
@@ -104,8 +104,10 @@ def label(metric: str) -> str:
     elif m := re.fullmatch(r"sae_probes_(sae|llm)_top_(\d+)_test_(accuracy|auc|f1)", base):
         what = {"accuracy": "accuracy", "auc": "AUC", "f1": "F1"}[m.group(3)]
         text = f"sae-probes {what}, {'SAE' if m.group(1) == 'sae' else 'residual'} top-{m.group(2)}"
-    elif m := re.fullmatch(r"scr_(metric|dir1|dir2)_threshold_(\d+)", base):
+    elif m := re.fullmatch(r"scr_(metric|dir1|dir2)_threshold_(\d+)(?:_(saebench|kept_only))?", base):
         text = f"SCR{'' if m.group(1) == 'metric' else ' ' + m.group(1)}, n = {m.group(2)} ablated latents"
+        if m.group(3):
+            text += f" ({m.group(3).replace('_', ' ')} ablation)"
     elif m := re.fullmatch(r"tpp_threshold_(\d+)_(.+)", base):
         text = f"TPP {m.group(2).replace('_', ' ')}, n = {m.group(1)}"
     else:
@@ -186,6 +188,36 @@ def read_scr(path: str | Path) -> dict[str, float]:
         if isinstance(sub, Mapping):
             out.update(_numeric(sub))
     return out
+
+
+def scr_ablation_diagnostics(doc: Mapping[str, Any], *, metric_direction_only: bool = True) -> pd.DataFrame:
+    """What each ablation did, from an SCR result document (``scr/<variant>.json``): one row per task,
+    definition (the chosen ``special_positions`` and the alternative when it was reported), direction
+    and n, with the biased probe's accuracy and positive rate on the re-tested set and how many ablated
+    latents fire on a zero input (pandas). A positive rate of 0 or 1 means every text landed on one side
+    of the probe: the ablation moved all texts alike, rather than removing the spurious attribute."""
+    chosen = (doc.get("eval_config") or {}).get("special_positions", "saebench")  # SAEBench's own files: its ablation
+    rows = []
+    for task, det in (doc.get("eval_result_unstructured") or {}).items():
+        keep = det.get("metric_direction") if metric_direction_only else None
+        blocks = [(chosen, det["ablated"])]
+        if det.get("alternative"):
+            blocks.append((det["alternative"]["special_positions"], det["alternative"]["ablated"]))
+        for definition, ablated in blocks:
+            for key, res in ablated.items():
+                d, n = map(int, re.fullmatch(r"dir(\d+)_n(\d+)", key).groups())
+                if keep is None or d == keep:
+                    rows.append({"task": task, "special_positions": definition, "direction": d, "n": n,
+                                 "biased_probe_acc": res["biased_probe_acc"],
+                                 "biased_probe_positive_rate": res.get("biased_probe_positive_rate"),
+                                 "n_fire_on_zero": res.get("n_fire_on_zero"),
+                                 "n_latents_firing_on_zero": det.get("n_latents_firing_on_zero")})
+    return pd.DataFrame(rows, columns=SCR_DIAGNOSTIC_COLUMNS)
+
+
+SCR_DIAGNOSTIC_COLUMNS = ("task", "special_positions", "direction", "n", "biased_probe_acc", "biased_probe_positive_rate",
+                          "n_fire_on_zero", "n_latents_firing_on_zero")
+"""Columns of :func:`scr_ablation_diagnostics` (also when a document has no per-ablation details)."""
 
 
 def read_probing(path: str | Path) -> tuple[dict[str, float], pd.DataFrame]:

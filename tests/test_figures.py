@@ -113,7 +113,8 @@ def write_synthetic_results(results: Path, profile: str = "smoke") -> list[str]:
             scr = {f"scr_{w}_threshold_{n}": v["scr_metric_threshold_2"] * (1 + n / 100)
                    for w in ("metric", "dir1", "dir2") for n in (2, 5, 10, 20, 50, 100, 500)}
             _write(results / "scr" / f"{name}.json", {"eval_type_id": "scr", "variant": name, "profile": profile,
-                                                      "eval_result_metrics": {"scr_metrics": scr}})
+                                                      "eval_result_metrics": {"scr_metrics": scr, "scr_metrics_kept_only": {
+                                                          f"{m}_kept_only": x / 2 for m, x in scr.items()}}})
             _write(results / "scr" / f"{name}_tpp.json", {
                 "eval_type_id": "tpp", "variant": name, "profile": profile,
                 "eval_result_metrics": {"tpp_metrics": {"tpp_threshold_20_total_metric": 0.3}}})
@@ -345,6 +346,17 @@ def test_table1_and_headline_tables(synthetic, tmp_path):
     paths = figures.write_table(h.reset_index(), tmp_path / "headline")
     md = paths[1].read_text()
     assert md.startswith("| group | metric |") and "topk" in md
+
+
+def test_scr_definitions_table_tests_the_seed_ci_against_zero(synthetic):
+    _, _, r = synthetic
+    t = figures.scr_definitions_table(r, groups=("topk", "relu_l1"), n=20).set_index(["group", "special_positions"])
+    # topk's three seeds: 0.12 − 0.006, 0.12, 0.12 + 0.006 under SAEBench's ablation, half that kept-only
+    assert t.loc[("topk", "saebench"), "mean"] == pytest.approx(0.12)
+    assert t.loc[("topk", "saebench"), "sd"] == pytest.approx(0.006)
+    assert t.loc[("topk", "kept_only"), "mean"] == pytest.approx(0.06)
+    assert t.loc[("topk", "saebench"), "excludes_zero"] is True
+    assert t.loc[("relu_l1", "saebench"), "n"] == 1 and t.loc[("relu_l1", "saebench"), "excludes_zero"] is None
 
 
 # ------------------------------------------------------------------------------------------------

@@ -70,6 +70,7 @@ def test_smoke_pipeline_writes_every_eval_and_the_ledger(smoke_repo):
             scr = read_scr(res / "scr" / f"{variant}.json")
             for n in smoke["scr"]["n_values"]:
                 assert math.isfinite(scr[f"scr_metric_threshold_{n}"]), (variant, n)
+                assert math.isfinite(scr[f"scr_metric_threshold_{n}_kept_only"]), (variant, n)  # the named alternative
         tpp = read_scr(res / "scr" / f"{variant}_tpp.json")
         assert all(math.isfinite(tpp[f"tpp_threshold_{n}_total_metric"]) for n in smoke["tpp"]["n_values"])
         probing, per_task = read_probing(res / "probing" / f"{variant}.json")

@@ -195,3 +195,102 @@ def test_headroom_table_reads_the_clean_accuracies():
     assert t.loc["dir1", "gap"] == pytest.approx(c["a"] - c["biased_on_a"]) and t.loc["dir1", "gap"] > 0.3
     assert t.loc["dir2", "gap"] == pytest.approx(c["b"] - c["biased_on_b"]) and abs(t.loc["dir2", "gap"]) < 0.05
     assert t["is_scr_metric"].tolist() == [True, False]
+
+
+def test_zero_input_latent_collapses_the_biased_probe_only_under_saebench_ablation():
+    """The mechanism behind SCR's ±0.25 jumps for TopK SAEs: a latent that fires on the zero vector moves
+    every text's zeroed BOS/PAD positions when SAEBench's ablation encodes them. If its decoder row leans on
+    the biased probe, every text lands on one side (positive rate 0 or 1) and the balanced accuracy is 0.5,
+    whatever the latent carries on the kept tokens; kept-tokens-only ablation leaves the probe as it was."""
+    from saelib.evals.pooled import SpecialPositions
+    from saelib.evals.scr import n_fire_on_zero
+
+    quads, fbar, xbar, W_dec = _planted_scr()
+    fbar[:, 11] = 0.0  # latent 11 is silent on every kept token ...
+    sets = make_scr_sets(quads, seed=0)
+    cfg = ScrConfig(n_values=(1,), probe=ProbeTrainConfig(select_on_test=False, min_steps=0))
+    side = scr_model_side(xbar, sets, cfg)
+    w = side.probes["biased"].weight_D
+    logits = side.probes["biased"].logits(xbar)
+    f0_F = torch.zeros(12)
+    # ... but fires on a zero input, enough to push every logit past the largest margin
+    f0_F[11] = float(10 * logits.abs().max() / (W_dec[11] @ w).abs())
+    special = SpecialPositions(f0_F, torch.ones(len(xbar)))
+    kept = ablation_accuracies(side, xbar, fbar, W_dec, [11], direction=1)
+    clean = ablation_accuracies(side, xbar, fbar, W_dec, [], direction=1)
+    assert kept == clean  # nothing on the kept tokens to remove
+    theirs = ablation_accuracies(side, xbar, fbar, W_dec, [11], direction=1, special=special)
+    assert theirs["biased_probe_positive_rate"] in (0.0, 1.0)
+    assert theirs["biased_probe_acc"] == 0.5  # the balanced A test set has as many positives as negatives
+    assert 0.0 < clean["biased_probe_positive_rate"] < 1.0
+    assert n_fire_on_zero(special, torch.tensor([11, 3])) == 1 and n_fire_on_zero(None, torch.tensor([11])) is None
+
+
+def test_scr_sae_writes_both_definitions_side_by_side(tmp_path):
+    """``scr_sae`` scores the chosen special-position definition as ``scr_metrics`` and the other one beside it
+    with suffixed keys; each equals ``scr_for_sae`` run directly with that definition, and the readers see both."""
+    from types import SimpleNamespace
+
+    from saelib.evals.pooled import special_positions
+    from saelib.evals.scr import ScrPrep, ScrTaskData, save_scr_results, scr_sae
+    from saelib.results import read_scr
+
+    torch.manual_seed(0)
+    D, F = 16, 40
+    sae = make_sae("topk", TopKConfig(d_in=D, d_sae=F, k=5))
+    with torch.no_grad():
+        sae.b_enc.copy_(torch.rand(F) * 3 + 2)  # fires k latents on a zero input, as trained TopK SAEs do
+    g = torch.Generator().manual_seed(1)
+    counts = torch.randint(2, 9, (160,), generator=g)
+    acts = (torch.randn(int(counts.sum()), D, generator=g) * 2).bfloat16()
+    pooled = PooledActs(acts, torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]))
+    a, b = pooled.xbar_ND[:, 0] > 0, pooled.xbar_ND[:, 1] > 0
+    rows = np.arange(160)
+    quads = {split: {q: rows[(rows % 2 == (split == "test")) & (a == (q[0] == "p")).numpy() & (b == (q[1] == "p")).numpy()]
+                     for q in ("pp", "pn", "np", "nn")} for split in ("train", "test")}
+    data_cfg = PooledConfig(context=16, autocast_bf16=False)
+    eval_cfg = ScrEvalConfig(scr=ScrConfig(n_values=(1, 4), probe=ProbeTrainConfig(epochs=5, select_on_test=False)))
+    eval_cfg.data.pooled = data_cfg
+    side = scr_model_side(pooled.xbar_ND, make_scr_sets(quads), eval_cfg.scr)
+    prep = ScrPrep(eval_cfg, {"toy": ScrTaskData(SimpleNamespace(name="toy", pooled=pooled), side, {})}, [], {})
+    res = scr_sae(prep, sae)
+    fbar = pooled_latents(sae, pooled, cfg=data_cfg)
+    W = sae.W_dec.detach().float()
+    theirs = scr_for_sae(side, pooled.xbar_ND, fbar, W, eval_cfg.scr, special_positions(sae, pooled, data_cfg))["metrics"]
+    kept = scr_for_sae(side, pooled.xbar_ND, fbar, W, eval_cfg.scr, None)["metrics"]
+    assert theirs != kept  # the two definitions really differ on this SAE
+    assert res["per_task"]["toy"] == theirs
+    assert res["alternative"]["per_task"]["toy"] == {f"{k}_kept_only": v for k, v in kept.items()}
+    assert res["details"]["toy"]["n_latents_firing_on_zero"] == 5
+    save_scr_results(prep, res, tmp_path, "toy_sae")
+    got = read_scr(tmp_path / "toy_sae.json")
+    for n in (1, 4):
+        assert got[f"scr_metric_threshold_{n}"] == pytest.approx(theirs[f"scr_metric_threshold_{n}"])
+        assert got[f"scr_metric_threshold_{n}_kept_only"] == pytest.approx(kept[f"scr_metric_threshold_{n}"])
+    # the other way round: kept_only chosen, SAEBench's definition reported beside it
+    eval_cfg.scr.special_positions = "kept_only"
+    flipped = scr_sae(prep, sae)
+    assert flipped["per_task"]["toy"] == kept
+    assert flipped["alternative"]["per_task"]["toy"] == {f"{k}_saebench": v for k, v in theirs.items()}
+    eval_cfg.scr.report_alternative = False
+    assert "alternative" not in scr_sae(prep, sae)
+
+
+def test_ablation_diagnostics_lists_both_definitions():
+    from saelib.results import scr_ablation_diagnostics as ablation_diagnostics
+
+    det = {"metric_direction": 2,
+           "ablated": {"dir1_n2": {"biased_probe_acc": 0.7, "biased_probe_positive_rate": 0.4, "n_fire_on_zero": 1},
+                       "dir2_n2": {"biased_probe_acc": 0.5, "biased_probe_positive_rate": 1.0, "n_fire_on_zero": 2}},
+           "alternative": {"special_positions": "kept_only",
+                           "ablated": {"dir2_n2": {"biased_probe_acc": 0.6, "biased_probe_positive_rate": 0.5,
+                                                   "n_fire_on_zero": None}}},
+           "n_latents_firing_on_zero": 9}
+    doc = {"eval_config": {"special_positions": "saebench"}, "eval_result_unstructured": {"t": det}}
+    t = ablation_diagnostics(doc)
+    assert t[["special_positions", "direction", "n", "biased_probe_acc"]].values.tolist() == [
+        ["saebench", 2, 2, 0.5], ["kept_only", 2, 2, 0.6]]
+    assert t["n_latents_firing_on_zero"].tolist() == [9, 9]
+    assert len(ablation_diagnostics(doc, metric_direction_only=False)) == 3
+    empty = ablation_diagnostics({"eval_result_metrics": {}})  # e.g. a file written without details
+    assert empty.empty and "n" in empty.columns

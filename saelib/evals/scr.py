@@ -75,6 +75,9 @@ class ScrConfig(AblationProbeConfig):
 
     min_denominator: float = 0.001
     """S_n is 0 when acc_oracle − acc_biased is below this."""
+    report_alternative: bool = True
+    """Also score the other ``special_positions`` definition and write it beside the chosen one
+    (``scr_metrics_<definition>``, keys suffixed ``_<definition>``); ``scr_metrics`` stays the chosen one."""
 
 
 @dataclass
@@ -204,6 +207,7 @@ def ablation_accuracies(side: ScrModelSide, xbar_ND: Tensor, fbar_NF: Tensor, W_
     x_other = ablate_pooled(xbar_ND[other], fbar_NF[other], W_dec_FD, latents,
                             None if special is None else special.rows(other))
     return {"biased_probe_acc": side.probes["biased"].accuracy(x_abl, y_te),
+            "biased_probe_positive_rate": float((side.probes["biased"].logits(x_abl) > 0).float().mean()),
             f"{eval_key}_probe_acc": side.probes[eval_key].accuracy(x_abl, y_te),
             f"{ablate_key}_probe_acc": side.probes[ablate_key].accuracy(x_other, y_other)}
 
@@ -229,10 +233,19 @@ def scr_for_sae(side: ScrModelSide, xbar_ND: Tensor, fbar_NF: Tensor, W_dec_FD: 
             idx = top_n_latents(eff[ablate_key], n)
             res = ablation_accuracies(side, xbar_ND, fbar_NF, W_dec_FD, idx, direction=d, special=special)
             ablated[d][n] = res["biased_probe_acc"]
-            details["ablated"][f"dir{d}_n{n}"] = {**res, "n_ablated": int(idx.numel())}
+            details["ablated"][f"dir{d}_n{n}"] = {**res, "n_ablated": int(idx.numel()),
+                                                  "n_fire_on_zero": n_fire_on_zero(special, idx)}
             details["latents"][f"dir{d}_n{n}"] = idx.tolist()[:20]
     details["metric_direction"] = metric_direction(side.clean)
     return {"metrics": scr_metrics(side.clean, ablated, min_denominator=cfg.min_denominator), "details": details}
+
+
+def n_fire_on_zero(special: SpecialPositions | None, latents: Tensor) -> int | None:
+    """How many of ``latents`` fire on a zero input, i.e. move the zeroed BOS/PAD positions when
+    SAEBench's ablation encodes them (None when the special positions are left out)."""
+    if special is None:
+        return None
+    return int((special.f0_F[torch.as_tensor(latents, dtype=torch.long)] > 0).sum())
 
 
 def metric_direction(clean: dict[str, float]) -> int:
@@ -358,18 +371,45 @@ def scr_sae(prep: ScrPrep, sae, *, fbar_cache: dict | None = None) -> dict:
     start = time.time()
     fbar_cache = {} if fbar_cache is None else fbar_cache
     W_dec_FD = sae.W_dec.detach().float()
-    per_task, details = {}, {}
+    chosen = prep.cfg.scr.special_positions
+    alt = alternative_definition(chosen) if prep.cfg.scr.report_alternative else None
+    per_task, per_task_alt, details = {}, {}, {}
     for name, td in prep.tasks.items():
         if td.source.name not in fbar_cache:
             fbar_cache[td.source.name] = pooled_latents(sae, td.source.pooled, cfg=prep.cfg.data.pooled)
         fbar = fbar_cache[td.source.name]
         check_affine_decoder(sae, fbar[:8])
-        special = (special_positions(sae, td.source.pooled, prep.cfg.data.pooled)
-                   if prep.cfg.scr.special_positions == "saebench" else None)
-        res = scr_for_sae(td.side, td.source.pooled.xbar_ND, fbar, W_dec_FD, prep.cfg.scr, special)
+        special = special_positions(sae, td.source.pooled, prep.cfg.data.pooled)
+
+        def run(definition: str) -> dict:
+            return scr_for_sae(td.side, td.source.pooled.xbar_ND, fbar, W_dec_FD, prep.cfg.scr,
+                               special if definition == "saebench" else None)
+
+        res = run(chosen)
         per_task[name] = res["metrics"]
-        details[name] = {**res["details"], "quadrant_counts": td.quadrant_counts, "q": td.side.sets.q}
-    return {"per_task": per_task, "details": details, "seconds": round(time.time() - start, 2)}
+        details[name] = {**res["details"], "quadrant_counts": td.quadrant_counts, "q": td.side.sets.q,
+                         "n_latents_firing_on_zero": int((special.f0_F > 0).sum())}
+        if alt is not None:
+            res_alt = run(alt)
+            per_task_alt[name] = {f"{k}_{alt}": v for k, v in res_alt["metrics"].items()}
+            details[name]["alternative"] = {"special_positions": alt, "ablated": res_alt["details"]["ablated"]}
+    out = {"per_task": per_task, "details": details, "seconds": round(time.time() - start, 2)}
+    if alt is not None:
+        out["alternative"] = {"special_positions": alt, "per_task": per_task_alt}
+    return out
+
+
+def alternative_definition(definition: str) -> str:
+    """The other entry of ``SPECIAL_POSITIONS`` (``saebench`` ↔ ``kept_only``)."""
+    if definition not in SPECIAL_POSITIONS:
+        raise ValueError(f"special_positions must be one of {SPECIAL_POSITIONS}, got {definition!r}")
+    return next(d for d in SPECIAL_POSITIONS if d != definition)
+
+
+def with_alternative(result: dict) -> dict[str, dict[str, float]]:
+    """Per task, the chosen definition's metrics and the alternative's (suffixed keys) in one dict."""
+    alt = (result.get("alternative") or {}).get("per_task", {})
+    return {name: {**m, **alt.get(name, {})} for name, m in result["per_task"].items()}
 
 
 def scr_output(prep: ScrPrep, result: dict, *, variant: str, sae_cfg: dict | None = None, extra: dict | None = None) -> dict:
@@ -382,11 +422,15 @@ def scr_output(prep: ScrPrep, result: dict, *, variant: str, sae_cfg: dict | Non
     pooled = data.pop("pooled")
     config = {"tasks": list(prep.tasks), "n_values": list(prep.cfg.scr.n_values),
               "min_denominator": prep.cfg.scr.min_denominator, "special_positions": prep.cfg.scr.special_positions,
-              **asdict(prep.cfg.scr.probe),
+              "report_alternative": prep.cfg.scr.report_alternative, **asdict(prep.cfg.scr.probe),
               "q_train": prep.cfg.q_train, "q_test": prep.cfg.q_test, **data, "context_length": pooled["context"]}
+    metrics = {"scr_metrics": average_over_tasks(result["per_task"])}
+    if result.get("alternative"):
+        alt = result["alternative"]
+        metrics[f"scr_metrics_{alt['special_positions']}"] = average_over_tasks(alt["per_task"])
     return saebench_document(
-        EVAL_TYPE_ID, config, {"scr_metrics": average_over_tasks(result["per_task"])},
-        [{"dataset_name": f"{name}_results", **m} for name, m in result["per_task"].items()],
+        EVAL_TYPE_ID, config, metrics,
+        [{"dataset_name": f"{name}_results", **m} for name, m in with_alternative(result).items()],
         eval_result_unstructured=result["details"], sae_cfg_dict=sae_cfg,
         extra={"variant": variant, "skipped_tasks": list(prep.skipped), "eval_seconds": result["seconds"], **(extra or {})})
 
@@ -436,7 +480,7 @@ def save_scr_results(prep: ScrPrep, result: dict, out_dir, variant: str, *, sae_
     out_dir = Path(out_dir)
     payload = scr_output(prep, result, variant=variant, sae_cfg=sae_cfg, extra=extra)
     json_path = write_saebench_json(out_dir / f"{variant}.json", payload)
-    table = pd.DataFrame(result["per_task"]).T.rename_axis("task").reset_index()
+    table = pd.DataFrame(with_alternative(result)).T.rename_axis("task").reset_index()
     csv_path = atomic_write_text(out_dir / f"{variant}_per_task.csv", table.to_csv(index=False))
     return json_path, csv_path
 
@@ -459,5 +503,5 @@ def n_curve(per_task: dict[str, dict[str, float]]):
     return pd.DataFrame(rows).sort_values(["metric", "n"]).reset_index(drop=True)
 
 
-__all__ = ["n_curve", "clean_table", "headroom_table", "save_scr_results", "ablation_accuracies", "DIRECTIONS", "ScrEvalConfig", "ScrPrep", "prepare_scr", "scr_sae", "scr_output", "OFFLINE_SCR_TASKS", "ScrConfig", "ScrSets", "ScrModelSide", "N_VALUES", "make_scr_sets", "scr_model_side", "latent_effects",
+__all__ = ["n_curve", "alternative_definition", "with_alternative", "n_fire_on_zero", "clean_table", "headroom_table", "save_scr_results", "ablation_accuracies", "DIRECTIONS", "ScrEvalConfig", "ScrPrep", "prepare_scr", "scr_sae", "scr_output", "OFFLINE_SCR_TASKS", "ScrConfig", "ScrSets", "ScrModelSide", "N_VALUES", "make_scr_sets", "scr_model_side", "latent_effects",
            "top_n_latents", "scr_score", "scr_metrics", "metric_direction", "scr_for_sae", "scr_all_rows"]

@@ -51,6 +51,6 @@ def evaluate(prep: Prepared, sae, out_dir: str | Path, sae_name: str, *, extra: 
     cfg_dict = sae_config_dict(sae)
     scr.save_scr_results(scr_prep, scr_res, out_dir, sae_name, sae_cfg=cfg_dict, extra=extra)
     tpp.save_tpp_results(tpp_prep, tpp_res, out_dir, sae_name, sae_cfg=cfg_dict, extra=extra)
-    curves = [scr.n_curve(r["per_task"]) for r in (scr_res, tpp_res) if r["per_task"]]
+    curves = [scr.n_curve(per_task) for per_task in (scr.with_alternative(scr_res), tpp_res["per_task"]) if per_task]
     both = pd.concat(curves) if curves else pd.DataFrame(columns=["metric", "n", "value"])
     return {f"{m}@{n}": float(v) for m, n, v in both.itertuples(index=False)}
