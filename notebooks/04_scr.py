@@ -159,7 +159,10 @@ if variant is not None:
 # %% [markdown]
 # What each ablation did in the reported direction, under both definitions (`n_fire_on_zero`: ablated
 # latents that fire on a zero input; a `biased_probe_positive_rate` of 0 or 1 is the collapse described
-# at the top):
+# at the top). `greedy_S` is a ranking-free reference: S_n when the n latents are instead picked greedily,
+# on the train split, as the ones whose ablation most improves the biased probe on the re-tested attribute
+# (`saelib.evals.scr.greedy_latent_scores`). When `greedy_S` is also near 0, no choice of n of
+# this SAE's latents moves the probe, whatever the ranking rule; compare it with the task's S_oracle above.
 
 # %%
 if variant is not None:

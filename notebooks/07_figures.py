@@ -269,6 +269,12 @@ scr_defs[["group", "special_positions", "n", "mean", "ci", "lo", "hi", "excludes
 # padding, and the biased probe calls every text one class: accuracy 0.5 on the balanced set, a large
 # negative S_n. The table lists, for each seed of the TopK baseline and n = 20, how many ablated latents
 # fire on zero and the biased probe's positive rate after the ablation (0 or 1 = collapsed).
+#
+# `greedy_S` answers the other half of the question: could *any* 20 latents of the SAE do better than
+# SCR's ranking picks? It is S_20 for 20 latents picked greedily on the train split to help the biased
+# probe most (`04_scr`). Beside the task's S_oracle (≈ 0.8 for removing one residual direction, table
+# above), a `greedy_S` near 0 says the attribute the probe leans on is not held by a few latents of
+# this SAE: SCR at n = 20 cannot move for it, whatever the ranking.
 
 # %%
 collapse = []

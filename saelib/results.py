@@ -195,15 +195,18 @@ def scr_ablation_diagnostics(doc: Mapping[str, Any], *, metric_direction_only: b
     definition (the chosen ``special_positions`` and the alternative when it was reported), direction
     and n, with the biased probe's accuracy and positive rate on the re-tested set and how many ablated
     latents fire on a zero input (pandas). A positive rate of 0 or 1 means every text landed on one side
-    of the probe: the ablation moved all texts alike, rather than removing the spurious attribute."""
+    of the probe: the ablation moved all texts alike, rather than removing the spurious attribute.
+    ``greedy_S``: S_n of the n latents chosen greedily on the train split (when recorded), the reference
+    for what a better ranking of this SAE's latents could reach."""
     chosen = (doc.get("eval_config") or {}).get("special_positions", "saebench")  # SAEBench's own files: its ablation
     rows = []
     for task, det in (doc.get("eval_result_unstructured") or {}).items():
         keep = det.get("metric_direction") if metric_direction_only else None
-        blocks = [(chosen, det["ablated"])]
+        blocks = [(chosen, det["ablated"], det.get("greedy_S") or {})]
         if det.get("alternative"):
-            blocks.append((det["alternative"]["special_positions"], det["alternative"]["ablated"]))
-        for definition, ablated in blocks:
+            alt = det["alternative"]
+            blocks.append((alt["special_positions"], alt["ablated"], alt.get("greedy_S") or {}))
+        for definition, ablated, greedy in blocks:
             for key, res in ablated.items():
                 d, n = map(int, re.fullmatch(r"dir(\d+)_n(\d+)", key).groups())
                 if keep is None or d == keep:
@@ -211,12 +214,13 @@ def scr_ablation_diagnostics(doc: Mapping[str, Any], *, metric_direction_only: b
                                  "biased_probe_acc": res["biased_probe_acc"],
                                  "biased_probe_positive_rate": res.get("biased_probe_positive_rate"),
                                  "n_fire_on_zero": res.get("n_fire_on_zero"),
-                                 "n_latents_firing_on_zero": det.get("n_latents_firing_on_zero")})
+                                 "n_latents_firing_on_zero": det.get("n_latents_firing_on_zero"),
+                                 "greedy_S": greedy.get(key)})
     return pd.DataFrame(rows, columns=SCR_DIAGNOSTIC_COLUMNS)
 
 
 SCR_DIAGNOSTIC_COLUMNS = ("task", "special_positions", "direction", "n", "biased_probe_acc", "biased_probe_positive_rate",
-                          "n_fire_on_zero", "n_latents_firing_on_zero")
+                          "n_fire_on_zero", "n_latents_firing_on_zero", "greedy_S")
 """Columns of :func:`scr_ablation_diagnostics` (also when a document has no per-ablation details)."""
 
 

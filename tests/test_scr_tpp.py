@@ -262,6 +262,8 @@ def test_scr_sae_writes_both_definitions_side_by_side(tmp_path):
     assert res["per_task"]["toy"] == theirs
     assert res["alternative"]["per_task"]["toy"] == {f"{k}_kept_only": v for k, v in kept.items()}
     assert res["details"]["toy"]["n_latents_firing_on_zero"] == 5
+    assert sorted(res["details"]["toy"]["greedy_S"]) == ["dir1_n1", "dir1_n4", "dir2_n1", "dir2_n4"]
+    assert sorted(res["details"]["toy"]["alternative"]["greedy_S"]) == ["dir1_n1", "dir1_n4", "dir2_n1", "dir2_n4"]
     save_scr_results(prep, res, tmp_path, "toy_sae")
     got = read_scr(tmp_path / "toy_sae.json")
     for n in (1, 4):
@@ -272,8 +274,9 @@ def test_scr_sae_writes_both_definitions_side_by_side(tmp_path):
     flipped = scr_sae(prep, sae)
     assert flipped["per_task"]["toy"] == kept
     assert flipped["alternative"]["per_task"]["toy"] == {f"{k}_saebench": v for k, v in theirs.items()}
-    eval_cfg.scr.report_alternative = False
-    assert "alternative" not in scr_sae(prep, sae)
+    eval_cfg.scr.report_alternative, eval_cfg.scr.greedy_max_n = False, 2
+    single = scr_sae(prep, sae)
+    assert "alternative" not in single and sorted(single["details"]["toy"]["greedy_S"]) == ["dir1_n1", "dir2_n1"]
 
 
 def test_ablation_diagnostics_lists_both_definitions():
@@ -294,3 +297,37 @@ def test_ablation_diagnostics_lists_both_definitions():
     assert len(ablation_diagnostics(doc, metric_direction_only=False)) == 3
     empty = ablation_diagnostics({"eval_result_metrics": {}})  # e.g. a file written without details
     assert empty.empty and "n" in empty.columns
+
+
+def test_greedy_latent_scores_match_a_naive_greedy_over_explicit_ablations():
+    """Greedy picks on train by the biased probe's log-likelihood, scored on test: the vectorised version
+    equals a loop that ablates each candidate with ``ablate_pooled`` (with and without SAEBench's
+    zero-input term), and on the planted task the first pick is the spurious latent (S ≈ 1)."""
+    import torch.nn.functional as Fn
+
+    from saelib.evals.pooled import SpecialPositions, ablate_pooled
+    from saelib.evals.scr import DIRECTIONS, ablation_accuracies, greedy_latent_scores, scr_score
+
+    quads, fbar, xbar, W_dec = _planted_scr()
+    side = scr_model_side(xbar, make_scr_sets(quads, seed=0),
+                          ScrConfig(n_values=(1,), probe=ProbeTrainConfig(select_on_test=False, min_steps=0)))
+    g = torch.Generator().manual_seed(4)
+    special = SpecialPositions(torch.rand(fbar.shape[1], generator=g) * 2, torch.rand(len(xbar), generator=g) * 3)
+    for spec in (None, special):
+        for d in DIRECTIONS:
+            _, eval_key = DIRECTIONS[d]
+            got = greedy_latent_scores(side, xbar, fbar, W_dec, direction=d, n_values=(1, 3), special=spec)
+            rows, y = side.sets.rows["train"][eval_key], side.sets.labels["train"][eval_key]
+            sign = torch.as_tensor(y).float() * 2 - 1
+            chosen, want = [], {}
+            for step in (1, 2, 3):
+                def loglik(i):
+                    x = ablate_pooled(xbar[rows], fbar[rows], W_dec, chosen + [i], None if spec is None else spec.rows(rows))
+                    return float(Fn.logsigmoid(sign * side.probes["biased"].logits(x)).mean())
+                chosen.append(max((i for i in range(fbar.shape[1]) if i not in chosen), key=loglik))
+                if step in (1, 3):
+                    acc = ablation_accuracies(side, xbar, fbar, W_dec, chosen, direction=d, special=spec)["biased_probe_acc"]
+                    want[step] = scr_score(acc, side.clean[f"biased_on_{eval_key}"], side.clean[eval_key])
+            assert got == pytest.approx(want, abs=1e-6), (spec is not None, d)
+    s1 = greedy_latent_scores(side, xbar, fbar, W_dec, direction=1, n_values=(1,))[1]
+    assert s1 > 0.9  # removing the loud spurious latent 0 fixes the biased probe on A

@@ -78,6 +78,10 @@ class ScrConfig(AblationProbeConfig):
     report_alternative: bool = True
     """Also score the other ``special_positions`` definition and write it beside the chosen one
     (``scr_metrics_<definition>``, keys suffixed ``_<definition>``); ``scr_metrics`` stays the chosen one."""
+    greedy_max_n: int = 50
+    """Also record, per direction and each n up to this, S_n for the n latents picked greedily on the train
+    split (:func:`greedy_latent_scores`; details only, not a metric). 0: off. Each step scores every latent,
+    so the cost grows with n (about 0.05 s per step at 400 texts × 5,120 latents on one core)."""
 
 
 @dataclass
@@ -248,6 +252,52 @@ def n_fire_on_zero(special: SpecialPositions | None, latents: Tensor) -> int | N
     return int((special.f0_F[torch.as_tensor(latents, dtype=torch.long)] > 0).sum())
 
 
+@torch.no_grad()
+def greedy_latent_scores(side: ScrModelSide, xbar_ND: Tensor, fbar_NF: Tensor, W_dec_FD: Tensor, *, direction: int,
+                         n_values: tuple[int, ...], special=None, min_denominator: float = 0.001) -> dict[int, float]:
+    """S_n for a free choice of the n latents to ablate, picked greedily on the **train** split and scored on
+    the test split: how far SCR could move with the best latents of this SAE, whatever its ranking rule.
+
+    Each step adds the latent whose ablation (as :func:`saelib.evals.pooled.ablate_pooled` does it; with
+    ``special``, SAEBench's zero-input term at BOS/PAD too) most raises the biased probe's mean log-likelihood
+    of the evaluated attribute's labels on its balanced train set. Ablation is linear in the probe's logit
+    (Δlogit_n = −c_ni · (W_dec[i] · w)), so every candidate is scored at once. Not a strict bound (greedy,
+    selected on train), but a ranking-free reference for the SAE's own S_n: a small value means no choice
+    of n of its latents carries the attribute the biased probe needs removed. Returns ``{n: S_n}``."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be 1 or 2, got {direction}")
+    _, eval_key = DIRECTIONS[direction]
+    probe = side.probes["biased"]
+    proj_F = W_dec_FD.float() @ probe.weight_D.float()
+
+    def split(name: str):
+        rows = side.sets.rows[name][eval_key]
+        c_NF = fbar_NF[rows].float()
+        if special is not None:
+            sub = special.rows(rows)
+            c_NF = c_NF + sub.weight_N[:, None].float() * sub.f0_F[None, :].float()
+        sign_N = torch.as_tensor(side.sets.labels[name][eval_key]).float() * 2 - 1
+        return probe.logits(torch.as_tensor(xbar_ND)[rows]), c_NF * proj_F[None, :], sign_N
+
+    logit_tr, delta_tr, sign_tr = split("train")
+    logit_te, delta_te, sign_te = split("test")
+    n_max = min(max(n_values), delta_tr.shape[1])
+    taken = torch.zeros(delta_tr.shape[1], dtype=torch.bool)
+    base, oracle = side.clean[f"biased_on_{eval_key}"], side.clean[eval_key]
+    out: dict[int, float] = {}
+    for step in range(1, n_max + 1):
+        gain_F = torch.nn.functional.logsigmoid(sign_tr[:, None] * (logit_tr[:, None] - delta_tr)).mean(0)
+        gain_F[taken] = -float("inf")
+        i = int(gain_F.argmax())
+        taken[i] = True
+        logit_tr = logit_tr - delta_tr[:, i]
+        logit_te = logit_te - delta_te[:, i]
+        if step in n_values:
+            acc = float(((logit_te > 0).float() * 2 - 1 == sign_te).float().mean())
+            out[step] = scr_score(acc, base, oracle, min_denominator=min_denominator)
+    return out
+
+
 def metric_direction(clean: dict[str, float]) -> int:
     """The direction ``scr_metric`` reports: the one whose biased-probe clean accuracy is lower (ties: 1;
     SAEBench reports no ``scr_metric`` on an exact tie)."""
@@ -385,14 +435,25 @@ def scr_sae(prep: ScrPrep, sae, *, fbar_cache: dict | None = None) -> dict:
             return scr_for_sae(td.side, td.source.pooled.xbar_ND, fbar, W_dec_FD, prep.cfg.scr,
                                special if definition == "saebench" else None)
 
+        def greedy(definition: str) -> dict[str, float]:
+            return {f"dir{d}_n{n}": s for d in DIRECTIONS for n, s in greedy_latent_scores(
+                td.side, td.source.pooled.xbar_ND, fbar, W_dec_FD, direction=d, n_values=greedy_n,
+                special=special if definition == "saebench" else None,
+                min_denominator=prep.cfg.scr.min_denominator).items()}
+
+        greedy_n = tuple(n for n in prep.cfg.scr.n_values if n <= prep.cfg.scr.greedy_max_n)
         res = run(chosen)
         per_task[name] = res["metrics"]
         details[name] = {**res["details"], "quadrant_counts": td.quadrant_counts, "q": td.side.sets.q,
                          "n_latents_firing_on_zero": int((special.f0_F > 0).sum())}
+        if greedy_n:
+            details[name]["greedy_S"] = greedy(chosen)
         if alt is not None:
             res_alt = run(alt)
             per_task_alt[name] = {f"{k}_{alt}": v for k, v in res_alt["metrics"].items()}
             details[name]["alternative"] = {"special_positions": alt, "ablated": res_alt["details"]["ablated"]}
+            if greedy_n:
+                details[name]["alternative"]["greedy_S"] = greedy(alt)
     out = {"per_task": per_task, "details": details, "seconds": round(time.time() - start, 2)}
     if alt is not None:
         out["alternative"] = {"special_positions": alt, "per_task": per_task_alt}
@@ -422,7 +483,8 @@ def scr_output(prep: ScrPrep, result: dict, *, variant: str, sae_cfg: dict | Non
     pooled = data.pop("pooled")
     config = {"tasks": list(prep.tasks), "n_values": list(prep.cfg.scr.n_values),
               "min_denominator": prep.cfg.scr.min_denominator, "special_positions": prep.cfg.scr.special_positions,
-              "report_alternative": prep.cfg.scr.report_alternative, **asdict(prep.cfg.scr.probe),
+              "report_alternative": prep.cfg.scr.report_alternative,
+              "greedy_max_n": prep.cfg.scr.greedy_max_n, **asdict(prep.cfg.scr.probe),
               "q_train": prep.cfg.q_train, "q_test": prep.cfg.q_test, **data, "context_length": pooled["context"]}
     metrics = {"scr_metrics": average_over_tasks(result["per_task"])}
     if result.get("alternative"):
@@ -503,5 +565,5 @@ def n_curve(per_task: dict[str, dict[str, float]]):
     return pd.DataFrame(rows).sort_values(["metric", "n"]).reset_index(drop=True)
 
 
-__all__ = ["n_curve", "alternative_definition", "with_alternative", "n_fire_on_zero", "clean_table", "headroom_table", "save_scr_results", "ablation_accuracies", "DIRECTIONS", "ScrEvalConfig", "ScrPrep", "prepare_scr", "scr_sae", "scr_output", "OFFLINE_SCR_TASKS", "ScrConfig", "ScrSets", "ScrModelSide", "N_VALUES", "make_scr_sets", "scr_model_side", "latent_effects",
+__all__ = ["n_curve", "greedy_latent_scores", "alternative_definition", "with_alternative", "n_fire_on_zero", "clean_table", "headroom_table", "save_scr_results", "ablation_accuracies", "DIRECTIONS", "ScrEvalConfig", "ScrPrep", "prepare_scr", "scr_sae", "scr_output", "OFFLINE_SCR_TASKS", "ScrConfig", "ScrSets", "ScrModelSide", "N_VALUES", "make_scr_sets", "scr_model_side", "latent_effects",
            "top_n_latents", "scr_score", "scr_metrics", "metric_direction", "scr_for_sae", "scr_all_rows"]
