@@ -42,7 +42,7 @@
 # | `(kl\|ce)_score(_keep_bos)?` | 0.01 absolute | A bounded score (1 = the SAE costs nothing, 0 = as bad as zeroing the residual). The original runs span 0.978–0.992, so 0.01 is the gap between CompeteSAE and TopK there. A KL score of 0.921 against 0.951 is three margins worse, not "no worse". |
 # | `ev(_legacy)?\|cossim\|frac_alive` | 0.01 absolute | Bounded fractions: one hundredth of the range. |
 # | `(sae\|llm)_(top_\d+_)?test_accuracy\|probe_gap_top20_top1` | 0.01 absolute | One percentage point of probe accuracy, about the binomial SE of an accuracy near 0.9 on a few hundred test examples. |
-# | `scr_(metric\|dir1\|dir2)_threshold_\d+\|tpp_threshold_\d+_\w+` | 0.02 absolute | Normalised scores. The original runs recorded 0.03–0.33 (TopK 0.12–0.29), so 0.02 is about a tenth of a typical TopK value. |
+# | `scr_(metric\|dir1\|dir2)_threshold_\d+(_kept_only\|_saebench)?\|tpp_threshold_\d+_\w+` | 0.02 absolute | Normalised scores (either SCR ablation). The original runs recorded 0.03–0.33 (TopK 0.12–0.29), so 0.02 is about a tenth of a typical TopK value. |
 # | `unlearning_score` | 0.02 absolute | A bounded score reported to two or three decimals. |
 # | `l0\|l1\|l2_ratio\|train_wall_time_s` | 5% of the baseline | Descriptive quantities whose scale is set by the configuration ("k = 320", "same speed"). |
 # | `.*` (MSE, absorption scores, split features …) | 2 × the pooled seed SD | Unbounded or scale-dependent: a change within two run-to-run SDs is what retraining with another seed does. Where no seeded group exists (the original single runs), 5% of the baseline, and the ledger says so. |

@@ -158,6 +158,7 @@ def test_margins_per_metric():
     assert margin_for("sae_top_1_test_accuracy", rules)[0] == 0.01
     assert margin_for("sae_test_accuracy@sentiment", rules)[0] == 0.01  # task suffix ignored
     assert margin_for("scr_metric_threshold_20", rules)[0] == 0.02
+    assert margin_for("scr_metric_threshold_20_kept_only", rules)[0] == 0.02  # the named alternative ablation
     # unbounded metrics: 2 × the measured seed SD; without one, 5% of |baseline| (and it says so)
     m, why = margin_for("mean_absorption_score", rules, noise_sd=0.001, baseline_value=0.02)
     assert m == pytest.approx(0.002) and why == "2 × seed SD (0.001)"
