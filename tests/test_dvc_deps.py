@@ -76,3 +76,13 @@ def test_stage_lists_every_saelib_module_it_runs(stage, notebook, deps):
 
     missing = sorted(p for p in needed if not covered(p))
     assert not missing, f"stage {stage!r} runs {missing} but does not depend on them in dvc.yaml"
+
+
+def test_figures_stage_depends_on_the_ledger_data_files():
+    """The ledger (saelib.claims) reads its claims and the original runs from docs/spec/: editing either must
+    re-run the figures stage, so both are deps of it."""
+    from saelib import claims
+
+    deps = dict((name, d) for name, _, d in _stages())["figures"]
+    for path in (claims.CLAIMS_FILE, claims.ORIGINAL_RUNS_FILE):
+        assert path.relative_to(ROOT).as_posix() in deps, f"figures stage lacks {path.relative_to(ROOT)}"
