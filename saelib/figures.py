@@ -433,6 +433,58 @@ def scr_definitions_table(results: Results, groups: Sequence[str] = HEADLINE_GRO
     return out
 
 
+UNLEARNING_SEED_GROUPS = ("topk", "compete_run6", "relu_l1_matched")
+"""The seeded rows the unlearning eval scores (``unlearning_variants.yaml``)."""
+UNLEARNING_SD_TARGET = 0.05
+"""Issue #13's target for a single score's bootstrap SD."""
+
+
+def unlearning_seed_stability(results: Results, groups: Sequence[str] = UNLEARNING_SEED_GROUPS,
+                              metrics: Sequence[str] = ("unlearning_auc", "unlearning_score"),
+                              target_sd: float = UNLEARNING_SD_TARGET) -> pd.DataFrame:
+    """How the bootstrap SD of an unlearning score (over eval sequences, within one SAE) compares with the
+    spread between seeds (SAEs trained alike). One row per (group, metric) with at least one scored seed:
+
+    - ``n``, ``mean``, ``seed_sd``: over the group's seeds;
+    - ``boot_sd_rms``: the root mean square of the seeds' bootstrap SDs, ``max_boot_sd`` the largest, and
+      ``boot_sd_below_target`` whether every one is below ``target_sd``;
+    - ``seed_over_boot``: ``seed_sd / boot_sd_rms`` (≈ 1 when the bootstrap accounts for the seed spread,
+      ≫ 1 when SAEs trained alike differ by more than the eval sequences explain);
+    - ``max_pair_z``: the largest |a − b| / √(sd_a² + sd_b²) over pairs of seeds (bootstrap SDs), the pair
+      in ``max_pair``, and ``within_2sd`` = ``max_pair_z ≤ 2`` (None without a pair of seeds that both carry a
+      bootstrap SD; a pair whose two SDs are both 0 counts as infinitely far apart unless equal).
+    """
+    rows = []
+    for g in groups:
+        members = results.group_members(g)
+        for m in metrics:
+            pts = [(v, results.value(v, m), results.value(v, f"{m}_sd")) for v in members]
+            pts = [(v, x, s) for v, x, s in pts if math.isfinite(x)]
+            if not pts:
+                continue
+            xs = np.array([x for _, x, _ in pts])
+            sds = np.array([s for _, _, s in pts])
+            best, pair = (math.nan, None)
+            for i in range(len(pts)):
+                for j in range(i + 1, len(pts)):
+                    diff, se = abs(xs[i] - xs[j]), math.hypot(sds[i], sds[j])
+                    if not math.isfinite(se):  # a seed without a bootstrap SD (an older result file)
+                        continue
+                    z = diff / se if se > 0 else (0.0 if diff == 0 else math.inf)
+                    if pair is None or z > best:
+                        best, pair = z, f"{pts[i][0]} vs {pts[j][0]}"
+            boot_rms = float(np.sqrt(np.nanmean(sds ** 2))) if np.isfinite(sds).any() else math.nan
+            seed_sd = float(xs.std(ddof=1)) if len(xs) > 1 else math.nan
+            rows.append({"group": g, "metric": m, "n": len(pts), "mean": float(xs.mean()), "seed_sd": seed_sd,
+                         "boot_sd_rms": boot_rms, "max_boot_sd": float(np.nanmax(sds)) if np.isfinite(sds).any() else math.nan,
+                         "boot_sd_below_target": bool(np.isfinite(sds).all() and (sds < target_sd).all()),
+                         "seed_over_boot": seed_sd / boot_rms if boot_rms > 0 else math.nan,
+                         "max_pair_z": best, "max_pair": pair,
+                         "within_2sd": None if pair is None else bool(best <= 2.0)})
+    return pd.DataFrame(rows, columns=["group", "metric", "n", "mean", "seed_sd", "boot_sd_rms", "max_boot_sd",
+                                       "boot_sd_below_target", "seed_over_boot", "max_pair_z", "max_pair", "within_2sd"])
+
+
 def fig_headline(results: Results, groups: Sequence[str] = HEADLINE_GROUPS,
                  metrics: Sequence[str] = HEADLINE_METRICS) -> plt.Figure:
     """Headline variants, mean ± 95% CI over seeds (dots = seeds), one panel per metric."""

@@ -529,3 +529,32 @@ def test_ledger_display_survives_a_csv_round_trip(synthetic, tmp_path):
     assert shown.loc["004-abstract-absorption", "compared"] == f"{single['variant']} vs {single['baseline']}"
     multi = L[L["binding_pair"].astype(bool)]
     assert len(multi) > 0 and all("decided by" in shown.loc[c, "compared"] for c in multi["claim_id"])
+
+
+def test_unlearning_seed_stability_against_hand_worked_values():
+    from saelib.results import Results
+    rows = {  # variant: (area score, its bootstrap SD, thresholded score, its SD)
+        "topk": (0.10, 0.03, 0.0, 0.0), "topk_s1": (0.12, 0.04, 0.0, 0.0), "topk_s2": (0.40, 0.04, 0.0, 0.0),
+        "compete_run6": (0.30, 0.06, 0.2, 0.1), "compete_run6_s1": (0.33, 0.08, 0.5, 0.1),
+        "relu_l1_matched": (0.14, math.nan, 0.0, math.nan), "ortho_run4": (math.nan,) * 4}
+    wide = pd.DataFrame({v: dict(zip(["unlearning_auc", "unlearning_auc_sd", "unlearning_score", "unlearning_score_sd"], x))
+                         for v, x in rows.items()}).T
+    r = Results(wide=wide, meta=pd.DataFrame(index=wide.index), penalty_cfgs={}, per_task=pd.DataFrame(),
+                per_letter=pd.DataFrame())
+    t = figures.unlearning_seed_stability(r, groups=("topk", "compete_run6", "relu_l1_matched", "ortho_run4"))
+    assert set(t["group"]) == {"topk", "compete_run6", "relu_l1_matched"}  # ortho_run4 has no score: no row
+    a = t.set_index(["group", "metric"]).loc[("topk", "unlearning_auc")]
+    # pairs: |0.10−0.12|/0.05 = 0.4, |0.10−0.40|/0.05 = 6, |0.12−0.40|/√0.0032 ≈ 4.95
+    assert a["max_pair_z"] == pytest.approx(6.0) and a["max_pair"] == "topk vs topk_s2"
+    assert a["within_2sd"] is False and bool(a["boot_sd_below_target"]) and a["n"] == 3
+    assert a["seed_sd"] == pytest.approx(np.std([0.10, 0.12, 0.40], ddof=1))
+    assert a["boot_sd_rms"] == pytest.approx(math.sqrt((0.03 ** 2 + 0.04 ** 2 + 0.04 ** 2) / 3))
+    assert a["seed_over_boot"] == pytest.approx(a["seed_sd"] / a["boot_sd_rms"])
+    c = t.set_index(["group", "metric"]).loc[("compete_run6", "unlearning_auc")]
+    assert c["max_pair_z"] == pytest.approx(0.3) and c["within_2sd"] is True
+    assert not c["boot_sd_below_target"] and c["max_boot_sd"] == pytest.approx(0.08)
+    z = t.set_index(["group", "metric"]).loc[("topk", "unlearning_score")]  # equal values, zero SDs: z = 0
+    assert z["max_pair_z"] == 0.0 and z["within_2sd"] is True
+    s = t.set_index(["group", "metric"]).loc[("relu_l1_matched", "unlearning_auc")]  # one seed, no SD
+    assert s["n"] == 1 and s["within_2sd"] is None and not s["boot_sd_below_target"]
+    assert math.isnan(s["seed_sd"]) and pd.isna(s["max_pair"])
