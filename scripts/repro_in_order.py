@@ -3,6 +3,7 @@
     python scripts/repro_in_order.py                 # the active profile's run_variants
     python scripts/repro_in_order.py --dry           # print the dvc commands only
     python scripts/repro_in_order.py --skip '_matched'   # leave out variants whose name matches (a regex)
+    python scripts/repro_in_order.py --unfinished-only   # on a fresh machine: only the rows dvc.lock lacks
 
 Same stages, same results as a plain ``dvc repro`` (DVC skips whatever dvc.lock already records),
 only in an order that is useful when a long run is interrupted: every SAE finished so far has all of
@@ -11,10 +12,19 @@ in unlearning_variants.yaml),
 and the headline rows (the Makefile's ``QUICK_VARIANTS``) finish first, then the other rows the unlearning eval
 scores (the headline rows' seeds), then the rest (sweeps, other runs). DVC writes dvc.lock after
 every stage, so re-running this script resumes where the last run stopped.
+
+On a fresh machine (a new clone of a repository whose dvc.lock already records finished rows), the
+uncommitted outputs -- the activation and eval caches under ``data/`` and the SAEs under ``checkpoints/``
+-- are missing, so DVC treats every finished row as changed and a plain resume would retrain each SAE
+(bit-identically) before it reaches new work. ``--unfinished-only`` asks ``dvc status`` once and leaves out
+every row whose stages differ from dvc.lock only by such missing uncommitted paths; the final step is then
+``dvc repro --single-item figures`` (the figures stage alone, from the committed results) instead of a
+plain ``dvc repro``, which would retrain those SAEs.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import subprocess
 import sys
@@ -24,6 +34,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PER_SAE = ("train", "absorption", "scr", "probing", "sae_probes", "unlearning")
+UNCOMMITTED = ("data/", "checkpoints/")
+"""Output roots that are never committed (dvc.yaml: ``cache: false``, .gitignore): a fresh clone lacks them."""
+MISSING = ("deleted", "not in cache")
 
 
 def headline_variants() -> list[str]:
@@ -57,20 +70,53 @@ def foreach_lists(spec: dict, params: dict) -> dict[str, list[str]]:
     return out
 
 
+def finished_stages(stages: list[str], status: dict, uncommitted: tuple[str, ...] = UNCOMMITTED) -> set[str]:
+    """The ``stages`` that dvc.lock records as done on the current code and params: absent from ``dvc status
+    --json``'s answer ``status``, or reported only with missing (deleted / not in cache) paths under the
+    ``uncommitted`` roots. Any other entry (a modified dependency, a changed command or params, a missing
+    result file, a stage never run) leaves the stage unfinished."""
+    def only_missing_uncommitted(entry) -> bool:
+        if not isinstance(entry, dict):  # "changed command", "always changed", ...
+            return False
+        for kind, paths in entry.items():
+            if kind not in ("changed deps", "changed outs") or not isinstance(paths, dict):
+                return False
+            if not all(state in MISSING and path.startswith(uncommitted) for path, state in paths.items()):
+                return False
+        return True
+    return {st for st in stages if all(only_missing_uncommitted(e) for e in status.get(st, []))}
+
+
+def dvc_status(stages: list[str]) -> dict:
+    """``dvc status --json`` for ``stages`` (one call, so the caches are hashed once)."""
+    out = subprocess.run(["dvc", "status", "--json", *stages], cwd=ROOT, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout or "{}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dry", action="store_true", help="print the commands, run nothing")
     ap.add_argument("--skip", metavar="REGEX", help="leave out the variants whose name matches REGEX (re.search) and "
                     "the final plain `dvc repro` (which would run them): for holding back rows whose code is changing")
+    ap.add_argument("--unfinished-only", action="store_true", help="leave out the rows dvc.lock records as "
+                    "finished on the current code (missing data/ and checkpoints/ aside), and end with the figures "
+                    "stage alone: for resuming on a fresh clone without retraining the finished SAEs")
     args = ap.parse_args(argv)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     lists = foreach_lists(yaml.safe_load((ROOT / "dvc.yaml").read_text()), params)
     per_sae = [s for s in PER_SAE if s in lists]
-    commands = [["dvc", "repro", *[f"{s}@{v}" for s in per_sae if v in lists[s]]]
-                for v in ordered_variants(list(params["run_variants"]), headline_variants() + lists.get("unlearning", []))
-                if not (args.skip and re.search(args.skip, v))]
+    rows = {v: [f"{s}@{v}" for s in per_sae if v in lists[s]]
+            for v in ordered_variants(list(params["run_variants"]), headline_variants() + lists.get("unlearning", []))
+            if not (args.skip and re.search(args.skip, v))}
+    if args.unfinished_only:
+        every = [st for row in rows.values() for st in row]
+        done = finished_stages(every, dvc_status(every))
+        for v in [v for v, row in rows.items() if set(row) <= done]:
+            print(f"# finished (dvc.lock, current code): {v}", flush=True)
+            del rows[v]
+    commands = [["dvc", "repro", *row] for row in rows.values()]
     if not args.skip:
-        commands.append(["dvc", "repro"])
+        commands.append(["dvc", "repro", "--single-item", "figures"] if args.unfinished_only else ["dvc", "repro"])
     for cmd in commands:
         print("+", " ".join(cmd), flush=True)
         if not args.dry and subprocess.call(cmd, cwd=ROOT) != 0:

@@ -163,6 +163,35 @@ def test_repro_in_order_skip_holds_back_matching_rows_and_the_final_repro(capsys
     assert any("train@topk " in c for c in kept) and len(kept) < len(every) - 1
 
 
+def test_finished_stages_ignores_only_missing_uncommitted_paths():
+    mod = load_script("repro_in_order")
+    status = {  # the shapes `dvc status --json` gives on a fresh clone (read from a real run)
+        "train@a": [{"changed deps": {"data/default/activations": "deleted"}},
+                    {"changed outs": {"checkpoints/default/a": "not in cache"}}],
+        "scr@a": [{"changed deps": {"data/default/eval_cache/scr": "deleted", "checkpoints/default/a/sae": "deleted"}}],
+        "train@b": [{"changed deps": {"saelib/train.py": "modified", "data/default/activations": "deleted"}}],
+        "scr@b": [{"changed outs": {"results/default/scr/b.json": "deleted"}}],   # a committed result is missing
+        "train@c": ["changed command"],
+        "train@d": [{"changed deps": {"data/default/activations": "modified"}}],  # a different cache on disk
+        "train@e": [{"changed deps": {"params.yaml": "new"}}],
+    }
+    stages = ["train@a", "scr@a", "train@b", "scr@b", "train@c", "train@d", "train@e", "train@f"]
+    assert mod.finished_stages(stages, status) == {"train@a", "scr@a", "train@f"}  # f: up to date, absent
+    assert mod.finished_stages(["train@a"], status, uncommitted=("data/",)) == set()
+
+
+def test_unfinished_only_drops_finished_rows_and_ends_with_figures_alone(monkeypatch, capsys):
+    mod = load_script("repro_in_order")
+    monkeypatch.setattr(mod, "dvc_status", lambda stages: {
+        st: [{"changed deps": {"saelib/x.py": "modified"}}] for st in stages if not st.endswith("@topk")})
+    assert mod.main(["--dry", "--unfinished-only"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "# finished (dvc.lock, current code): topk" in out
+    assert not any(c.startswith("+ dvc repro train@topk ") for c in out)
+    assert any(c.startswith("+ dvc repro train@topk_s1 ") for c in out)
+    assert out[-1] == "+ dvc repro --single-item figures"
+
+
 def test_unlearning_variants_are_trained_variants():
     """unlearning@<v> needs checkpoints/<p>/<v>/sae, which only train@<v> writes."""
     run = yaml.safe_load((ROOT / "params.yaml").read_text())["run_variants"]
