@@ -83,12 +83,37 @@ def read_json(path: str | Path) -> Any:
         return json.load(fh)
 
 
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its ``__metadata__`` entries in sorted key order.
+
+    safetensors keeps the metadata in a Rust HashMap, whose order is randomised per process, so two saves
+    of the same tensors and metadata can differ in their header bytes (hence in their SHA-256 and in DVC's
+    hash of the folder) while holding identical data. The header is rewritten with sorted metadata keys and
+    padded with spaces to its original length (the format allows trailing spaces), so the tensor bytes
+    and their offsets are untouched."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    meta = header.pop("__metadata__", None)
+    ordered = {"__metadata__": dict(sorted(meta.items()))} if meta is not None else {}
+    ordered.update(header)  # tensor entries: the writer's order, which is deterministic
+    text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    if len(text) > n:  # cannot happen for a header that only changed its key order
+        raise ValueError(f"canonical safetensors header is longer than the original ({len(text)} > {n} bytes)")
+    return data[:8] + text.ljust(n, b" ") + data[8 + n:]
+
+
 def atomic_save_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
-    """Save a dict of tensors to ``path`` (safetensors) atomically."""
-    from safetensors.torch import save_file
+    """Save a dict of tensors to ``path`` (safetensors) atomically, byte-for-byte reproducibly (the
+    metadata keys are written in sorted order: :func:`canonical_safetensors`)."""
+    from safetensors.torch import save
 
     tensors = {k: v.contiguous() for k, v in tensors.items()}
-    return _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(canonical_safetensors(save(tensors, metadata=metadata)))
+
+    return _atomic_write(path, write)
 
 
 def atomic_torch_save(path: str | Path, obj: Any) -> Path:

@@ -249,3 +249,55 @@ def test_build_activation_cache_is_a_noop_when_complete(tiny_model, tmp_path, mo
     bigger = ExtractConfig(**{**cfg.__dict__, "train_tokens": 150})
     rebuilt = build_activation_cache(bigger, "train", tmp_path / "train", progress=False, load=load)
     assert len(loads) == 3 and rebuilt.n_tokens >= 150
+
+
+# ------------------------------------------------------------------------------------------------
+# byte-reproducible safetensors files (DVC hashes the folders that hold them)
+# ------------------------------------------------------------------------------------------------
+_SAVE_IN_FRESH_PROCESS = """
+import sys, torch
+from saelib.io import atomic_save_safetensors
+g = torch.Generator().manual_seed(0)
+atomic_save_safetensors(sys.argv[1], {"acts_ND": torch.randn(64, 8, generator=g).to(torch.bfloat16),
+                                      "tokens_NS": torch.arange(32, dtype=torch.int32).view(4, 8)},
+                        metadata={"model": "m", "layer": "8", "shard": "3", "zeta": "z", "alpha": "a"})
+"""
+
+
+def test_safetensors_files_are_byte_identical_across_processes(tmp_path):
+    """safetensors writes its metadata from a per-process randomised hash map: without the canonical header
+    two runs of the same extraction gave shards with different SHA-256s (and a different DVC hash for the
+    activation cache) while holding the same tensors."""
+    import hashlib
+    import subprocess
+    import sys
+
+    digests = set()
+    for i in range(6):
+        out = tmp_path / f"s{i}.safetensors"
+        subprocess.run([sys.executable, "-c", _SAVE_IN_FRESH_PROCESS, str(out)], check=True)
+        digests.add(hashlib.sha256(out.read_bytes()).hexdigest())
+    assert len(digests) == 1
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "s0.safetensors"), "pt") as f:
+        assert f.metadata() == {"model": "m", "layer": "8", "shard": "3", "zeta": "z", "alpha": "a"}
+        assert f.get_tensor("tokens_NS").tolist() == torch.arange(32, dtype=torch.int32).view(4, 8).tolist()
+
+
+def test_canonical_safetensors_sorts_metadata_and_keeps_the_data():
+    from safetensors.torch import load, save
+
+    from saelib.io import canonical_safetensors
+
+    tensors = {"b": torch.randn(3, 5), "a": torch.arange(7)}
+    raw = save(tensors, metadata={"z": "1", "y": "2", "x": "3"})
+    canon = canonical_safetensors(raw)
+    n = int.from_bytes(canon[:8], "little")
+    assert len(canon) == len(raw) and canon[:8] == raw[:8] and canon[8 + n:] == raw[8 + n:]
+    header = json.loads(canon[8:8 + n])
+    assert list(header["__metadata__"]) == ["x", "y", "z"]
+    back = load(canon)
+    assert torch.equal(back["b"], tensors["b"]) and torch.equal(back["a"], tensors["a"])
+    assert canonical_safetensors(canon) == canon
+    assert canonical_safetensors(save(tensors)) == save(tensors)  # no metadata: unchanged
