@@ -19,7 +19,11 @@ uncommitted outputs -- the activation and eval caches under ``data/`` and the SA
 (bit-identically) before it reaches new work. ``--unfinished-only`` asks ``dvc status`` once and leaves out
 every row whose stages differ from dvc.lock only by such missing uncommitted paths; the final step is then
 ``dvc repro --single-item figures`` (the figures stage alone, from the committed results) instead of a
-plain ``dvc repro``, which would retrain those SAEs.
+plain ``dvc repro``, which would retrain those SAEs. Before anything else it re-extracts the activations
+and compares their shard SHA-256s with the committed extract summary: a machine of the other precision
+class (bf16 on GPUs and AVX-512/AMX CPUs, fp32 on AVX2-only CPUs) extracts different activations, on which
+the finished rows cannot be reproduced, so the script stops and says what to do
+(``--allow-new-activations`` goes on regardless).
 """
 from __future__ import annotations
 
@@ -87,6 +91,41 @@ def finished_stages(stages: list[str], status: dict, uncommitted: tuple[str, ...
     return {st for st in stages if all(only_missing_uncommitted(e) for e in status.get(st, []))}
 
 
+def activation_fingerprint(summary: dict) -> dict[str, list[str]]:
+    """Per activation split, the SHA-256 of each shard, as ``results/<profile>/extract/summary.json``
+    records them: what the finished rows' SAEs were trained on."""
+    return {split: list(part["shard_sha256"]) for split, part in summary.items()
+            if isinstance(part, dict) and "shard_sha256" in part}
+
+
+def read_fingerprint(profile: str, rev: str | None = None) -> dict[str, list[str]]:
+    """:func:`activation_fingerprint` of the profile's extract summary, in the working tree or, with ``rev``,
+    as committed there (``HEAD``: what the committed dvc.lock rows were trained on); empty when absent."""
+    rel = f"results/{profile}/extract/summary.json"
+    if rev is not None:
+        out = subprocess.run(["git", "show", f"{rev}:{rel}"], cwd=ROOT, capture_output=True, text=True)
+        return activation_fingerprint(json.loads(out.stdout)) if out.returncode == 0 else {}
+    path = ROOT / rel
+    return activation_fingerprint(json.loads(path.read_text())) if path.exists() else {}
+
+
+def other_activations_message(profile: str) -> str:
+    """Why a resume stops when this machine's extraction differs from the one dvc.lock's rows used."""
+    try:
+        from saelib.devices import compute_dtype
+        here = f" (this machine computes in {str(compute_dtype('cpu')).replace('torch.', '')})"
+    except Exception:  # noqa: BLE001 - only decorates the message
+        here = ""
+    return (
+        f"stopped: the activations extracted here differ from those the finished rows were trained on (shard SHA-256s "
+        f"in results/{profile}/extract/summary.json, as committed and after `dvc repro extract`). The usual cause is the "
+        f"other precision class: GPUs and AVX-512/AMX CPUs run the model in bf16, AVX2-only CPUs in fp32{here}; "
+        "see saelib.devices.compute_dtype. The finished rows cannot be reproduced on this machine. Either redo "
+        "every row here (`python scripts/repro_in_order.py`, then commit all of it), or keep the finished rows "
+        "and add the missing ones from these activations (`--unfinished-only --allow-new-activations`; the "
+        "tables then mix SAEs trained on the two extractions, and `dvc status` lists the finished rows as changed).")
+
+
 def dvc_status(stages: list[str]) -> dict:
     """``dvc status --json`` for ``stages`` (one call, so the caches are hashed once)."""
     out = subprocess.run(["dvc", "status", "--json", *stages], cwd=ROOT, check=True, capture_output=True, text=True)
@@ -101,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--unfinished-only", action="store_true", help="leave out the rows dvc.lock records as "
                     "finished on the current code (missing data/ and checkpoints/ aside), and end with the figures "
                     "stage alone: for resuming on a fresh clone without retraining the finished SAEs")
+    ap.add_argument("--allow-new-activations", action="store_true", help="with --unfinished-only: go on when the "
+                    "activations extracted here differ from those of the finished rows (another precision class)")
     args = ap.parse_args(argv)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     lists = foreach_lists(yaml.safe_load((ROOT / "dvc.yaml").read_text()), params)
@@ -114,6 +155,16 @@ def main(argv: list[str] | None = None) -> int:
         for v in [v for v, row in rows.items() if set(row) <= done]:
             print(f"# finished (dvc.lock, current code): {v}", flush=True)
             del rows[v]
+        if done and not args.dry:
+            # finished rows are kept only if this machine extracts the same activations they were trained on
+            before = read_fingerprint(params["profile"], rev="HEAD")
+            print("+ dvc repro extract", flush=True)
+            if subprocess.call(["dvc", "repro", "extract"], cwd=ROOT) != 0:
+                print("stopped: `dvc repro extract` failed; fix it and re-run this script to resume", file=sys.stderr)
+                return 1
+            if before and before != read_fingerprint(params["profile"]) and not args.allow_new_activations:
+                print(other_activations_message(params["profile"]), file=sys.stderr)
+                return 3
     commands = [["dvc", "repro", *row] for row in rows.values()]
     if not args.skip:
         commands.append(["dvc", "repro", "--single-item", "figures"] if args.unfinished_only else ["dvc", "repro"])

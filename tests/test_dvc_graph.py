@@ -192,6 +192,42 @@ def test_unfinished_only_drops_finished_rows_and_ends_with_figures_alone(monkeyp
     assert out[-1] == "+ dvc repro --single-item figures"
 
 
+def test_activation_fingerprint_reads_the_shard_hashes_of_each_split():
+    mod = load_script("repro_in_order")
+    summary = {"config": {"model": "m", "layer": 8}, "corpus_composition": {},
+               "train": {"n_shards": 2, "shard_sha256": ["aa", "bb"]}, "heldout": {"shard_sha256": ["cc"]}}
+    assert mod.activation_fingerprint(summary) == {"train": ["aa", "bb"], "heldout": ["cc"]}
+    assert mod.activation_fingerprint({"config": {}}) == {}
+
+
+def test_unfinished_only_stops_when_this_machine_extracts_other_activations(monkeypatch, capsys):
+    """A machine of the other precision class extracts different activations: the finished rows cannot be
+    reproduced there, so the resume stops after `dvc repro extract` unless told to mix."""
+    mod = load_script("repro_in_order")
+    monkeypatch.setattr(mod, "dvc_status", lambda stages: {
+        st: [{"changed deps": {"saelib/x.py": "modified"}}] for st in stages if not st.endswith("@topk")})
+    calls: list[list[str]] = []
+    monkeypatch.setattr(mod.subprocess, "call", lambda cmd, cwd=None: calls.append(list(cmd)) or 0)
+    prints = {"HEAD": {"train": ["aa"], "heldout": ["cc"]}, None: {"train": ["ab"], "heldout": ["cc"]}}
+    monkeypatch.setattr(mod, "read_fingerprint", lambda profile, rev=None: prints[rev])
+
+    assert mod.main(["--unfinished-only"]) == 3
+    assert calls == [["dvc", "repro", "extract"]]  # nothing trained on the new activations
+    err = capsys.readouterr().err
+    assert "--allow-new-activations" in err and "precision" in err and "results/default/extract/summary.json" in err
+
+    calls.clear()
+    assert mod.main(["--unfinished-only", "--allow-new-activations"]) == 0
+    assert calls[0] == ["dvc", "repro", "extract"] and calls[-1] == ["dvc", "repro", "--single-item", "figures"]
+    assert not any(c[:3] == ["dvc", "repro", "train@topk"] for c in calls)
+    assert any(c[:3] == ["dvc", "repro", "train@topk_s1"] for c in calls)
+
+    prints[None] = dict(prints["HEAD"])  # the same extraction: resumes without the flag
+    calls.clear()
+    assert mod.main(["--unfinished-only"]) == 0
+    assert calls[0] == ["dvc", "repro", "extract"] and len(calls) > 2
+
+
 def test_unlearning_variants_are_trained_variants():
     """unlearning@<v> needs checkpoints/<p>/<v>/sae, which only train@<v> writes."""
     run = yaml.safe_load((ROOT / "params.yaml").read_text())["run_variants"]
