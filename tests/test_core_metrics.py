@@ -150,7 +150,9 @@ def test_splice_sums_subsets_equal_separate_runs(tiny_model):
     for got, want in ((ss.result(), whole), (ss.rows([1, 3]).result(), sub)):
         for name in ("clean", "half", "zero"):
             for key, value in want[name].items():
-                assert got[name][key] == pytest.approx(value, rel=1e-5), (name, key)
+                # same sequences, other batch shapes: fp32 GEMMs may sum in another order (seen on CI's CPU:
+                # KL 0.00232006 vs 0.00232014), so small KLs get an absolute slack far below any row mix-up
+                assert got[name][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (name, key)
     # per-sequence KL sums are sums over that sequence's positions: 9 KL positions each (BOS input kept? no)
     assert ss.counts["kl_saebench"].tolist() == [9] * 5 and ss.counts["kl"].tolist() == [8] * 5
     assert (ss.sums["half"]["kl"] > 0).all()
