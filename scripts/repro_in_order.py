@@ -22,8 +22,11 @@ every row whose stages differ from dvc.lock only by such missing uncommitted pat
 plain ``dvc repro``, which would retrain those SAEs. Before anything else it re-extracts the activations
 and compares their shard SHA-256s with the committed extract summary: a machine of the other precision
 class (bf16 on GPUs and AVX-512/AMX CPUs, fp32 on AVX2-only CPUs) extracts different activations, on which
-the finished rows cannot be reproduced, so the script stops and says what to do
-(``--allow-new-activations`` goes on regardless).
+the finished rows cannot be reproduced, so the script stops and says what to do. ``--allow-new-activations``
+goes on regardless: it keeps every row that dvc.lock records as finished on the current code, even where its
+data/ inputs were made on the other machine, and runs the rest from this machine's extraction (an SAE
+retrained here always gets its evals re-run). The result then mixes machines; ``scripts/run_provenance.py``
+says which row ran where, from the md5s in dvc.lock and docs/run_machines.yaml.
 """
 from __future__ import annotations
 
@@ -74,21 +77,32 @@ def foreach_lists(spec: dict, params: dict) -> dict[str, list[str]]:
     return out
 
 
-def finished_stages(stages: list[str], status: dict, uncommitted: tuple[str, ...] = UNCOMMITTED) -> set[str]:
+def finished_stages(stages: list[str], status: dict, uncommitted: tuple[str, ...] = UNCOMMITTED,
+                    other_data: bool = False) -> set[str]:
     """The ``stages`` that dvc.lock records as done on the current code and params: absent from ``dvc status
     --json``'s answer ``status``, or reported only with missing (deleted / not in cache) paths under the
     ``uncommitted`` roots. Any other entry (a modified dependency, a changed command or params, a missing
-    result file, a stage never run) leaves the stage unfinished."""
-    def only_missing_uncommitted(entry) -> bool:
+    result file, a stage never run) leaves the stage unfinished.
+
+    ``other_data`` (``--allow-new-activations``): also count a stage as done when its data/ inputs were made on
+    another machine (``modified``: this machine's extraction or eval cache differs from the one dvc.lock
+    records). A checkpoint that is on disk but differs from the one an eval stage recorded still leaves that
+    eval unfinished: its SAE was retrained here, so the eval must follow it."""
+    def settled(path: str, state: str) -> bool:
+        if not path.startswith(uncommitted):
+            return False
+        return state in MISSING or (other_data and state == "modified" and path.startswith("data/"))
+
+    def only_uncommitted(entry) -> bool:
         if not isinstance(entry, dict):  # "changed command", "always changed", ...
             return False
         for kind, paths in entry.items():
             if kind not in ("changed deps", "changed outs") or not isinstance(paths, dict):
                 return False
-            if not all(state in MISSING and path.startswith(uncommitted) for path, state in paths.items()):
+            if not all(settled(path, state) for path, state in paths.items()):
                 return False
         return True
-    return {st for st in stages if all(only_missing_uncommitted(e) for e in status.get(st, []))}
+    return {st for st in stages if all(only_uncommitted(e) for e in status.get(st, []))}
 
 
 def activation_fingerprint(summary: dict) -> dict[str, list[str]]:
@@ -118,12 +132,14 @@ def other_activations_message(profile: str) -> str:
         here = ""
     return (
         f"stopped: the activations extracted here differ from those the finished rows were trained on (shard SHA-256s "
-        f"in results/{profile}/extract/summary.json, as committed and after `dvc repro extract`). The usual cause is the "
-        f"other precision class: GPUs and AVX-512/AMX CPUs run the model in bf16, AVX2-only CPUs in fp32{here}; "
-        "see saelib.devices.compute_dtype. The finished rows cannot be reproduced on this machine. Either redo "
+        f"in results/{profile}/extract/summary.json, as committed and after `dvc repro extract`). The usual cause is another "
+        f"kind of machine: GPUs and AVX-512/AMX CPUs run the model in bf16, AVX2-only CPUs in fp32{here} "
+        "(saelib.devices.compute_dtype), and the bf16 kernels of different CPU families (AMX, AVX-512 BF16) round "
+        "differently. The finished rows cannot be reproduced on this machine. Either redo "
         "every row here (`python scripts/repro_in_order.py`, then commit all of it), or keep the finished rows "
         "and add the missing ones from these activations (`--unfinished-only --allow-new-activations`; the "
-        "tables then mix SAEs trained on the two extractions, and `dvc status` lists the finished rows as changed).")
+        "tables then mix SAEs trained on the two extractions, `dvc status` lists the finished rows as changed, and "
+        "scripts/run_provenance.py says which row ran where; add this machine's md5s to docs/run_machines.yaml).")
 
 
 def dvc_status(stages: list[str]) -> dict:
@@ -141,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                     "finished on the current code (missing data/ and checkpoints/ aside), and end with the figures "
                     "stage alone: for resuming on a fresh clone without retraining the finished SAEs")
     ap.add_argument("--allow-new-activations", action="store_true", help="with --unfinished-only: go on when the "
-                    "activations extracted here differ from those of the finished rows (another precision class)")
+                    "activations extracted here differ from those of the finished rows (another kind of machine), "
+                    "keep those rows and run the missing ones here (scripts/run_provenance.py lists which ran where)")
     args = ap.parse_args(argv)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     lists = foreach_lists(yaml.safe_load((ROOT / "dvc.yaml").read_text()), params)
@@ -151,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             if not (args.skip and re.search(args.skip, v))}
     if args.unfinished_only:
         every = [st for row in rows.values() for st in row]
-        done = finished_stages(every, dvc_status(every))
+        done = finished_stages(every, dvc_status(every), other_data=args.allow_new_activations)
         for v in [v for v, row in rows.items() if set(row) <= done]:
             print(f"# finished (dvc.lock, current code): {v}", flush=True)
             del rows[v]

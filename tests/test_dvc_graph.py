@@ -180,6 +180,23 @@ def test_finished_stages_ignores_only_missing_uncommitted_paths():
     assert mod.finished_stages(["train@a"], status, uncommitted=("data/",)) == set()
 
 
+def test_finished_stages_with_other_data_keeps_rows_made_on_another_machine():
+    """--allow-new-activations on a machine that extracted other bytes: data/ inputs read ``modified`` and
+    those rows stay finished, but an eval whose SAE was retrained here (checkpoint on disk, modified) does not."""
+    mod = load_script("repro_in_order")
+    status = {
+        "train@a": [{"changed deps": {"data/default/activations": "modified"}},
+                    {"changed outs": {"checkpoints/default/a": "deleted"}}],
+        "scr@a": [{"changed deps": {"data/default/eval_cache/scr": "modified", "checkpoints/default/a/sae": "deleted"}}],
+        "scr@b": [{"changed deps": {"data/default/eval_cache/scr": "modified", "checkpoints/default/b/sae": "modified"}}],
+        "train@c": [{"changed deps": {"data/default/activations": "modified", "saelib/train.py": "modified"}}],
+        "scr@d": [{"changed outs": {"results/default/scr/d.json": "deleted"}}],
+    }
+    stages = ["train@a", "scr@a", "scr@b", "train@c", "scr@d"]
+    assert mod.finished_stages(stages, status) == set()
+    assert mod.finished_stages(stages, status, other_data=True) == {"train@a", "scr@a"}
+
+
 def test_unfinished_only_drops_finished_rows_and_ends_with_figures_alone(monkeypatch, capsys):
     mod = load_script("repro_in_order")
     monkeypatch.setattr(mod, "dvc_status", lambda stages: {
@@ -214,7 +231,7 @@ def test_unfinished_only_stops_when_this_machine_extracts_other_activations(monk
     assert mod.main(["--unfinished-only"]) == 3
     assert calls == [["dvc", "repro", "extract"]]  # nothing trained on the new activations
     err = capsys.readouterr().err
-    assert "--allow-new-activations" in err and "precision" in err and "results/default/extract/summary.json" in err
+    assert "--allow-new-activations" in err and "kind of machine" in err and "run_provenance" in err and "results/default/extract/summary.json" in err
 
     calls.clear()
     assert mod.main(["--unfinished-only", "--allow-new-activations"]) == 0
