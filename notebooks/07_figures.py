@@ -19,6 +19,14 @@
 # "Results" block of `README.md`). Any subset of variants may have been run: a missing one shows as "not run"
 # in its figure panel and ledger row.
 #
+# **Which machine made each row.** The default run is long and spans several build sessions, each on
+# whatever 2-core CPU it gets. The model and SAE matmuls run in bf16 on AVX-512/AMX CPUs and in fp32 on
+# AVX2-only ones, and bf16 kernels of different CPU families round differently, so rows from two kinds of
+# machine come from slightly different activations (for `topk`: KL score 0.9419 in fp32, 0.9402 on an AMD
+# AVX-512 BF16 CPU, 0.9369 on an Intel AMX CPU, against a seed-to-seed spread of 0.935-0.940 on one machine).
+# The seed intervals below therefore include that machine-to-machine variation wherever a variant's seeds ran
+# on different machines. `python scripts/run_provenance.py` prints which machine each row's stages ran on.
+#
 # **Absorption is lower-is-better.** Both papers described higher absorption scores as improvements.
 # Every axis below names its metric and the direction of better (↓ / ↑), and the ledger judges
 # absorption claims with lower = better.
