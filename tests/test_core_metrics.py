@@ -136,8 +136,14 @@ def test_splice_rows_first_n_plus_each_missing_group():
         splice_rows(4, 2, ["a", "b", "a"])
 
 
-def test_splice_sums_subsets_equal_separate_runs(tiny_model):
+def test_splice_sums_subsets_equal_separate_runs():
     from saelib.hooks import splice_sums, spliced_kl_ce
+    from saelib.models import load_model
+
+    # float64: the subset and the separate run batch (and chunk) the same tokens differently, and fp32 GEMMs
+    # of other shapes sum in another order on some CPUs (CI's gave KL 0.00232006 vs 0.00232014); in float64
+    # that noise is far below the tolerance, so the comparison tests row selection only
+    tiny_model = load_model("tiny-gemma3", dtype=torch.float64, device="cpu")
 
     g = torch.Generator().manual_seed(3)
     tok = torch.randint(10, 200, (5, 10), generator=g)
@@ -150,9 +156,7 @@ def test_splice_sums_subsets_equal_separate_runs(tiny_model):
     for got, want in ((ss.result(), whole), (ss.rows([1, 3]).result(), sub)):
         for name in ("clean", "half", "zero"):
             for key, value in want[name].items():
-                # same sequences, other batch shapes: fp32 GEMMs may sum in another order (seen on CI's CPU:
-                # KL 0.00232006 vs 0.00232014), so small KLs get an absolute slack far below any row mix-up
-                assert got[name][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (name, key)
+                assert got[name][key] == pytest.approx(value, rel=1e-5), (name, key)
     # per-sequence KL sums are sums over that sequence's positions: 9 KL positions each (BOS input kept? no)
     assert ss.counts["kl_saebench"].tolist() == [9] * 5 and ss.counts["kl"].tolist() == [8] * 5
     assert (ss.sums["half"]["kl"] > 0).all()
