@@ -20,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-PER_SAE = ("train", "absorption", "scr", "probing", "sae_probes", "unlearning")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from repro_in_order import PER_SAE, ROOT  # noqa: E402 - the per-SAE stages, one definition
 DATA_KEY = {"activations": "activations", "core": "eval_cache/core", "absorption": "eval_cache/absorption",
             "scr": "eval_cache/scr", "probing": "eval_cache/probing", "sae_probes": "eval_cache/sae_probes",
             "unlearning": "eval_cache/unlearning"}
