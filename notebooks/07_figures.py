@@ -141,7 +141,7 @@ eval_tables["probing"].round(3)
 
 # %% [markdown]
 # Unlearning scores only the SAEs listed in `unlearning_variants.yaml`: the five seeds of the TopK baseline,
-# of CompeteSAE as run and of the sparsity-matched standard SAE (the rows of the unlearning claims and of the
+# of CompeteSAE as run and of the standard SAE (λ norm-matched) (the rows of the unlearning claims and of the
 # seed-stability check). Its SAEBench sweep costs about seven times the CPU time of training an SAE, so the
 # other rows go without it.
 #

@@ -7,7 +7,7 @@ Small synthetic results tables (core + absorption + SCR only) with a known struc
 
 * ``compete_described`` (5 seeds) has absorption 0.030, its twin ``topk_k100`` 0.040 and its L1 control
   ``topk_k100_l1`` 0.029: better than plain TopK, not better than its L1 control;
-* ``relu_l1_matched`` (L0-matched) has absorption 0.060 and the literal ``relu_l1`` 0.005;
+* ``relu_l1_matched`` (λ norm-matched) has absorption 0.060 and the literal ``relu_l1`` 0.005;
 * seed s of a 5-seed group is base + (s − 2)·SD, SD = 0.001 (absorption), 0.01 (SCR).
 """
 from __future__ import annotations

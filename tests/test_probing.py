@@ -1,4 +1,5 @@
 """Sparse probing and the pooled-activation cache, on inputs with known answers."""
+import hashlib
 import math
 from collections import Counter
 
@@ -133,6 +134,21 @@ def test_load_or_build_reuses_cache_without_the_model(tiny_model, tmp_path):
     assert torch.equal(first.acts_TD, second.acts_TD) and torch.equal(first.xbar_ND, second.xbar_ND)
     pooled_mod.load_or_build(getter, texts[:1], **kw)
     assert calls == [1, 1] and len(list(tmp_path.rglob("demo-*.safetensors"))) == 2
+
+
+def test_rebuilt_cache_file_is_byte_identical(tiny_model, tmp_path):
+    """A rebuild writes the same bytes (no build time or hit flag in the file), so DVC sees no change."""
+    texts = ["one text", "another text", "a third one"]
+    digests = []
+    for run in ("a", "b"):
+        built = pooled_mod.load_or_build(tiny_model, texts, model_name=tiny_model.name, layer=1,
+                                         cache_dir=tmp_path / run, name="demo")
+        assert not built.meta["cache_hit"] and built.meta["build_seconds"] >= 0
+        (path,) = (tmp_path / run).rglob("demo-*.safetensors")
+        digests.append(hashlib.md5(path.read_bytes()).hexdigest())
+        stored = PooledActs.load(path).meta
+        assert not set(pooled_mod.RUN_ONLY_META) & set(stored) and stored["n_examples"] == 3
+    assert digests[0] == digests[1]
 
 
 def test_probing_config_from_params_and_skip_message(monkeypatch, tmp_path):

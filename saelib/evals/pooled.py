@@ -83,7 +83,7 @@ class PooledActs:
         key = self.meta.get("fingerprint")
         if not key:
             raise ValueError("PooledActs.save needs meta['fingerprint'] (the cache key); use load_or_build")
-        meta = {k: v for k, v in self.meta.items() if k != "cache_hit"}
+        meta = {k: v for k, v in self.meta.items() if k not in RUN_ONLY_META}
         return save_cached(path, key, {"acts_TD": self.acts_TD, "offsets_N1": self.offsets_N1,
                                        "xbar_ND": self.xbar_ND}, meta)
 
@@ -156,6 +156,12 @@ def build_pooled(model, texts: Sequence[str], layer: int, *, cfg: PooledConfig |
             "n_tokens": int(acts_TD.shape[0]), "n_truncated": int(sum(len(x) >= cfg.context for x in ids)),
             "build_seconds": round(time.time() - start, 2)}
     return PooledActs(acts_TD, offsets_N1, None, meta)
+
+
+RUN_ONLY_META = ("cache_hit", "build_seconds")
+"""Meta keys that describe this process's run (was the cache hit, how long the build took), not the
+activations: kept in memory, never written, so a rebuild on any machine writes a byte-identical file
+when the activations are identical (DVC compares caches by md5)."""
 
 
 def cache_path(cache_dir: str | Path, *, model: str, layer: int, context: int, name: str, fingerprint: str) -> Path:

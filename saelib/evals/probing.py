@@ -467,7 +467,8 @@ def per_task_table(result: dict):
 
 
 def tasks_summary(prep: ProbingPrep):
-    """Per task: classes, train/test examples per class, kept tokens and cache build time (pandas)."""
+    """Per task: classes, train/test examples per class and kept tokens (pandas). Run facts (cache hit,
+    build time) stay out so the saved table is the same on every rebuild."""
     import pandas as pd
 
     rows = []
@@ -477,9 +478,7 @@ def tasks_summary(prep: ProbingPrep):
         rows.append({"task": name, "source": td.source.name, "classes": len(counts),
                      "train_per_class": int(counts["train"].min()), "test_per_class": int(counts["test"].min()),
                      "examples": len(td.rows), "mean_tokens": round(float(toks.float().mean()), 1),
-                     "truncated_share": round(float((toks >= prep.cfg.data.pooled.context - 1).float().mean()), 3),
-                     "cache_build_s": td.source.pooled.meta.get("build_seconds"),
-                     "cache_hit": td.source.pooled.meta.get("cache_hit")})
+                     "truncated_share": round(float((toks >= prep.cfg.data.pooled.context - 1).float().mean()), 3)})
     return pd.DataFrame(rows)
 
 

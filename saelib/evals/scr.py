@@ -505,8 +505,7 @@ def clean_table(prep: ScrPrep):
     for name, td in prep.tasks.items():
         quads = {f"{s}_{q}": n for s, d in td.quadrant_counts.items() for q, n in d.items()}
         rows.append({"task": name, "q_train": td.side.sets.q["train"], "q_test": td.side.sets.q["test"],
-                     **quads, **{f"acc_{k}": round(v, 4) for k, v in td.side.clean.items()},
-                     "cache_build_s": td.source.pooled.meta.get("build_seconds")})
+                     **quads, **{f"acc_{k}": round(v, 4) for k, v in td.side.clean.items()}})
     return pd.DataFrame(rows)
 
 

@@ -33,11 +33,12 @@ def prepare(run: dict[str, Any], cache_dir: str | Path, *, model: LoadedModel | 
 
 
 def tasks_table(prep: Prepared) -> pd.DataFrame:
-    """One row per prepared dataset: classes (labels 0 and 1), split sizes, the residual baseline."""
+    """One row per prepared dataset: classes (labels 0 and 1), split sizes, the residual baseline (no cache
+    hit flag: the saved table must not depend on whether the cache existed)."""
     rows = {}
     for name, td in prep.data.tasks.items():
         row = {"class_0": td.classes[0], "class_1": td.classes[1], "n_train": int(len(td.y_train)),
-               "n_test": int(len(td.y_test)), "positives_train": int(td.y_train.sum()), "cache_hit": td.cache_hit}
+               "n_test": int(len(td.y_test)), "positives_train": int(td.y_train.sum())}
         if td.llm is not None:
             row.update({"llm_test_accuracy": td.llm["test_acc"], "llm_test_auc": td.llm["test_auc"],
                         "llm_test_f1": td.llm["test_f1"], "llm_C": td.llm["C"]})
