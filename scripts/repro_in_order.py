@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -142,6 +143,31 @@ def other_activations_message(profile: str) -> str:
         "scripts/run_provenance.py says which row ran where; add this machine's md5s to docs/run_machines.yaml).")
 
 
+def lock_problem(path: Path) -> str | None:
+    """Why ``path`` (dvc.lock) cannot be trusted, or None. A missing file is fine (nothing recorded yet); an
+    empty or unparsable one is not: a machine that stops hard while DVC rewrites the lock can leave it
+    truncated, and resuming from it would silently re-run every finished stage (seen in session 14)."""
+    if not path.exists():
+        return None
+    try:
+        text = path.read_text()
+        lock = yaml.safe_load(text) if text.strip() else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        return f"{path} cannot be read ({type(err).__name__}: {err})"
+    if not isinstance(lock, dict) or not isinstance(lock.get("stages"), dict):
+        return f"{path} is empty or has no `stages:` mapping ({len(text)} bytes)"
+    return None
+
+
+def run_and_sync(cmd: list[str]) -> int:
+    """Run one dvc command in the repository and flush the file system afterwards, so the dvc.lock it
+    rewrote is on disk before the next stage starts (a hard stop then costs at most the running stage)."""
+    rc = subprocess.call(cmd, cwd=ROOT)
+    if hasattr(os, "sync"):
+        os.sync()
+    return rc
+
+
 def dvc_status(stages: list[str]) -> dict:
     """``dvc status --json`` for ``stages`` (one call, so the caches are hashed once)."""
     out = subprocess.run(["dvc", "status", "--json", *stages], cwd=ROOT, check=True, capture_output=True, text=True)
@@ -160,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
                     "activations extracted here differ from those of the finished rows (another kind of machine), "
                     "keep those rows and run the missing ones here (scripts/run_provenance.py lists which ran where)")
     args = ap.parse_args(argv)
+    if problem := lock_problem(ROOT / "dvc.lock"):
+        print(f"stopped: {problem}. Restore the committed lock with `git checkout dvc.lock` and re-run this "
+              "script: DVC then re-runs only the stages whose outputs differ from it.", file=sys.stderr)
+        return 2
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     lists = foreach_lists(yaml.safe_load((ROOT / "dvc.yaml").read_text()), params)
     per_sae = [s for s in PER_SAE if s in lists]
@@ -176,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             # finished rows are kept only if this machine extracts the same activations they were trained on
             before = read_fingerprint(params["profile"], rev="HEAD")
             print("+ dvc repro extract", flush=True)
-            if subprocess.call(["dvc", "repro", "extract"], cwd=ROOT) != 0:
+            if run_and_sync(["dvc", "repro", "extract"]) != 0:
                 print("stopped: `dvc repro extract` failed; fix it and re-run this script to resume", file=sys.stderr)
                 return 1
             if before and before != read_fingerprint(params["profile"]) and not args.allow_new_activations:
@@ -187,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         commands.append(["dvc", "repro", "--single-item", "figures"] if args.unfinished_only else ["dvc", "repro"])
     for cmd in commands:
         print("+", " ".join(cmd), flush=True)
-        if not args.dry and subprocess.call(cmd, cwd=ROOT) != 0:
+        if not args.dry and run_and_sync(cmd) != 0:
             print(f"stopped: `{' '.join(cmd)}` failed; fix it and re-run this script to resume", file=sys.stderr)
             return 1
     return 0

@@ -245,6 +245,25 @@ def test_unfinished_only_stops_when_this_machine_extracts_other_activations(monk
     assert calls[0] == ["dvc", "repro", "extract"] and len(calls) > 2
 
 
+def test_truncated_dvc_lock_stops_the_resume_with_the_fix(tmp_path, monkeypatch, capsys):
+    """An empty or garbled dvc.lock (a hard stop during DVC's rewrite) must not start a resume that would
+    re-run every finished stage; a missing one is a first run."""
+    mod = load_script("repro_in_order")
+    lock = tmp_path / "dvc.lock"
+    assert mod.lock_problem(lock) is None
+    lock.write_text("schema: '2.0'\nstages:\n  extract:\n    cmd: python x.py\n")
+    assert mod.lock_problem(lock) is None
+    for bad in ("", "\n\n", "schema: '2.0'\n", "stages: [\n", "- a\n- b\n"):
+        lock.write_text(bad)
+        assert mod.lock_problem(lock), repr(bad)
+    lock.write_text("")
+    monkeypatch.setattr(mod, "ROOT", tmp_path)
+    monkeypatch.setattr(mod.subprocess, "call", lambda *a, **k: pytest.fail("nothing may run on a truncated lock"))
+    assert mod.main(["--unfinished-only"]) == 2
+    err = capsys.readouterr().err
+    assert "git checkout dvc.lock" in err and str(lock) in err
+
+
 def test_unlearning_variants_are_trained_variants():
     """unlearning@<v> needs checkpoints/<p>/<v>/sae, which only train@<v> writes."""
     run = yaml.safe_load((ROOT / "params.yaml").read_text())["run_variants"]
