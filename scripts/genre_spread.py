@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    P = load_params(args.profile)
+    P = load_params(args.profile, path=ROOT / "params.yaml")
     run = P["run"]
     if run.get("corpus") != "offline":
         print(f"profile {args.profile!r} reads the {run.get('corpus')!r} corpus; per-genre rows exist only for 'offline'",
