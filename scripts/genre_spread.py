@@ -3,6 +3,7 @@
 bootstrap of the worst-to-best KL gap (issue #12's per-genre target).
 
     .venv/bin/python scripts/genre_spread.py [--profile default] [--per-genre 32] [--out FILE] topk topk_s1 ...
+    .venv/bin/python scripts/genre_spread.py topk --sae other=/path/to/clone/checkpoints/default/topk/sae
 
 The train stage scores each genre on the profile's held-out split: on the default profile 8 sequences per
 genre, and its KL/CE splice on the genre's rows among the first `core.n_kl_sequences` (4 per genre), too few
@@ -70,6 +71,19 @@ def bootstrap_gap(ss: SpliceSums, rows: dict[str, list[int]], n_boot: int = 1000
     return {"sd": float(t.std()), "lo": float(t.quantile(0.025)), "hi": float(t.quantile(0.975)), "n_boot": n_boot}
 
 
+def sae_folders(specs: list[str]) -> dict[str, Path]:
+    """``{label: folder}`` from ``--sae LABEL=FOLDER`` arguments; ``ValueError`` for a malformed or repeated label."""
+    out: dict[str, Path] = {}
+    for spec in specs:
+        label, sep, folder = (part.strip() for part in spec.partition("="))
+        if not sep or not label or not folder:
+            raise ValueError(f"--sae {spec!r}: expected LABEL=FOLDER, e.g. --sae mix=/tmp/exp/checkpoints/default/topk/sae")
+        if label in out:
+            raise ValueError(f"--sae: label {label!r} given twice")
+        out[label] = Path(folder).expanduser()
+    return out
+
+
 def stored_check(P: dict, variant: str, ss: SpliceSums, genres: list[str], n_extracted: int) -> float | None:
     """Largest difference between the per-genre KL scores the train stage stored for ``variant`` and this
     script's on the same rows (the genre's rows among the first ``core.n_kl_sequences`` of the extracted
@@ -90,7 +104,10 @@ def stored_check(P: dict, variant: str, ss: SpliceSums, genres: list[str], n_ext
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("variants", nargs="+", help="SAEs to score (names in checkpoints/<profile>/)")
+    ap.add_argument("variants", nargs="*", help="SAEs to score (names in checkpoints/<profile>/)")
+    ap.add_argument("--sae", action="append", default=[], metavar="LABEL=FOLDER",
+                    help="also score the SAE saved in FOLDER (cfg.json + safetensors, e.g. one trained in another "
+                         "clone on another corpus or budget) under LABEL; repeatable")
     ap.add_argument("--profile", default="default")
     ap.add_argument("--per-genre", type=int, default=32, help="held-out sequences per genre (default 32)")
     ap.add_argument("--n-boot", type=int, default=1000)
@@ -102,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     from saelib.config import load_params
     from saelib.data.corpus import GENRES, heldout_by_genre
     from saelib.extract import ExtractConfig
-    from saelib.hooks import splice_sums
+    from saelib.hooks import clean_final_hidden, splice_sums
     from saelib.io import atomic_write_json
     from saelib.models import load_model
     from saelib.sae import load_sae
@@ -116,6 +133,14 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     folders = {v: P["paths"]["checkpoints"] / v / "sae" for v in args.variants}
+    try:
+        folders.update(sae_folders(args.sae))
+    except ValueError as err:
+        print(err, file=sys.stderr)
+        return 2
+    if not folders:
+        print("nothing to score: name variants and/or --sae LABEL=FOLDER", file=sys.stderr)
+        return 2
     missing = [str(f) for f in folders.values() if not f.is_dir()]
     if missing:
         print(f"no trained SAE at {', '.join(missing)}: run `dvc repro train@<variant>` first", file=sys.stderr)
@@ -141,16 +166,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"(no cross-check against the extracted held-out cache: {err})")
 
     t0 = time.perf_counter()
+    clean = clean_final_hidden(model, tokens, layer, batch_size=batch)  # once for every patch below
     zeros = splice_sums(model, tokens, layer, {"zero": torch.zeros_like, "zero_keep_bos": torch.zeros_like},
-                        batch_size=batch, patch_everywhere=("zero",), saebench_positions=True)
-    print(f"zero-ablation baselines: {time.perf_counter() - t0:.0f} s")
+                        batch_size=batch, patch_everywhere=("zero",), saebench_positions=True, clean_hidden_NSD=clean)
+    print(f"clean run and zero-ablation baselines: {time.perf_counter() - t0:.0f} s")
     report: dict = {"profile": args.profile, "per_genre": args.per_genre, "n_sequences": int(tokens.shape[0]),
                     "context": ecfg.context, "variants": {}}
     for v, folder in folders.items():
         t0 = time.perf_counter()
         sae = load_sae(folder, expect_d_in=model.d_model).eval()
         own = splice_sums(model, tokens, layer, {"sae": lambda x_ND: sae.decode(sae.encode(x_ND)).to(x_ND.device)},
-                          batch_size=batch, saebench_positions=True)  # the patch evaluate_core splices
+                          batch_size=batch, saebench_positions=True, clean_hidden_NSD=clean)  # evaluate_core's patch
         ss = own.with_patches(zeros)
         scores = genre_scores(ss, rows)
         worst, best, gap = kl_gap(scores)
@@ -160,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         for g, s in scores.items():
             print(f"  {g:<13} KL score {s['kl_score']:.4f}  CE score {s['ce_score']:.4f}  ({s['n_sequences']} sequences)")
         print(f"  KL gap {best} - {worst}: {gap:.4f} (bootstrap SD {boot['sd']:.4f}, 95% [{boot['lo']:.4f}, {boot['hi']:.4f}])")
-        stored = stored_check(P, v, ss, genres, n_extracted)
+        stored = stored_check(P, v, ss, genres, n_extracted) if v in args.variants else None
         if stored is not None:
             print(f"  on the train stage's own rows: max |KL score - results/{args.profile}/core/{v}.json per_genre| = {stored:.1e}")
         report["variants"][v] = {"kl_score": overall["kl_score"], "ce_score": overall["ce_score"], "per_genre": scores,

@@ -54,3 +54,16 @@ def test_missing_checkpoint_is_refused_with_the_command_that_trains_it(capsys):
     assert gs.main(["no_such_variant", "--profile", "smoke"]) == 2
     err = capsys.readouterr().err
     assert "no_such_variant" in err and "dvc repro train@<variant>" in err
+
+
+def test_sae_folders_parse_labels_and_refuse_malformed_or_repeated_ones(tmp_path, capsys):
+    assert gs.sae_folders([f"mix={tmp_path}/a", "tokens4m = /x/y"]) == {"mix": tmp_path / "a", "tokens4m": gs.Path("/x/y")}
+    for bad in (["nolabel"], ["=/x"], ["a="], ["a=/x", "a=/y"]):
+        with pytest.raises(ValueError, match="--sae"):
+            gs.sae_folders(bad)
+    assert gs.main(["--profile", "smoke", "--sae", "broken"]) == 2
+    assert "LABEL=FOLDER" in capsys.readouterr().err
+    assert gs.main(["--profile", "smoke"]) == 2
+    assert "nothing to score" in capsys.readouterr().err
+    assert gs.main(["--profile", "smoke", "--sae", f"gone={tmp_path}/none"]) == 2  # a missing folder is refused too
+    assert "none" in capsys.readouterr().err
