@@ -134,7 +134,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     folders = {v: P["paths"]["checkpoints"] / v / "sae" for v in args.variants}
     try:
-        folders.update(sae_folders(args.sae))
+        extra = sae_folders(args.sae)
+        clash = sorted(set(extra) & set(folders))
+        if clash:
+            raise ValueError(f"--sae label(s) {clash} also named as variants: pick other labels")
+        folders.update(extra)
     except ValueError as err:
         print(err, file=sys.stderr)
         return 2

@@ -63,6 +63,8 @@ def test_sae_folders_parse_labels_and_refuse_malformed_or_repeated_ones(tmp_path
             gs.sae_folders(bad)
     assert gs.main(["--profile", "smoke", "--sae", "broken"]) == 2
     assert "LABEL=FOLDER" in capsys.readouterr().err
+    assert gs.main(["topk", "--profile", "smoke", "--sae", f"topk={tmp_path}"]) == 2  # a label that shadows a variant
+    assert "also named as variants" in capsys.readouterr().err
     assert gs.main(["--profile", "smoke"]) == 2
     assert "nothing to score" in capsys.readouterr().err
     assert gs.main(["--profile", "smoke", "--sae", f"gone={tmp_path}/none"]) == 2  # a missing folder is refused too
