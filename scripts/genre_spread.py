@@ -3,7 +3,7 @@
 bootstrap of the worst-to-best KL gap (issue #12's per-genre target).
 
     .venv/bin/python scripts/genre_spread.py [--profile default] [--per-genre 32] [--out FILE] topk topk_s1 ...
-    .venv/bin/python scripts/genre_spread.py topk --sae other=/path/to/clone/checkpoints/default/topk/sae
+    .venv/bin/python scripts/genre_spread.py topk --sae other=/path/to/clone/checkpoints/default/topk/sae --by-source
 
 The train stage scores each genre on the profile's held-out split: on the default profile 8 sequences per
 genre, and its KL/CE splice on the genre's rows among the first `core.n_kl_sequences` (4 per genre), too few
@@ -48,6 +48,13 @@ def genre_scores(ss: SpliceSums, rows: dict[str, list[int]]) -> dict[str, dict[s
         sc = splice_scores(ss.rows(idx).result())
         out[g] = {"kl_score": sc["kl_score"], "ce_score": sc["ce_score"], "n_sequences": len(idx)}
     return out
+
+
+def source_labels(genres: list[str], sources: list[str]) -> list[str]:
+    """``"genre/source"`` per row, for :func:`genre_rows` (per-source scores within each genre)."""
+    if len(genres) != len(sources):
+        raise ValueError(f"{len(genres)} genre labels for {len(sources)} source labels")
+    return [f"{g}/{src}" for g, src in zip(genres, sources)]
 
 
 def kl_gap(scores: dict[str, dict[str, float]]) -> tuple[str, str, float]:
@@ -112,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-genre", type=int, default=32, help="held-out sequences per genre (default 32)")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--by-source", action="store_true",
+                    help="also print each source's KL/CE scores within its genre (rows labelled by the source "
+                         "that gave most of their tokens)")
     ap.add_argument("--out", type=Path, help="write the figures to this JSON file")
     args = ap.parse_args(argv)
 
@@ -190,11 +200,15 @@ def main(argv: list[str] | None = None) -> int:
         for g, s in scores.items():
             print(f"  {g:<13} KL score {s['kl_score']:.4f}  CE score {s['ce_score']:.4f}  ({s['n_sequences']} sequences)")
         print(f"  KL gap {best} - {worst}: {gap:.4f} (bootstrap SD {boot['sd']:.4f}, 95% [{boot['lo']:.4f}, {boot['hi']:.4f}])")
+        by_source = genre_scores(ss, genre_rows(source_labels(genres, packed.sources))) if args.by_source else None
+        for label, sc in sorted((by_source or {}).items()):
+            print(f"    {label:<34} KL score {sc['kl_score']:.4f}  CE score {sc['ce_score']:.4f}  ({sc['n_sequences']} sequences)")
         stored = stored_check(P, v, ss, genres, n_extracted) if v in args.variants else None
         if stored is not None:
             print(f"  on the train stage's own rows: max |KL score - results/{args.profile}/core/{v}.json per_genre| = {stored:.1e}")
         report["variants"][v] = {"kl_score": overall["kl_score"], "ce_score": overall["ce_score"], "per_genre": scores,
-                                 "worst": worst, "best": best, "kl_gap": gap, "kl_gap_bootstrap": boot}
+                                 "worst": worst, "best": best, "kl_gap": gap, "kl_gap_bootstrap": boot,
+                                 "per_source": by_source}
     if args.out:
         atomic_write_json(args.out, report)
         print(f"\nwrote {args.out}")

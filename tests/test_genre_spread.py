@@ -33,6 +33,14 @@ def test_genre_scores_pool_token_sums_within_each_genre():
     assert scores["b"]["kl_score"] == pytest.approx(0.5)
     assert scores["a"]["ce_score"] == pytest.approx(0.5) and scores["b"]["n_sequences"] == 2
     assert gs.kl_gap(scores) == ("b", "a", pytest.approx(0.4))
+    # per source within a genre: the same pooling over rows labelled genre/source
+    labels = gs.source_labels(["a", "b", "a", "b"], ["x", "y", "z", "y"])
+    assert labels == ["a/x", "b/y", "a/z", "b/y"]
+    by_source = gs.genre_scores(ss, gs.genre_rows(labels))
+    assert by_source["a/x"]["kl_score"] == pytest.approx(0.9) and by_source["a/z"]["kl_score"] == pytest.approx(0.9)
+    assert by_source["b/y"]["kl_score"] == pytest.approx(0.5) and by_source["b/y"]["n_sequences"] == 2
+    with pytest.raises(ValueError, match="source labels"):
+        gs.source_labels(["a"], [])
 
 
 def test_bootstrap_of_the_gap_is_exact_when_rows_agree_and_spreads_when_they_do_not():
