@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     from saelib.config import load_params
     from saelib.data.corpus import GENRES, heldout_by_genre
     from saelib.extract import ExtractConfig
-    from saelib.hooks import clean_final_hidden, splice_sums
+    from saelib.evals.core_baseline import compute_core_baseline
+    from saelib.hooks import splice_sums
     from saelib.io import atomic_write_json
     from saelib.models import load_model
     from saelib.sae import load_sae
@@ -180,9 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"(no cross-check against the extracted held-out cache: {err})")
 
     t0 = time.perf_counter()
-    clean = clean_final_hidden(model, tokens, layer, batch_size=batch)  # once for every patch below
-    zeros = splice_sums(model, tokens, layer, {"zero": torch.zeros_like, "zero_keep_bos": torch.zeros_like},
-                        batch_size=batch, patch_everywhere=("zero",), saebench_positions=True, clean_hidden_NSD=clean)
+    # the SAE-independent runs once for every SAE below: clean hidden states and both zero-ablation baselines
+    baseline = compute_core_baseline(model, tokens, layer, n_kl_sequences=None, batch_size=batch)
+    clean, zeros = baseline.clean_hidden_NSD, baseline.sums
     print(f"clean run and zero-ablation baselines: {time.perf_counter() - t0:.0f} s")
     report: dict = {"profile": args.profile, "per_genre": args.per_genre, "n_sequences": int(tokens.shape[0]),
                     "context": ecfg.context, "variants": {}}
