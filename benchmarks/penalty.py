@@ -10,7 +10,8 @@ penalty's cost includes its backward. Variants (``--variants``):
 ``none``; ``ortho_run`` / ``compete_run`` (as run: per-batch statistics, mean over F², diagonal);
 ``compete_desc`` (as described: EMA of the coefficients — a dense F×F fp32 buffer up to
 ``ema_dense_max_mb``, 1.27 GiB at F = 18432 — plus the L1 term); ``ortho_dec`` (decoder-cosine target);
-``dense_run`` (the as-run 004 penalty written as the original code did: B×F mask, MᵀM, min-count
+``ortho_run_torch`` / ``compete_run_torch`` (the same with ``backend="torch"``: the pair pass as torch
+ops instead of the compiled kernel, for the ratio between the two); ``dense_run`` (the as-run 004 penalty written as the original code did: B×F mask, MᵀM, min-count
 matrix, fᵀf, all F×F fp32; run by default only when F <= 8192, else with ``--dense``).
 
 Time: every variant shares one SAE and runs interleaved (none, ortho_run, ..., none, ...) so that
@@ -48,7 +49,8 @@ from saelib.sae import TopKConfig, make_sae  # noqa: E402
 from saelib.train import TrainConfig, make_optimizer, train_step  # noqa: E402
 from train_step import parse_shape  # noqa: E402  (benchmarks/train_step.py: this folder is sys.path[0])
 
-VARIANTS = ("none", "ortho_run", "compete_run", "compete_desc", "ortho_dec", "dense_run")
+VARIANTS = ("none", "ortho_run", "compete_run", "ortho_run_torch", "compete_run_torch", "compete_desc", "ortho_dec",
+            "dense_run")
 
 
 class DenseAsRunPenalty:
@@ -83,6 +85,9 @@ def build_penalty(variant: str, F: int, k: int, ramp_steps: int):
         "compete_run": PenaltyConfig(kind="competition", reading="as_run", ramp_steps=ramp_steps),
         "compete_desc": PenaltyConfig(kind="competition", reading="as_described", ramp_steps=ramp_steps),
         "ortho_dec": PenaltyConfig(kind="orthogonality", reading="as_run", target="decoder"),
+        "ortho_run_torch": PenaltyConfig(kind="orthogonality", reading="as_run", backend="torch"),
+        "compete_run_torch": PenaltyConfig(kind="competition", reading="as_run", ramp_steps=ramp_steps,
+                                           backend="torch"),
     }[variant]
     return make_penalty(cfg, F, k)
 
@@ -246,7 +251,7 @@ def main() -> None:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         ap.error(f"unknown variants {unknown}; choose from {VARIANTS}")
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()} (penalty: PenaltyConfig.threads = 1), "
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()} (penalty: PenaltyConfig defaults), "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, load avg {os.getloadavg()[0]:.1f}")
     rows = []
     for d, F, k in args.shapes:

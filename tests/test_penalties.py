@@ -98,17 +98,19 @@ CASES = list(itertools.product(
     [1 << 22, 170],  # one block / many blocks (170 bins -> 3 latents per block at F = 50)
     [0.0, 0.3],  # TopK / padded active set
 ))
+# the compiled kernel has no blocks: one bins value
+BACKEND_CASES = [c + ("torch",) for c in CASES] + [c + ("kernel",) for c in CASES if c[3] == 1 << 22]
 
 
-@pytest.mark.parametrize("kind,norm_diag,target,bins,pad", CASES)
-def test_sparse_matches_dense_reference(kind, norm_diag, target, bins, pad):
+@pytest.mark.parametrize("kind,norm_diag,target,bins,pad,backend", BACKEND_CASES)
+def test_sparse_matches_dense_reference(kind, norm_diag, target, bins, pad, backend):
     normalise, diag = norm_diag
     B, F, K, D = 40, 50, 6, 8
     idx, v = topk_batch(B, F, K, seed=CASES.index((kind, norm_diag, target, bins, pad)), pad_frac=pad)
     W0 = torch.randn(F, D, generator=torch.Generator().manual_seed(1))
     val, W = v.clone().requires_grad_(True), W0.clone().requires_grad_(True)
     res = coactivation_penalty(idx, val, F, kind=kind, k=K, normalise=normalise, include_diagonal=diag,
-                               target=target, W_dec_FD=W, padded=pad > 0, block_bins=bins)
+                               target=target, W_dec_FD=W, padded=pad > 0, block_bins=bins, backend=backend)
     res.value.backward()
     val_r, W_r = v.clone().requires_grad_(True), W0.clone().requires_grad_(True)
     p_ref, _, W_ref, n = ref_penalty(idx, val_r, F, kind=kind, k=K, normalise=normalise,
@@ -144,6 +146,50 @@ def test_block_cuts_do_not_change_the_result(kind):
         torch.testing.assert_close(value, results[0][0], rtol=1e-6, atol=0)
         torch.testing.assert_close(grad, results[0][1], rtol=1e-5, atol=1e-9)
         assert int(pairs) == int(results[0][2])
+
+
+@pytest.mark.parametrize("kind", ["orthogonality", "competition"])
+def test_kernel_matches_torch_pass_at_training_scale(kind):
+    """On a TopK-shaped batch with skewed latent frequencies (B = 512, F = 1024, K = 32) the compiled
+    kernel and the torch block pass give the same value, gradient and pair count (float rounding), and
+    the kernel's result is bit-identical for 1, 2 and 3 threads (sums per latent, totals in latent order)."""
+    B, F, K = 512, 1024, 32
+    g = torch.Generator().manual_seed(5)
+    freq = torch.rand(F, generator=g) ** 4 + 1e-3  # a few hot latents, a long tail
+    idx = torch.multinomial(freq.expand(B, F), K, replacement=False, generator=g)
+    v = torch.rand(B, K, generator=g) * 3
+    out = {}
+    for backend, threads in [("torch", 1), ("kernel", 1), ("kernel", 2), ("kernel", 3)]:
+        val = v.clone().requires_grad_(True)
+        res = coactivation_penalty(idx, val, F, kind=kind, k=K, tau=0.6, backend=backend, threads=threads)
+        res.value.backward()
+        out[backend, threads] = (res.value.detach(), val.grad, int(res.pairs), res.coact_stat)
+    ref = out["torch", 1]
+    assert float(ref[0]) > 0 and ref[2] > 0
+    for key in [("kernel", 1), ("kernel", 2), ("kernel", 3)]:
+        value, grad, pairs, stat = out[key]
+        torch.testing.assert_close(value, ref[0], rtol=1e-5, atol=0)
+        torch.testing.assert_close(stat, ref[3], rtol=1e-5, atol=0)
+        torch.testing.assert_close(grad, ref[1], rtol=1e-4, atol=1e-6 * float(ref[1].abs().max()))
+        assert pairs == ref[2]
+    for key in [("kernel", 2), ("kernel", 3)]:
+        assert torch.equal(out[key][0], out["kernel", 1][0]) and torch.equal(out[key][1], out["kernel", 1][1])
+
+
+def test_backend_choice_and_errors():
+    """"auto" takes the kernel for per-batch weights on CPU and the torch pass for the EMA reading;
+    "kernel" refuses what it cannot run; an unknown backend is named in the error."""
+    from saelib.penalties.sparse import use_kernel
+    cpu = torch.device("cpu")
+    assert use_kernel("auto", cpu, has_ema=False) and not use_kernel("auto", cpu, has_ema=True)
+    assert not use_kernel("torch", cpu, has_ema=False)
+    assert not use_kernel("auto", torch.device("meta"), has_ema=False)
+    with pytest.raises(ValueError, match="per-batch weights only"):
+        use_kernel("kernel", cpu, has_ema=True)
+    with pytest.raises(ValueError, match="backend"):
+        use_kernel("numba", cpu, has_ema=False)
+    with pytest.raises(ValueError, match="backend"):
+        resolve_config(PenaltyConfig(kind="orthogonality", backend="cuda"))
 
 
 def test_gradient_matches_finite_differences():
@@ -512,3 +558,22 @@ def test_l1_control_has_only_the_l1_term():
     torch.testing.assert_close(val.grad, torch.full_like(v, 0.04 / 16))
     with pytest.raises(ValueError, match="lam must be 0"):
         resolve_config(PenaltyConfig(kind="l1", lam=0.1))
+
+
+def test_kernel_refuses_a_latent_listed_twice_in_a_token():
+    """n_ij and D_ij assume a set of active latents per token: the kernel names a repeated latent instead of
+    returning a silently different sum; out-of-range indices are refused before its unchecked loops."""
+    from saelib.penalties import kernel
+    idx = torch.tensor([[0, 3, 5], [2, 3, 3]])
+    v = torch.ones(2, 3)
+    with pytest.raises(ValueError, match=r"latent\(s\) \[3\] twice"):
+        kernel.pair_pass(idx, v, 8, padded=False, kind="orthogonality", k=3, tau=0.0, want_grad=True,
+                         want_q=False, threads=1)
+    with pytest.raises(ValueError, match="must lie in"):
+        kernel.pair_pass(idx + 6, v, 8, padded=False, kind="orthogonality", k=3, tau=0.0, want_grad=True,
+                         want_q=False, threads=1)
+    pad = torch.tensor([[0, 8, 8], [2, 3, 8]])  # the padding index may repeat; padding slots carry nothing
+    off, pairs, g, _ = kernel.pair_pass(pad, v, 8, padded=True, kind="orthogonality", k=3, tau=0.0,
+                                        want_grad=True, want_q=False, threads=1)
+    # only (2, 3) co-fire: w = 1, B D = 1 in both rows; slot gradients W (B D) f_partner = 1
+    assert off == 2.0 and g.tolist() == [0.0, 0.0, 0.0, 1.0, 1.0, 0.0]

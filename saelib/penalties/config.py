@@ -14,6 +14,7 @@ READINGS = ("as_run", "as_described")
 TARGETS = ("activations", "decoder")
 NORMALISATIONS = ("mean", "sum")
 EMA_STORAGES = ("auto", "dense", "sparse")
+BACKENDS = ("auto", "kernel", "torch")
 
 
 # --------------------------------------------------------------------------------------- config
@@ -69,11 +70,17 @@ class PenaltyConfig:
     block_instances: int = 1 << 20
     """Instances (slots x K) per block, about: bounds the block's temporaries (~8 fp32 arrays of this
     size, 32 MB at 1M) even when one latent fires on every token."""
-    threads: int | None = 1
-    """torch intra-op threads while the penalty runs (restored after). Its work is small memory-bound
-    scatters/gathers and sorts: on the 2-core box 2 threads were no faster than 1 when it was idle,
-    and 3-100x slower when another process held a core (OpenMP spin barriers; e.g. a 57k-element
-    argsort took 200 ms instead of 2 ms). ``None`` leaves torch's setting."""
+    threads: int | None = None
+    """Threads for the pair pass. The compiled kernel splits the latents into this many ranges (its
+    results do not depend on the count). The torch block pass runs with this many intra-op threads
+    (restored after); its small memory-bound scatters were no faster on 2 threads than on 1 and
+    3-100x slower when another process held a core (OpenMP spin barriers), so set 1 when it runs on
+    a busy machine. ``None``: torch's current thread count."""
+    backend: str = "auto"
+    """Pair-pass implementation: "kernel" (compiled numba loop, :mod:`saelib.penalties.kernel`; CPU
+    tensors, per-batch weights) | "torch" (the block pass of torch ops; any device, the EMA reading) |
+    "auto" (the kernel where it applies and numba is installed, else torch). Both compute the same sums
+    (tests: agreement to float rounding); the kernel is 5-10x faster on CPU (``benchmarks/penalty.py``)."""
 
 
 _BASE_DEFAULTS: dict[str, Any] = dict(
@@ -131,6 +138,7 @@ def resolve_config(cfg: PenaltyConfig) -> PenaltyConfig:
         raise ValueError(f"kind='l1' has no co-activation term: lam must be 0, got {out.lam}")
     if out.ema_decay > 0 and out.kind != "competition":
         raise ValueError("ema_decay > 0 is only defined for kind='competition' (the EMA tracks c_ij)")
+    _check_choice("backend", out.backend, BACKENDS)
     if out.threads is not None and out.threads < 1:
         raise ValueError(f"threads must be >= 1 or None, got {out.threads}")
     if not 1 <= out.block_bins <= 1 << 30 or out.ema_sparse_capacity < 1 or out.block_instances < 1:

@@ -70,7 +70,7 @@ class CoactivationPenalty(nn.Module):
                     idx, val, self.d_sae, kind=c.kind, k=self.k, tau=c.tau, normalise=c.normalise,
                     include_diagonal=c.include_diagonal, target=c.target, W_dec_FD=W_dec,
                     ema=self.ema, update_ema=self.training, padded=padded, block_bins=c.block_bins,
-                    block_instances=c.block_instances, threads=c.threads,
+                    block_instances=c.block_instances, threads=c.threads, backend=c.backend,
                 )
         coact = res.value * weight
         l1 = val.float().abs().sum(-1).mean() * c.l1_coef if c.l1_coef > 0 else torch.zeros((), device=val.device)
