@@ -122,8 +122,11 @@ if numba is not None:
         return off
 
     @njit(parallel=True, cache=True, boundscheck=False)
-    def _pair_pass(idx, v, rn, order, rows, ptr, cuts, r, thr, want_grad, off_F, pairs_F, g, dup_F):
-        """Activation target: per latent the off-diagonal sum and distinct pairs; per slot the gradient."""
+    def _pair_pass(idx, v, rn, order, rows, ptr, cuts, r, thr, mode, off_F, pairs_F, g, Q, dup_F):
+        """Per latent: the off-diagonal sum (``off_F``), distinct partners (``pairs_F``) and a repeated-latent
+        flag (``dup_F``); then per slot, by ``mode``: 0 nothing more, 1 the activation target's gradient
+        ``g``, 2 the decoder target's instance weights ``Q[(b, a), c] = W_ij / n_ij`` (0 for c == a; pass
+        ``v`` = 1, and ``off_F`` is then not the penalty's)."""
         K = idx.shape[1]
         idx_f = idx.ravel()
         v_f = v.ravel()
@@ -136,42 +139,23 @@ if numba is not None:
                     continue
                 m = _scatter_row(idx_f, v_f, order, rows, lo, hi, K, row, touched)
                 dup_F[i] = row[np.uint64(i), 0] != np.float32(hi - lo)  # i twice in one token's set
-                off_F[i] = _pair_row(touched, m, row, i, rn[i], r, thr, True)
-                if want_grad:  # pass 2: slot (b, a)'s gradient sum_c W_ij (B D_ij) f_bj (row[i, 3] = 0)
+                off_F[i] = _pair_row(touched, m, row, i, rn[i], r, thr, mode != 2)
+                if mode != 0:  # pass 2, per slot (b, a); row[i, 3] = 0 drops c == a
                     for p in range(lo, hi):
                         s = np.uint64(order[p])
                         base = np.uint64(rows[p]) * np.uint64(K)
-                        gs = np.float32(0.0)
-                        for c in range(K):
-                            q = base + np.uint64(c)
-                            gs += row[np.uint64(idx_f[q]), 3] * v_f[q]
-                        g[s] = gs
+                        if mode == 1:  # sum_c W_ij (B D_ij) f_bj
+                            gs = np.float32(0.0)
+                            for c in range(K):
+                                q = base + np.uint64(c)
+                                gs += row[np.uint64(idx_f[q]), 3] * v_f[q]
+                            g[s] = gs
+                        else:
+                            for c in range(K):
+                                Q[s, c] = row[np.uint64(idx_f[base + np.uint64(c)]), 3]
                 _clear_row(touched, m, row)
                 pairs_F[i] = m
 
-    @njit(parallel=True, cache=True, boundscheck=False)
-    def _pair_weights(idx, rn, order, rows, ptr, cuts, r, thr, pairs_F, Q, dup_F):
-        """Decoder target: the instance weights ``Q[(b, a), c] = W_ij / n_ij`` (0 for c == a)."""
-        K = idx.shape[1]
-        idx_f = idx.ravel()
-        ones = np.ones(idx_f.shape[0], np.float32)
-        for t in prange(cuts.shape[0] - 1):
-            row = _row_buffer(rn)
-            touched = np.empty(rn.shape[0], np.int32)
-            for i in range(cuts[t], cuts[t + 1]):
-                lo, hi = ptr[i], ptr[i + 1]
-                if lo == hi:
-                    continue
-                m = _scatter_row(idx_f, ones, order, rows, lo, hi, K, row, touched)
-                dup_F[i] = row[np.uint64(i), 0] != np.float32(hi - lo)
-                _pair_row(touched, m, row, i, rn[i], r, thr, False)
-                for p in range(lo, hi):
-                    s = np.uint64(order[p])
-                    base = np.uint64(rows[p]) * np.uint64(K)
-                    for c in range(K):
-                        Q[s, c] = row[np.uint64(idx_f[base + np.uint64(c)]), 3]
-                _clear_row(touched, m, row)
-                pairs_F[i] = m
 
 def _cuts(ptr: np.ndarray, K: int, F: int, parts: int) -> np.ndarray:
     """Latent range boundaries ``[0, ..., F]`` splitting the instances (slots * K) into ``parts`` near-equal
@@ -218,16 +202,13 @@ def pair_pass(idx_BK: Tensor, val_BK: Tensor, F: int, *, padded: bool, kind: str
     comp = KIND_CODES[kind] == 1
     r = np.float32(F / max(k, 1) if comp else 1.0)
     thr = np.float32(tau / (F / max(k, 1)) if comp else -1.0)
-    Q = None
+    mode = 2 if want_q else int(bool(want_grad))
+    Q = np.zeros((B * K if want_q else 0, K), np.float32)
+    vin = np.ones_like(v) if want_q else v  # the weights do not depend on the activations
     prev = numba.get_num_threads()
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     try:
-        if want_q:
-            Q = np.zeros((B * K, K), np.float32)
-            _pair_weights(idx.numpy(), rn, order, rows, ptr, cuts, r, thr, pairs_F, Q, dup_F)
-        else:
-            _pair_pass(idx.numpy(), v, rn, order, rows, ptr, cuts, r, thr, bool(want_grad), off_F, pairs_F, g,
-                       dup_F)
+        _pair_pass(idx.numpy(), vin, rn, order, rows, ptr, cuts, r, thr, mode, off_F, pairs_F, g, Q, dup_F)
     finally:
         numba.set_num_threads(prev)
     if dup_F.any():
