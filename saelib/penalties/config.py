@@ -71,16 +71,17 @@ class PenaltyConfig:
     """Instances (slots x K) per block, about: bounds the block's temporaries (~8 fp32 arrays of this
     size, 32 MB at 1M) even when one latent fires on every token."""
     threads: int | None = None
-    """Threads for the pair pass. The compiled kernel splits the latents into this many ranges (its
-    results do not depend on the count). The torch block pass runs with this many intra-op threads
-    (restored after); its small memory-bound scatters were no faster on 2 threads than on 1 and
-    3-100x slower when another process held a core (OpenMP spin barriers), so set 1 when it runs on
-    a busy machine. ``None``: torch's current thread count."""
+    """Threads for the penalty. The compiled kernel splits the latents into this many ranges (its results
+    do not depend on the count); the torch ops around it and the torch block pass run with this many
+    intra-op threads (restored after). ``None``: the kernel takes torch's current thread count and the
+    torch ops run on 1 thread: the block pass's small memory-bound scatters were no faster on 2 threads
+    than on 1 and 3-100x slower when another process held a core (OpenMP spin barriers), and 1 is what
+    trained the committed SAEs."""
     backend: str = "auto"
     """Pair-pass implementation: "kernel" (compiled numba loop, :mod:`saelib.penalties.kernel`; CPU
     tensors, per-batch weights) | "torch" (the block pass of torch ops; any device, the EMA reading) |
     "auto" (the kernel where it applies and numba is installed, else torch). Both compute the same sums
-    (tests: agreement to float rounding); the kernel is 5-10x faster on CPU (``benchmarks/penalty.py``)."""
+    (tests: agreement to float rounding); the kernel is 6-9x faster on CPU (``benchmarks/penalty.py``)."""
 
 
 _BASE_DEFAULTS: dict[str, Any] = dict(

@@ -38,8 +38,8 @@ box, against ~50 s and ~8 GiB extrapolated for the as-run dense form. Extra peak
 
 On CPU with per-batch weights (both as-run readings, the as-described orthogonality) the same sums
 run by default in a compiled loop, :mod:`.kernel` (``backend``): one latent row at a time, no blocks,
-both cores, 5-8x faster than the torch pass. The torch pass stays for other devices, the EMA
-reading, and as the kernel's reference in the tests.
+both cores, 6-9x faster than the torch pass (benchmarks/penalty.py). The torch pass stays for other
+devices, the EMA reading, and as the kernel's reference in the tests.
 """
 from __future__ import annotations
 
@@ -224,7 +224,7 @@ def coactivation_penalty(
     padded: bool = False,
     block_bins: int = 1 << 19,
     block_instances: int = 1 << 20,
-    threads: int | None = 1,
+    threads: int | None = None,
     backend: str = "auto",
 ) -> CoactResult:
     """P = norm * sum_{i,j} W_ij T_ij^2 from the sparse active set (see the module docstring).
@@ -236,11 +236,12 @@ def coactivation_penalty(
     pass (see ``PenaltyConfig.threads``). ``backend``: "kernel", "torch" or "auto" (see
     ``PenaltyConfig.backend``).
     """
-    with limit_threads(threads, blas=False):
+    kernel_threads = threads if threads is not None else torch.get_num_threads()
+    with limit_threads(threads if threads is not None else 1, blas=False):  # the torch ops: see PenaltyConfig
         return _coactivation_penalty(idx_BK, val_BK, d_sae, kind=kind, k=k, tau=tau, normalise=normalise,
                                      include_diagonal=include_diagonal, target=target, W_dec_FD=W_dec_FD, ema=ema,
                                      update_ema=update_ema, padded=padded, block_bins=block_bins,
-                                     block_instances=block_instances, backend=backend)
+                                     block_instances=block_instances, backend=backend, kernel_threads=kernel_threads)
 
 
 def use_kernel(backend: str, device: torch.device, has_ema: bool) -> bool:
@@ -259,7 +260,8 @@ def use_kernel(backend: str, device: torch.device, has_ema: bool) -> bool:
 
 
 def _coactivation_penalty(idx_BK, val_BK, d_sae, *, kind, k, tau, normalise, include_diagonal, target, W_dec_FD,
-                          ema, update_ema, padded, block_bins, block_instances, backend) -> CoactResult:
+                          ema, update_ema, padded, block_bins, block_instances, backend,
+                          kernel_threads) -> CoactResult:
     _check_choice("kind", kind, ("orthogonality", "competition"))
     _check_choice("normalise", normalise, NORMALISATIONS)
     _check_choice("target", target, TARGETS)
@@ -295,7 +297,7 @@ def _coactivation_penalty(idx_BK, val_BK, d_sae, *, kind, k, tau, normalise, inc
     if compiled:
         off, inv_n, g_flat, Q = kernel.pair_pass(lay.idx, v, F, padded=padded, kind=kind, k=k, tau=tau,
                                                  want_grad=want_grad and act, want_q=not act,
-                                                 threads=torch.get_num_threads())
+                                                 threads=kernel_threads)
         ema_info: dict[str, float] = {}
     else:
         off, inv_n, g_flat, Q, ema_info = _block_pass(lay, v, kind, k, tau, act, want_grad, ema, update_ema)
