@@ -102,6 +102,7 @@ def committed(tmp_path_factory):
     repo, params = _fake_repo(tmp_path_factory.mktemp("graph"), ["topk", "relu_l1"])
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     _dvc(repo, "init", "-q")
+    shutil.copy2(ROOT / ".dvcignore", repo / ".dvcignore")  # the repository's ignore rules, not dvc init's
     _dvc(repo, "commit", "-f", "-q")  # record every faked output as up to date in dvc.lock
     return repo, params
 
@@ -135,6 +136,30 @@ def test_one_sae_changing_reruns_only_its_evals(committed):
     changed = _changed(repo)
     assert changed == {"train@relu_l1", *(f"{e}@relu_l1" for e in stages.EVALS)}, changed
     sae.write_text("fake checkpoints/smoke/relu_l1/sae\n")
+
+
+def test_bytecode_and_numba_caches_beside_the_sources_change_no_stage(committed):
+    """Python (without PYTHONDONTWRITEBYTECODE) and numba (when imported before saelib picks its cache folder)
+    write caches into ``__pycache__`` inside the package folders that stages depend on. ``.dvcignore`` keeps
+    them out of the dependency hashes, so a user's first import does not make every stage stale; an edit
+    of the package itself still does."""
+    repo, params = committed
+    (repo / "params.yaml").write_text(yaml.safe_dump({**params, "run_variants": ["topk", "relu_l1"]}, sort_keys=False))
+    assert _changed(repo) == set()
+    pkg = repo / "saelib" / "penalties"
+    cache = pkg / "__pycache__"
+    cache.mkdir()
+    try:
+        for name in ("sparse.cpython-311.pyc", "kernel._pair_pass-124.py311.1.nbc", "kernel._pair_pass-124.py311.nbi"):
+            (cache / name).write_bytes(b"\0cache")
+        (pkg / "stray.cpython-311.pyc").write_bytes(b"\0cache")
+        assert _changed(repo) == set()
+        (pkg / "part").write_text("edited\n")
+        assert {"train@topk", "train@relu_l1"} <= _changed(repo)
+    finally:
+        shutil.rmtree(cache)
+        (pkg / "stray.cpython-311.pyc").unlink(missing_ok=True)
+        (pkg / "part").write_text("fake saelib/penalties\n")
 
 
 def test_repro_in_order_runs_every_per_sae_stage_headline_first():

@@ -59,6 +59,10 @@ try:  # numba is a declared dependency; without it (or on a GPU) the torch block
     from numba import njit, prange
 except ImportError:  # pragma: no cover - exercised only where numba is missing
     numba = None
+if numba is not None and not numba.config.CACHE_DIR:
+    # numba was imported before this module set the variable: its config already read an empty one,
+    # and would cache beside the sources (inside a stage's dependency folder)
+    numba.config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
 
 KIND_CODES = {"orthogonality": 0, "competition": 1}
 
