@@ -11,8 +11,8 @@ penalty's cost includes its backward. Variants (``--variants``):
 ``compete_desc`` (as described: EMA of the coefficients — a dense F×F fp32 buffer up to
 ``ema_dense_max_mb``, 1.27 GiB at F = 18432 — plus the L1 term); ``ortho_dec`` (decoder-cosine target);
 ``ortho_run_torch`` / ``compete_run_torch`` (the same with ``backend="torch"``: the pair pass as torch
-ops instead of the compiled kernel, for the ratio between the two); ``dense_run`` (the as-run 004 penalty written as the original code did: B×F mask, MᵀM, min-count
-matrix, fᵀf, all F×F fp32; run by default only when F <= 8192, else with ``--dense``).
+ops instead of the compiled kernel, for the ratio between the two); ``dense_run`` (the as-run 004
+penalty written as the original code did: B×F mask, MᵀM, min-count matrix, fᵀf, all F×F fp32; run by default only when F <= 8192, else with ``--dense``).
 
 Time: every variant shares one SAE and runs interleaved (none, ortho_run, ..., none, ...) so that
 drifting load on the shared machine hits all alike; figures are medians. ``penalty-only`` times the

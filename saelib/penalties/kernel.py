@@ -21,9 +21,9 @@ threads): the penalty's forward + backward takes 12 ms at K = 28 and 83-86 ms at
 Latents are split into contiguous ranges of about equal instance counts, one per thread (numba
 ``prange``). Every output is per latent or per slot and each is written by one thread; the totals are
 summed afterwards in latent order, so results do not depend on the thread count.
-The kernel is compiled on first use (a few seconds) and cached in ``NUMBA_CACHE_DIR`` (set below to
-``~/.cache/saelib-numba``, or the temp dir's ``saelib-numba`` where home is not writable, unless the
-user set it), not next to the sources.
+The kernel is compiled on first use (a few seconds) and cached in numba's cache folder: the user's
+``NUMBA_CACHE_DIR``, else ``~/.cache/saelib-numba`` (the temp dir's ``saelib-numba`` where home is not
+writable), never next to the sources.
 """
 from __future__ import annotations
 
@@ -51,20 +51,13 @@ def _default_cache_dir() -> str:
     return str(Path(tempfile.gettempdir()) / "saelib-numba")
 
 
-if "NUMBA_CACHE_DIR" not in os.environ:
-    os.environ["NUMBA_CACHE_DIR"] = _default_cache_dir()
-
 try:  # numba is a declared dependency; without it (or on a GPU) the torch block pass runs instead
     import numba
     from numba import njit, prange
 except ImportError:  # pragma: no cover - exercised only where numba is missing
     numba = None
-if numba is not None and not numba.config.CACHE_DIR:
-    # numba was imported before this module set the variable: its config already read an empty one,
-    # and would cache beside the sources (inside a stage's dependency folder)
-    numba.config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
-
-KIND_CODES = {"orthogonality": 0, "competition": 1}
+if numba is not None and not numba.config.CACHE_DIR:  # the user's NUMBA_CACHE_DIR wins; else not beside
+    numba.config.CACHE_DIR = _default_cache_dir()  # the sources (inside a stage's dependency folder)
 
 
 def available() -> bool:
@@ -182,7 +175,7 @@ if numba is not None:
                 pairs_F[i] = m
 
 
-def _cuts(ptr: np.ndarray, K: int, F: int, parts: int) -> np.ndarray:
+def _cuts(ptr: np.ndarray, F: int, parts: int) -> np.ndarray:
     """Latent range boundaries ``[0, ..., F]`` splitting the instances (slots * K) into ``parts`` near-equal
     shares (latent ``F``, the padding dummy, is never a row)."""
     per_latent = np.diff(ptr[: F + 1]).astype(np.float64)  # a latent's cost ~ n_i * K instances
@@ -219,12 +212,14 @@ def pair_pass(idx_BK: Tensor, val_BK: Tensor, F: int, *, padded: bool, kind: str
     counts = np.diff(ptr).astype(np.float32)
     rn = np.where(counts > 0, 1.0 / np.maximum(counts, 1.0), 0.0).astype(np.float32)
     threads = max(1, int(threads))
-    cuts = _cuts(ptr, K, F, threads)
+    cuts = _cuts(ptr, F, threads)
     off_F = np.zeros(F, np.float64)
     pairs_F = np.zeros(F, np.int64)
     dup_F = np.zeros(F, np.bool_)
     g = np.zeros(B * K if want_grad else 0, np.float32)
-    comp = KIND_CODES[kind] == 1
+    if kind not in ("orthogonality", "competition"):
+        raise ValueError(f"kind must be 'orthogonality' or 'competition', got {kind!r}")
+    comp = kind == "competition"
     r = np.float32(F / max(k, 1) if comp else 1.0)
     thr = np.float32(tau / (F / max(k, 1)) if comp else -1.0)
     mode = 2 if want_q else int(bool(want_grad))
@@ -249,4 +244,4 @@ def pair_pass(idx_BK: Tensor, val_BK: Tensor, F: int, *, padded: bool, kind: str
     return float(off_F.sum()), float(pairs_F.sum()), (torch.from_numpy(g) if want_grad else None), Q_t
 
 
-__all__ = ["KIND_CODES", "available", "pair_pass"]
+__all__ = ["available", "pair_pass"]
