@@ -97,14 +97,19 @@ else:
 # thresholds θ alone: the step function's pseudo-derivative (Rajamanoharan et al.) has no part for the
 # pre-activations. θ starts where the first batch has exactly `target_l0` active latents per token, and it
 # is an absolute activation value (our residuals are not normalised). Adam moves any parameter by at most
-# about the learning rate per step, so over the whole run θ can move by at most the sum of the LR schedule
-# (`adam_travel_bound` below). When that bound is a small fraction of θ's starting value, the encoder's
-# own updates move the pre-activations, and with them L0, much faster than θ can follow: L0 then ends
-# wherever the reconstruction loss takes it, not at the target. The default profile's 512 steps are in
-# that regime; the `gpu` profile's 4,882 steps move θ about ten times further. We report the JumpReLU SAE
-# with the L0 it reached instead of retuning its learning rate or threshold parametrisation. The ledger's
-# JumpReLU row compares its MSE with the TopK baseline (k = 89 at d = 640), so when its L0 ends below the
-# target that comparison is at unequal sparsity: read it with the L0 printed here.
+# about its learning rate per step, so over the run θ can move by at most the sum of its LR schedule
+# (`adam_travel_bound` below).
+#
+# **Rule (SAEBench's units).** SAEBench's JumpReLU trainer divides every input by `s = sqrt(mean ‖x‖²)`,
+# so its λ, θ and learning rate live in the units of a unit-norm input. We train on the raw activations
+# but in those units (`units: normalized`, `saelib/sae/jumprelu.py`): the sparsity term is weighted by
+# `s²` and θ and the biases learn at `s·lr`, with `s` from the first training batch (`input_scale`
+# below). A unit test checks that this is the same run as training on `x / s` step for step. Without it
+# (`units: raw`, the runs committed before session 18), θ could travel only about 0.17 on Gemma-3-270M's
+# residuals (`s` ≈ 5,500), a sliver of its starting value, so L0 followed the encoder's updates down to
+# 26.7 for a target of 89, with 37% of the latents dead. If L0 below still misses the target, the
+# ledger's JumpReLU row (its MSE against TopK at k = 89) compares unequal sparsities: read it with the L0
+# printed here.
 
 # %%
 if rv.arch == "jumprelu":
@@ -117,7 +122,8 @@ if rv.arch == "jumprelu":
     n_steps = tc.total_tokens // tc.batch_size
     travel = lr_travel(n_steps, tc.lr or default_lr(sae.cfg.d_sae), warmup_steps=tc.lr_warmup_steps,
                        decay_frac=tc.lr_decay_frac)
-    display(pd.Series(threshold_report(sae, summary["l0"], travel), name=variant).to_frame())  # noqa: F821
+    report = {**threshold_report(sae, summary["l0"], travel), "units": sae.cfg.units, "input_scale": sae.cfg.input_scale}
+    display(pd.Series(report, name=variant).to_frame())  # noqa: F821
 
 # %%
 curve = pd.read_csv(P["paths"]["results"] / "curves" / f"{variant}.csv")

@@ -225,12 +225,21 @@ def lr_travel(n_steps: int, base_lr: float, *, warmup_steps: int = 0, decay_frac
 
 
 def make_optimizer(sae: BaseSAE, cfg: TrainConfig, lr: float) -> torch.optim.Adam:
-    """Adam over all SAE parameters (fused CPU kernel when available)."""
-    params = list(sae.parameters())
+    """Adam over all SAE parameters (fused CPU kernel when available). Parameters whose
+    :meth:`~saelib.sae.base.BaseSAE.lr_multiplier` may differ from 1 get a group of their own, named after
+    the parameter (``train_step`` scales its rate); with none, one group, as in the original runs."""
+    groups = _param_groups(sae)
     try:
-        return torch.optim.Adam(params, lr=lr, betas=cfg.adam_betas, eps=cfg.adam_eps, fused=True)
+        return torch.optim.Adam(groups, lr=lr, betas=cfg.adam_betas, eps=cfg.adam_eps, fused=True)
     except (RuntimeError, TypeError):
-        return torch.optim.Adam(params, lr=lr, betas=cfg.adam_betas, eps=cfg.adam_eps, foreach=True)
+        return torch.optim.Adam(groups, lr=lr, betas=cfg.adam_betas, eps=cfg.adam_eps, foreach=True)
+
+
+def _param_groups(sae: BaseSAE) -> list[dict[str, Any]]:
+    own = getattr(type(sae), "lr_multiplier") is not BaseSAE.lr_multiplier
+    if not own:
+        return [{"params": list(sae.parameters()), "name": ""}]
+    return [{"params": [p], "name": n} for n, p in sae.named_parameters()]
 
 
 def active_latents(out: SAEOutput, d_sae: int) -> tuple[Tensor, Tensor]:
@@ -280,7 +289,8 @@ def train_step(sae: BaseSAE, opt: torch.optim.Optimizer, x_BD: Tensor, *, step: 
     if sae.cfg.normalize_decoder:
         sae.normalize_decoder_()
     for group in opt.param_groups:
-        group["lr"] = lr
+        name = group.get("name", "")
+        group["lr"] = lr * sae.lr_multiplier(name) if name else lr
     dense = bool(getattr(penalty, "needs_dense_latents", False))
     with torch.autocast(x_BD.device.type, dtype=torch.bfloat16, enabled=step_uses_bf16(cfg, x_BD.device.type)):
         out = sae(x_BD, step=step, dead_mask_F=dead_mask_F, dense_latents=dense)

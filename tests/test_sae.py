@@ -394,9 +394,50 @@ def test_lr_travel_and_jumprelu_threshold_report():
     # 50 steps at 1, then (100 - t) / 50 for t = 50..99: 50 + 1275 / 50
     assert lr_travel(100, 1.0, decay_frac=0.5) == pytest.approx(75.5)
     assert lr_travel(10, 2.0, warmup_steps=4, decay_frac=0.0) == pytest.approx(2.0 * (0.25 + 0.5 + 0.75 + 1 + 6))
-    sae = make_sae("jumprelu", JumpReLUConfig(d_in=4, d_sae=6, target_l0=2, threshold_init=2.0))
+    sae = make_sae("jumprelu", JumpReLUConfig(d_in=4, d_sae=6, target_l0=2, threshold_init=2.0, units="raw"))
     with torch.no_grad():
         sae.threshold.copy_(torch.tensor([2.0, 2.5, 1.0, 2.0, 2.0, 3.0]))
     rep = threshold_report(sae, l0=1.5, travel=0.5)
     assert rep["threshold_moved_max"] == pytest.approx(1.0) and rep["threshold_moved_median"] == pytest.approx(0.0)
     assert rep["travel_over_init"] == pytest.approx(0.25) and rep["target_l0"] == 2 and rep["l0"] == 1.5
+    # normalised units: θ learns at s·lr, so it can travel s times as far
+    sae.cfg.units, sae.cfg.input_scale = "normalized", 8.0
+    assert threshold_report(sae, l0=1.5, travel=0.5)["adam_travel_bound"] == pytest.approx(4.0)
+    sae.cfg.input_scale = None
+    with pytest.raises(RuntimeError, match="input scale"):
+        threshold_report(sae, l0=1.5, travel=0.5)
+
+
+def test_jumprelu_normalized_units_train_as_on_unit_norm_inputs():
+    """units="normalized" on x is the raw-units SAE trained on x/s, with biases and θ scaled by s (the
+    module docstring's equivalence): three Adam steps (no clipping, fp32) land on the same weights."""
+    from saelib.train import TrainConfig, make_optimizer, train_step
+    x = _x(n=64, seed=7) * 40.0
+    cfg = TrainConfig(total_tokens=192, batch_size=64, grad_clip=0.0, autocast_bf16=False, adam_eps=1e-30)
+    norm = make_sae("jumprelu", _cfg("jumprelu", sparsity_coef=0.5))
+    norm.init_from_batch_(x)
+    s = norm.cfg.input_scale
+    assert s == pytest.approx(float(x.double().pow(2).sum(1).mean().sqrt()), rel=1e-9)
+    raw = make_sae("jumprelu", _cfg("jumprelu", sparsity_coef=0.5, units="raw"))
+    raw.init_from_batch_(x / s)
+    assert raw.cfg.threshold_init == pytest.approx(norm.cfg.threshold_init / s, rel=1e-5)
+    assert raw.eps == pytest.approx(norm.eps / s, rel=1e-5)
+    # a different lr per group only where the multiplier differs from 1
+    opt_n, opt_r = make_optimizer(norm, cfg, 1e-2), make_optimizer(raw, cfg, 1e-2)
+    for step in range(3):
+        rn = train_step(norm, opt_n, x, step=step, lr=1e-2, cfg=cfg)
+        rr = train_step(raw, opt_r, x / s, step=step, lr=1e-2, cfg=cfg)
+        torch.testing.assert_close(rn.loss.detach().double(), rr.loss.detach().double() * s**2, rtol=1e-4, atol=0)
+    lrs = {g["name"]: g["lr"] for g in opt_n.param_groups}
+    assert lrs["threshold"] == pytest.approx(1e-2 * s) and lrs["W_enc"] == pytest.approx(1e-2)
+    assert {g["lr"] for g in opt_r.param_groups} == {1e-2}
+    torch.testing.assert_close(norm.W_enc.detach(), raw.W_enc.detach(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(norm.W_dec.detach(), raw.W_dec.detach(), rtol=1e-4, atol=1e-6)
+    for name in ("b_enc", "b_dec", "threshold"):
+        torch.testing.assert_close(getattr(norm, name).detach() / s, getattr(raw, name).detach(), rtol=1e-4, atol=1e-5)
+    # a config saved before the field existed was trained in raw units; a saved one round-trips
+    old = {k: v for k, v in norm.cfg.to_dict().items() if k not in ("units", "input_scale")}
+    assert JumpReLUConfig.from_dict(old).units == "raw"
+    assert JumpReLUConfig.from_dict(norm.cfg.to_dict()) == norm.cfg
+    # and the thresholds did move (by about s·lr per step, not lr)
+    assert float((norm.threshold.detach() - norm.cfg.threshold_init).abs().max()) > 0.5 * 1e-2 * s

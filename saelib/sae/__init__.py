@@ -71,6 +71,7 @@ def _config_from_saelens(cfg_json: dict[str, Any], arch: str) -> dict[str, Any]:
         out["threshold_init"] = 0.0
         out["target_l0"] = None
         out["sparsity_mode"] = "l0"
+        out["units"] = "raw"  # an SAE trained elsewhere: no input scale of ours to express λ in
     return out
 
 

@@ -230,6 +230,11 @@ class BaseSAE(nn.Module):
     def after_step_(self) -> None:
         """Called by the trainer after each optimizer step (architecture-specific projections)."""
 
+    def lr_multiplier(self, name: str) -> float:
+        """Factor on the trainer's learning rate for parameter ``name`` (1: one rate for all; JumpReLU's
+        normalised units differ). Read every step, so it may depend on ``init_from_batch_``."""
+        return 1.0
+
     # ---- shapes -----------------------------------------------------------------------------
     def _check_input(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor):

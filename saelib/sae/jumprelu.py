@@ -8,11 +8,24 @@ Sparsity term (``sparsity_mode``):
 - ``"target"``: ``(L0 / target_l0 − 1)²`` with ``L0`` the batch-mean number of active latents,
   pushing the SAE towards a chosen L0 (comparable with TopK at ``k = target_l0``);
 - ``"l0"``: ``L0`` itself (DeepMind's penalty).
-Loss ``= mse + λ·s(t)·sparsity`` with the warmup ``s(t) = min(1, t / sparsity_warmup_steps)``.
+Loss ``= mse + u·λ·w(t)·sparsity`` with the warmup ``w(t) = min(1, t / sparsity_warmup_steps)``.
 
 Residual activations are not normalised here, so absolute thresholds depend on the model;
 ``threshold_init = None`` (default) sets θ from the first batch so that its L0 equals
 ``target_l0``, and ``bandwidth = None`` then uses ``ε = θ_init``.
+
+Units (``units``). SAEBench's JumpReLU trainer (dictionary_learning) divides every input by
+``s = sqrt(mean_b ‖x_b‖²)`` before training, so its λ, its thresholds and its learning rate are in units of
+a unit-mean-squared-norm input. Training on ``x/s`` with parameters ``(W, b̃, θ̃)`` is the same SAE as
+training on ``x`` with ``(W, s·b̃, s·θ)`` and the loss multiplied by ``s²``, except for how far Adam moves
+each parameter per step (about the learning rate, whatever the gradient's size). ``units = "normalized"``
+(default) reproduces the normalised run on raw activations: the sparsity term is weighted by ``u = s²``
+(so it keeps its weight against the squared error) and the parameters measured in activation units, the
+biases and θ, learn at ``s·lr`` (:meth:`JumpReLUSAE.lr_multiplier`), with ``s`` taken from the first
+training batch (``input_scale``). ``units = "raw"`` uses ``u = 1`` and one learning rate: on Gemma-3-270M's
+residuals (``s`` ≈ 5,500) θ can then move by only about ``Σ lr`` ≈ 0.17 over the default run, a small
+fraction of its starting value, and L0 drifts where the encoder's updates take it (it ended at 26.7 for a
+target of 89 in the committed runs before session 18).
 """
 from __future__ import annotations
 
@@ -26,6 +39,7 @@ from .base import BaseSAE, SAEConfig, SAEOutput
 from .relu import warmup_scale
 
 _MODES = ("target", "l0")
+_UNITS = ("normalized", "raw")
 
 
 def _rectangle(u: Tensor) -> Tensor:
@@ -83,6 +97,17 @@ class JumpReLUConfig(SAEConfig):
     """Initial θ for every latent; ``None``: chosen on the first batch so that its L0 = target_l0."""
     bandwidth: float | None = None
     """STE kernel width ε; ``None``: equal to the initial threshold."""
+    units: str = "normalized"
+    """``"normalized"``: λ and the learning rates of θ and the biases in the units of inputs scaled to unit
+    mean squared norm, SAEBench's (module docstring); ``"raw"``: as given, on the raw activations."""
+    input_scale: float | None = None
+    """``s = sqrt(mean_b ‖x_b‖²)`` of the first training batch (set by ``init_from_batch_`` when ``None``);
+    only ``units = "normalized"`` uses it."""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        """As :meth:`SAEConfig.from_dict`; a config saved before ``units`` existed was trained in raw units."""
+        return super().from_dict(data if "units" in data else {**data, "units": "raw"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -98,6 +123,10 @@ class JumpReLUConfig(SAEConfig):
             raise ValueError(f"threshold_init must be >= 0, got {self.threshold_init}")
         if self.bandwidth is not None and float(self.bandwidth) <= 0:
             raise ValueError(f"bandwidth must be > 0, got {self.bandwidth}")
+        if self.units not in _UNITS:
+            raise ValueError(f"unknown units {self.units!r}; expected one of {_UNITS}")
+        if self.input_scale is not None and not float(self.input_scale) > 0:
+            raise ValueError(f"input_scale must be > 0, got {self.input_scale}")
 
 
 class JumpReLUSAE(BaseSAE):
@@ -126,11 +155,28 @@ class JumpReLUSAE(BaseSAE):
             return float(self.cfg.threshold_init)
         raise RuntimeError("JumpReLU bandwidth is unresolved: call init_from_batch_ or set cfg.bandwidth")
 
+    def _normalized(self) -> float:
+        """``s`` under ``units = "normalized"``, else 1."""
+        if self.cfg.units == "raw":
+            return 1.0
+        if self.cfg.input_scale is None:
+            raise RuntimeError("JumpReLU units='normalized' needs the input scale: call init_from_batch_ on the "
+                               "first training batch or set cfg.input_scale")
+        return float(self.cfg.input_scale)
+
+    def lr_multiplier(self, name: str) -> float:
+        """``s`` for θ and the biases (activation units) under ``units = "normalized"``, else 1."""
+        return self._normalized() if name in ("threshold", "b_enc", "b_dec") else 1.0
+
     @torch.no_grad()
     def init_from_batch_(self, x_BD: Tensor) -> None:
-        """``b_dec`` = geometric median; then, if ``threshold_init`` is None, θ = the activation
-        value above which the batch has ``target_l0`` active latents per token (written back to cfg)."""
+        """``b_dec`` = geometric median; ``input_scale`` = ``sqrt(mean ‖x‖²)`` of the batch if unset; then,
+        if ``threshold_init`` is None, θ = the activation value above which the batch has ``target_l0``
+        active latents per token (both written back to cfg)."""
         super().init_from_batch_(x_BD)
+        if self.cfg.input_scale is None:
+            x_ND = x_BD.reshape(-1, self.cfg.d_in).double()
+            self.cfg.input_scale = float(x_ND.pow(2).sum(-1).mean().sqrt())
         if self.cfg.threshold_init is None:
             pre_N = self.pre_activations(x_BD.reshape(-1, self.cfg.d_in)).float().relu().flatten()
             n_keep = max(1, min(pre_N.numel(), int(round(float(self.cfg.target_l0) * x_BD.shape[0]))))
@@ -179,18 +225,21 @@ class JumpReLUSAE(BaseSAE):
         else:
             sparsity = l0
         coef = self.cfg.sparsity_coef * warmup_scale(step, self.cfg.sparsity_warmup_steps)
+        coef *= self._normalized() ** 2  # u: the squared error's units (module docstring)
         losses = {"mse": mse, "l0": l0, "sparsity": sparsity, "sparsity_coef": mse.new_tensor(coef),
                   "loss": mse + coef * sparsity}
         return SAEOutput(x_hat_BD, f_BF, None, None, losses)
 
 
 def threshold_report(sae: JumpReLUSAE, l0: float, travel: float) -> dict[str, float]:
-    """How far the thresholds moved against how far Adam could move them (``travel``, e.g.
-    :func:`saelib.train.lr_travel`) and the L0 reached against the target.
+    """How far the thresholds moved against how far Adam could move them (``travel``, the run's
+    :func:`saelib.train.lr_travel`, times θ's :meth:`~JumpReLUSAE.lr_multiplier`) and the L0 reached
+    against the target.
 
     The target-L0 term reaches the SAE only through θ (the step function's pseudo-derivative has no
-    ``pre`` part), so when ``travel`` is small next to ``threshold_init`` the term cannot pull L0 back
+    ``pre`` part), so when θ's travel is small next to ``threshold_init`` the term cannot pull L0 back
     to its target once the encoder's own updates move the pre-activations."""
+    travel = float(travel) * sae.lr_multiplier("threshold")
     theta_F = sae.threshold.detach().float()
     init = float(sae.cfg.threshold_init or 0.0)
     moved_F = (theta_F - init).abs()
