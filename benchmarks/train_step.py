@@ -21,10 +21,10 @@ Goals (issue 3): ours >= 2x SAELens tokens/s; executed GFLOP/s >= 35% of the mat
 Trainer overhead (``--trainer``, issue 14.3): ``train_sae`` end-to-end on a real on-disk
 ``ActivationCache`` (written to a temporary folder: shard loading, SHA-256 checks, shuffling, logging,
 dead-latent counters, checkpoints, tqdm off) against the bare ``train_step`` loop over batches already
-in memory, same shape and step count, with and without the background prefetch thread. Goal:
-end-to-end tokens/s >= 90% of the bare step's.
+in memory, same shape and step count, with and without the background prefetch thread, in ``--rounds``
+interleaved rounds (median of the per-round ratios). Goal: end-to-end tokens/s >= 90% of the bare step's.
 
-    python benchmarks/train_step.py --trainer --shapes 640x5120x89 --steps 64
+    python benchmarks/train_step.py --trainer --shapes 640x5120x89 --steps 64 --rounds 3
 """
 from __future__ import annotations
 
@@ -175,12 +175,18 @@ def _write_cache(folder: Path, d: int, n_tokens: int, shard_tokens: int = 65_536
     return ActivationCache(folder)
 
 
-def run_trainer(d: int, f: int, k: int, batch: int, steps: int, warmup: int) -> dict:
-    """Bare ``train_step`` loop vs ``train_sae`` (prefetch on / off) over the same number of steps."""
+def run_trainer(d: int, f: int, k: int, batch: int, steps: int, warmup: int, rounds: int = 3) -> dict:
+    """Bare ``train_step`` loop vs ``train_sae`` (prefetch on / off) over the same number of steps, in
+    ``rounds`` interleaved rounds (bare, prefetch on, prefetch off; then again), so that a machine whose
+    speed drifts between blocks (seen here: the bare step at 361, 408 and 418 ms in three runs minutes
+    apart) moves the reference and the trainer alike. Each round gives one ratio per trainer setting; the
+    row reports their median (``frac_of_bare``) and all of them (``fracs``)."""
     import tempfile
 
     from saelib.train import train_sae
 
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     with tempfile.TemporaryDirectory() as tmp:
         cache = _write_cache(Path(tmp) / "cache", d, batch * (steps + warmup))
         xs = []
@@ -188,22 +194,31 @@ def run_trainer(d: int, f: int, k: int, batch: int, steps: int, warmup: int) -> 
             xs.append(x)
             if len(xs) == steps + warmup:
                 break
-        ours = OursStep(d, f, k, batch, "auto")
-        for x in xs[:warmup]:
-            ours(x)
-        t0 = time.perf_counter()
-        for x in xs[warmup:]:
-            ours(x)
-        bare = (time.perf_counter() - t0) / len(xs[warmup:])
-        row = {"d": d, "F": f, "k": k, "B": batch, "steps": steps, "bare_ms": bare * 1e3, "bare_tokens_per_s": batch / bare}
-        for prefetch in (2, 0):
-            sae = make_sae("topk", TopKConfig(d_in=d, d_sae=f, k=k))
-            cfg = TrainConfig(total_tokens=batch * steps, batch_size=batch, prefetch=prefetch, checkpoint_every=10**9,
-                              init_b_dec=False)  # the one-time geometric-median init is not per-step overhead
-            res = train_sae(sae, cache, cfg, out_dir=Path(tmp) / f"run{prefetch}", resume=False, progress=False)
-            per_step = res.wall_time_s / steps
-            row[f"trainer_prefetch{prefetch}"] = {"ms": per_step * 1e3, "tokens_per_s": batch / per_step,
-                                                  "frac_of_bare": bare / per_step}
+        bares: list[float] = []
+        runs: dict[int, list[float]] = {2: [], 0: []}
+        for r in range(rounds):
+            ours = OursStep(d, f, k, batch, "auto")
+            for x in xs[:warmup]:
+                ours(x)
+            t0 = time.perf_counter()
+            for x in xs[warmup:]:
+                ours(x)
+            bares.append((time.perf_counter() - t0) / len(xs[warmup:]))
+            for prefetch in runs:
+                sae = make_sae("topk", TopKConfig(d_in=d, d_sae=f, k=k))
+                cfg = TrainConfig(total_tokens=batch * steps, batch_size=batch, prefetch=prefetch, checkpoint_every=10**9,
+                                  init_b_dec=False)  # the one-time geometric-median init is not per-step overhead
+                res = train_sae(sae, cache, cfg, out_dir=Path(tmp) / f"run{prefetch}_{r}", resume=False, progress=False)
+                runs[prefetch].append(res.wall_time_s / steps)
+        bare = statistics.median(bares)
+        row = {"d": d, "F": f, "k": k, "B": batch, "steps": steps, "rounds": rounds, "bare_ms": bare * 1e3,
+               "bare_ms_rounds": [b * 1e3 for b in bares], "bare_tokens_per_s": batch / bare}
+        for prefetch, per_step in runs.items():
+            fracs = [b / t for b, t in zip(bares, per_step)]
+            med = statistics.median(per_step)
+            row[f"trainer_prefetch{prefetch}"] = {"ms": med * 1e3, "ms_rounds": [t * 1e3 for t in per_step],
+                                                  "tokens_per_s": batch / med, "frac_of_bare": statistics.median(fracs),
+                                                  "fracs": fracs}
     return row
 
 
@@ -220,20 +235,23 @@ def main() -> None:
     ap.add_argument("--no-saelens", action="store_true")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     ap.add_argument("--trainer", action="store_true", help="trainer end-to-end vs bare train_step (see above)")
+    ap.add_argument("--rounds", type=int, default=3, help="--trainer: interleaved rounds (median ratio reported)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.trainer:
         rows = []
         for d, f, k in args.shapes:
-            row = run_trainer(d, f, k, args.batch, args.steps, args.warmup)
+            row = run_trainer(d, f, k, args.batch, args.steps, args.warmup, args.rounds)
             rows.append(row)
-            print(f"\nd={d} F={f} k={k} B={args.batch}, {args.steps} steps: bare train_step {row['bare_ms']:.1f} ms/step"
-                  f" ({row['bare_tokens_per_s']:.0f} tok/s)")
+            print(f"\nd={d} F={f} k={k} B={args.batch}, {args.steps} steps x {args.rounds} rounds: bare train_step "
+                  f"{row['bare_ms']:.1f} ms/step ({row['bare_tokens_per_s']:.0f} tok/s; rounds "
+                  f"{', '.join(f'{b:.0f}' for b in row['bare_ms_rounds'])} ms)")
             for pf in (2, 0):
                 t = row[f"trainer_prefetch{pf}"]
-                print(f"  train_sae prefetch={pf}: {t['ms']:.1f} ms/step ({t['tokens_per_s']:.0f} tok/s) = "
-                      f"{100 * t['frac_of_bare']:.0f}% of the bare step's throughput")
+                print(f"  train_sae prefetch={pf}: {t['ms']:.1f} ms/step ({t['tokens_per_s']:.0f} tok/s); median of the "
+                      f"rounds' ratios {100 * t['frac_of_bare']:.0f}% of the bare step's throughput "
+                      f"(rounds {', '.join(f'{100 * x:.0f}%' for x in t['fracs'])})")
         print(f"\nload avg at end {os.getloadavg()[0]:.1f}")
         if args.json:
             args.json.write_text(json.dumps({"threads": torch.get_num_threads(), "rows": rows}, indent=2) + "\n")
