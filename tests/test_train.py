@@ -138,6 +138,35 @@ def test_resume_is_bit_for_bit(tmp_path, impl):
     assert _without_time(read_log(tmp_path / "b")) == _without_time(read_log(tmp_path / "a"))
 
 
+def test_jumprelu_resume_keeps_its_input_scale_and_groups(tmp_path):
+    """A JumpReLU run in normalised units (its own optimizer group per parameter, θ and biases at s·lr,
+    ``s`` set on the first batch) resumed after a crash lands bit for bit where the straight run does."""
+    from saelib.sae import JumpReLUConfig
+
+    data = _data(n=5 * BS) * 30.0
+
+    def jr():
+        return make_sae("jumprelu", JumpReLUConfig(d_in=D, d_sae=F, target_l0=K, hook_name="model.layers.1"))
+
+    penalty = lambda out, sae, step: {"penalty": 0.0 * out.f_BF.sum()}
+    straight = train_sae(jr(), FakeCache(data), _cfg(), penalty=penalty, out_dir=tmp_path / "a", progress=False)
+    norms = data.double().norm(dim=1)  # s is the RMS norm of the first (shuffled) batch
+    assert float(norms.min()) < straight.sae.cfg.input_scale < float(norms.max())
+
+    def crashing(out, sae, step):
+        if step == 7:
+            raise RuntimeError("simulated crash")
+        return penalty(out, sae, step)
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_sae(jr(), FakeCache(data), _cfg(), penalty=crashing, out_dir=tmp_path / "b", progress=False)
+    resumed = train_sae(jr(), FakeCache(data), _cfg(), penalty=penalty, out_dir=tmp_path / "b", progress=False)
+    assert resumed.resumed_from == 6 and resumed.sae.cfg.input_scale == straight.sae.cfg.input_scale
+    for name, t in straight.sae.state_dict().items():
+        assert torch.equal(resumed.sae.state_dict()[name], t), name
+    assert _without_time(read_log(tmp_path / "b")) == _without_time(read_log(tmp_path / "a"))
+
+
 def test_training_time_adds_up_across_resumes(tmp_path):
     """Every step costs >= 20 ms (a sleeping penalty): a run resumed after a crash at step 7, and a run
     re-entered after its last step (a stage killed after training, before its evals), report the
