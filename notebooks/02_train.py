@@ -106,10 +106,10 @@ else:
 # `s²` and θ and the biases learn at `s·lr`, with `s` from the first training batch (`input_scale`
 # below). A unit test checks that this is the same run as training on `x / s` step for step. Without it
 # (`units: raw`, the runs committed before session 18), θ could travel only about 0.17 on Gemma-3-270M's
-# residuals (`s` ≈ 5,500), a sliver of its starting value, so L0 followed the encoder's updates down to
-# 26.7 for a target of 89, with 37% of the latents dead. If L0 below still misses the target, the
-# ledger's JumpReLU row (its MSE against TopK at k = 89) compares unequal sparsities: read it with the L0
-# printed here.
+# residuals (`s` ≈ 5,700), a sliver of its starting value, so L0 followed the encoder's updates down to
+# 26.7 for a target of 89, with 35% of the latents never active on the held-out text. If L0 below still
+# misses the target, the ledger's JumpReLU row (its MSE against TopK at k = 89) compares unequal
+# sparsities: read it with the L0 printed here.
 
 # %%
 if rv.arch == "jumprelu":

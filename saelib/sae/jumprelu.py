@@ -23,7 +23,7 @@ each parameter per step (about the learning rate, whatever the gradient's size).
 (so it keeps its weight against the squared error) and the parameters measured in activation units, the
 biases and θ, learn at ``s·lr`` (:meth:`JumpReLUSAE.lr_multiplier`), with ``s`` taken from the first
 training batch (``input_scale``). ``units = "raw"`` uses ``u = 1`` and one learning rate: on Gemma-3-270M's
-residuals (``s`` ≈ 5,500) θ can then move by only about ``Σ lr`` ≈ 0.17 over the default run, a small
+residuals (``s`` ≈ 5,700) θ can then move by only about ``Σ lr`` ≈ 0.17 over the default run, a small
 fraction of its starting value, and L0 drifts where the encoder's updates take it (it ended at 26.7 for a
 target of 89 in the committed runs before session 18).
 """
