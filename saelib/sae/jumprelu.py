@@ -17,8 +17,9 @@ Residual activations are not normalised here, so absolute thresholds depend on t
 Units (``units``). SAEBench's JumpReLU trainer (dictionary_learning) divides every input by
 ``s = sqrt(mean_b ‖x_b‖²)`` before training, so its λ, its thresholds and its learning rate are in units of
 a unit-mean-squared-norm input. Training on ``x/s`` with parameters ``(W, b̃, θ̃)`` is the same SAE as
-training on ``x`` with ``(W, s·b̃, s·θ)`` and the loss multiplied by ``s²``, except for how far Adam moves
-each parameter per step (about the learning rate, whatever the gradient's size). ``units = "normalized"``
+training on ``x`` with ``(W, s·b̃, s·θ̃)`` and the loss multiplied by ``s²``, except for how far Adam moves
+each parameter per step (about the learning rate, whatever the gradient's size) and for gradient clipping
+(on the whole gradient's norm, which the ``s²`` changes). ``units = "normalized"``
 (default) reproduces the normalised run on raw activations: the sparsity term is weighted by ``u = s²``
 (so it keeps its weight against the squared error) and the parameters measured in activation units, the
 biases and θ, learn at ``s·lr`` (:meth:`JumpReLUSAE.lr_multiplier`), with ``s`` taken from the first
@@ -155,7 +156,7 @@ class JumpReLUSAE(BaseSAE):
             return float(self.cfg.threshold_init)
         raise RuntimeError("JumpReLU bandwidth is unresolved: call init_from_batch_ or set cfg.bandwidth")
 
-    def _normalized(self) -> float:
+    def _unit_scale(self) -> float:
         """``s`` under ``units = "normalized"``, else 1."""
         if self.cfg.units == "raw":
             return 1.0
@@ -166,7 +167,7 @@ class JumpReLUSAE(BaseSAE):
 
     def lr_multiplier(self, name: str) -> float:
         """``s`` for θ and the biases (activation units) under ``units = "normalized"``, else 1."""
-        return self._normalized() if name in ("threshold", "b_enc", "b_dec") else 1.0
+        return self._unit_scale() if name in ("threshold", "b_enc", "b_dec") else 1.0
 
     @torch.no_grad()
     def init_from_batch_(self, x_BD: Tensor) -> None:
@@ -225,7 +226,7 @@ class JumpReLUSAE(BaseSAE):
         else:
             sparsity = l0
         coef = self.cfg.sparsity_coef * warmup_scale(step, self.cfg.sparsity_warmup_steps)
-        coef *= self._normalized() ** 2  # u: the squared error's units (module docstring)
+        coef *= self._unit_scale() ** 2  # u: the squared error's units (module docstring)
         losses = {"mse": mse, "l0": l0, "sparsity": sparsity, "sparsity_coef": mse.new_tensor(coef),
                   "loss": mse + coef * sparsity}
         return SAEOutput(x_hat_BD, f_BF, None, None, losses)
