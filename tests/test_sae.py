@@ -435,9 +435,10 @@ def test_jumprelu_normalized_units_train_as_on_unit_norm_inputs():
     torch.testing.assert_close(norm.W_dec.detach(), raw.W_dec.detach(), rtol=1e-4, atol=1e-6)
     for name in ("b_enc", "b_dec", "threshold"):
         torch.testing.assert_close(getattr(norm, name).detach() / s, getattr(raw, name).detach(), rtol=1e-4, atol=1e-5)
-    # a config saved before the field existed was trained in raw units; a saved one round-trips
+    # a config saved before the field existed was trained in raw units; one built from a params entry
+    # without the field (from_dict) gets the default; a saved one round-trips
     old = {k: v for k, v in norm.cfg.to_dict().items() if k not in ("units", "input_scale")}
-    assert JumpReLUConfig.from_dict(old).units == "raw"
-    assert JumpReLUConfig.from_dict(norm.cfg.to_dict()) == norm.cfg
+    assert JumpReLUConfig.from_saved(old).units == "raw" and JumpReLUConfig.from_dict(old).units == "normalized"
+    assert JumpReLUConfig.from_saved(norm.cfg.to_dict()) == norm.cfg
     # and the thresholds did move (by about s·lr per step, not lr)
     assert float((norm.threshold.detach() - norm.cfg.threshold_init).abs().max()) > 0.5 * 1e-2 * s

@@ -118,3 +118,25 @@ def test_five_seeds_for_the_headline_rows_and_every_run_variant_resolves(params)
     assert len(set(run_variants)) == len(run_variants)
     for name in run_variants:
         resolve_variant(name, V[name], RUN, d_model=640, activation_rms=1474.0)
+
+
+def test_jumprelu_variant_trains_in_normalised_units_and_old_saves_load_as_raw(params, tmp_path):
+    """The params entry (no ``units`` key) resolves to the default, normalised units; an SAE folder written
+    before the field existed (its saved config has no ``units``) loads as the raw-units SAE it was."""
+    import json
+
+    from saelib.sae import load_sae, make_sae
+
+    rv = resolve_variant("jumprelu", params["sae_variants"]["jumprelu"], RUN, d_model=640)
+    assert "units" not in params["sae_variants"]["jumprelu"].get("sae", {})
+    assert rv.arch == "jumprelu" and rv.sae_cfg.units == "normalized" and rv.sae_cfg.input_scale is None
+    small = make_sae("jumprelu", {**rv.sae_cfg.to_dict(), "d_in": 8, "d_sae": 16, "target_l0": 4, "threshold_init": 1.0})
+    small.save(tmp_path / "new")
+    assert load_sae(tmp_path / "new").cfg.units == "normalized"
+    small.save(tmp_path / "old")
+    cfg_path = tmp_path / "old" / "cfg.json"
+    cfg = json.loads(cfg_path.read_text())
+    for key in ("units", "input_scale"):
+        del cfg["metadata"]["saelib_config"][key]
+    cfg_path.write_text(json.dumps(cfg))
+    assert load_sae(tmp_path / "old").cfg.units == "raw"

@@ -119,7 +119,7 @@ def load_sae(folder: str | Path, *, expect_d_in: int | None = None, what: str = 
     if "saelib_architecture" in meta:
         arch = meta["saelib_architecture"]
         cls = _sae_class(arch)
-        cfg = cls.config_cls.from_dict(meta["saelib_config"])
+        cfg = cls.config_cls.from_saved(meta["saelib_config"])
     else:
         sl_arch = cfg_json.get("architecture", "standard")
         if sl_arch not in _FROM_SAELENS:

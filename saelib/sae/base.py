@@ -98,6 +98,12 @@ class SAEConfig:
             raise ValueError(f"{cls.__name__} has no field(s) {unknown}; known fields: {sorted(names)}")
         return cls(**data)
 
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]):
+        """The config of a saved SAE (``cfg.json``): :meth:`from_dict`, plus whatever an architecture needs
+        to read files written before one of its fields existed."""
+        return cls.from_dict(data)
+
 
 def compute_dtype(param_dtype: torch.dtype, device_type: str = "cpu") -> torch.dtype:
     """The autocast dtype (bf16) when autocast is on for ``device_type`` (the parameters' device type,

@@ -106,9 +106,10 @@ class JumpReLUConfig(SAEConfig):
     only ``units = "normalized"`` uses it."""
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]):
-        """As :meth:`SAEConfig.from_dict`; a config saved before ``units`` existed was trained in raw units."""
-        return super().from_dict(data if "units" in data else {**data, "units": "raw"})
+    def from_saved(cls, data: dict[str, Any]):
+        """As :meth:`SAEConfig.from_saved`; a config saved before ``units`` existed was trained in raw units.
+        (Not :meth:`from_dict`: a ``params.yaml`` entry without ``units`` gets the default.)"""
+        return super().from_saved(data if "units" in data else {**data, "units": "raw"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
