@@ -122,8 +122,7 @@ if rv.arch == "jumprelu":
     n_steps = tc.total_tokens // tc.batch_size
     travel = lr_travel(n_steps, tc.lr or default_lr(sae.cfg.d_sae), warmup_steps=tc.lr_warmup_steps,
                        decay_frac=tc.lr_decay_frac)
-    report = {**threshold_report(sae, summary["l0"], travel), "units": sae.cfg.units, "input_scale": sae.cfg.input_scale}
-    display(pd.Series(report, name=variant).to_frame())  # noqa: F821
+    display(pd.Series(threshold_report(sae, summary["l0"], travel), name=variant).to_frame())  # noqa: F821
 
 # %%
 curve = pd.read_csv(P["paths"]["results"] / "curves" / f"{variant}.csv")

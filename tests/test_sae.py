@@ -402,7 +402,8 @@ def test_lr_travel_and_jumprelu_threshold_report():
     assert rep["travel_over_init"] == pytest.approx(0.25) and rep["target_l0"] == 2 and rep["l0"] == 1.5
     # normalised units: θ learns at s·lr, so it can travel s times as far
     sae.cfg.units, sae.cfg.input_scale = "normalized", 8.0
-    assert threshold_report(sae, l0=1.5, travel=0.5)["adam_travel_bound"] == pytest.approx(4.0)
+    rep = threshold_report(sae, l0=1.5, travel=0.5)
+    assert rep["adam_travel_bound"] == pytest.approx(4.0) and (rep["units"], rep["input_scale"]) == ("normalized", 8.0)
     sae.cfg.input_scale = None
     with pytest.raises(RuntimeError, match="input scale"):
         threshold_report(sae, l0=1.5, travel=0.5)

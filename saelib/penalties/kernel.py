@@ -36,7 +36,6 @@ import torch
 from torch import Tensor
 
 
-
 def _default_cache_dir() -> str:
     """``~/.cache/saelib-numba``, or a folder under the temp dir where home is missing or read-only (numba
     refuses to define a cached function when its cache folder cannot be created)."""

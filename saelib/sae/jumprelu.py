@@ -233,10 +233,10 @@ class JumpReLUSAE(BaseSAE):
         return SAEOutput(x_hat_BD, f_BF, None, None, losses)
 
 
-def threshold_report(sae: JumpReLUSAE, l0: float, travel: float) -> dict[str, float]:
+def threshold_report(sae: JumpReLUSAE, l0: float, travel: float) -> dict[str, Any]:
     """How far the thresholds moved against how far Adam could move them (``travel``, the run's
     :func:`saelib.train.lr_travel`, times θ's :meth:`~JumpReLUSAE.lr_multiplier`) and the L0 reached
-    against the target.
+    against the target, with the ``units`` θ learned in and the ``input_scale`` they used.
 
     The target-L0 term reaches the SAE only through θ (the step function's pseudo-derivative has no
     ``pre`` part), so when θ's travel is small next to ``threshold_init`` the term cannot pull L0 back
@@ -248,5 +248,6 @@ def threshold_report(sae: JumpReLUSAE, l0: float, travel: float) -> dict[str, fl
     return {"target_l0": float(sae.cfg.target_l0 or float("nan")), "l0": float(l0), "threshold_init": init,
             "threshold_median": float(theta_F.median()), "threshold_moved_median": float(moved_F.median()),
             "threshold_moved_max": float(moved_F.max()), "adam_travel_bound": float(travel),
-            "travel_over_init": float(travel / init) if init > 0 else float("inf")}
+            "travel_over_init": float(travel / init) if init > 0 else float("inf"),
+            "units": sae.cfg.units, "input_scale": sae.cfg.input_scale}
 
