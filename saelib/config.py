@@ -61,7 +61,7 @@ OPTIONAL_CORE_KEYS = {
 }
 """``core:`` keys accepted even when no other profile uses them."""
 
-TOP_LEVEL_KEYS = ("profile", "device", "profiles", "run_variants", "sae_variants")
+TOP_LEVEL_KEYS = ("profile", "device", "profiles", "run_variants", "sae_variants", "l1_calibration")
 """Top-level ``params.yaml`` keys saelib reads. Other top-level keys are allowed (DVC and other tools
 may add their own) unless they look like a misspelling of one of these."""
 
@@ -198,6 +198,7 @@ def load_params(profile: str | None = None, path: str | Path | None = None) -> d
         "run": run,
         "variants": variants,
         "all_variants": all_variants,
+        "l1_calibration": copy.deepcopy(raw.get("l1_calibration") or {}),
         "paths": _paths(path.parent, name),
         "device": device,
     }

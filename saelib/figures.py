@@ -30,8 +30,8 @@ from .results import Results, axis_label, direction, label, matched_baseline, pe
 COMPETE_VARIANTS = ("relu_l1_matched", "relu_l1", "topk", "topk_k100", "topk_k100_l1", "compete_run1", "compete_run2",
                     "compete_run3", "compete_run4", "compete_run5", "compete_run6", "compete_no_warmup",
                     "compete_reduced_dict", "compete_described", "compete_described_matched")
-"""Paper 000's absorption-by-variant plot, in this order (the standard SAE first: λ norm-matched, then
-the literal λ = 0.04 one)."""
+"""Paper 000's absorption-by-variant plot, in this order (the standard SAE first: λ calibrated to the papers'
+L0/d, then the literal λ = 0.04 one)."""
 TABLE1_ROWS = (("Full model", "compete_run6", {"kl_score": .991, "mse_legacy": 1.414, "scr_metric_threshold_2": .167}),
                ("No warmup", "compete_no_warmup", {"kl_score": .981, "mse_legacy": 2.031, "scr_metric_threshold_2": .092}),
                ("No competition", "topk_k100", {"kl_score": .720, "mse_legacy": 4.438, "scr_metric_threshold_2": .043}),
@@ -49,15 +49,15 @@ SWEEP_METRICS = ("mean_absorption_score", "mse", "ev", "kl_score", "scr_metric_t
 HEADLINE_GROUPS = ("topk", "topk_l1", "ortho_run4", "ortho_described", "topk_k100", "topk_k100_l1", "compete_run6",
                    "compete_described", "relu_l1_matched", "relu_l1")
 """Seeded headline variants: each penalty beside its no-penalty twin and (as-described readings) its L1
-control, plus the standard SAE (λ norm-matched, and the literal λ = 0.04 one)."""
+control, plus the standard SAE (λ calibrated to the papers' L0/d, and the literal λ = 0.04 one)."""
 L1_CONTROLS = {"compete_described": "topk_k100_l1", "ortho_described": "topk_l1"}
 """As-described reading → its L1 control: the same TopK SAE with the reading's L1 term (0.04) and no
 co-activation term. The difference between the two is the co-activation term's own effect."""
 VARIANT_NOTES = {"relu_l1": "literal λ=0.04 (dense)",
-                 "relu_l1_matched": "standard SAE: ReLU + L1, λ=0.04 norm-matched (sparse, not L0-matched)",
+                 "relu_l1_matched": "standard SAE: ReLU + L1, λ calibrated to the papers' L0/d = 0.021",
                  "topk_l1": "L1 control of ortho_described", "topk_k100_l1": "L1 control of compete_described",
-                 "compete_described_matched": "as described, L1 coefficient matched by the same rule",
-                 "ortho_described_matched": "as described, L1 coefficient matched by the same rule"}
+                 "compete_described_matched": "as described, L1 coefficient calibrated by the same rule",
+                 "ortho_described_matched": "as described, L1 coefficient calibrated by the same rule"}
 """What a reader must know about a row that its name does not say (shown in tables)."""
 RATIO_METRIC = "penalty_over_mse_final"
 """The penalty's share of the loss at the end of training (penalty / MSE), drawn beside the λ sweep."""
@@ -104,7 +104,7 @@ def variant_label(results: Results, variant: str) -> str:
         return f"Ortho run {m.group(1)}" + (f"\nλ={lam:g}" if math.isfinite(lam) else "")
     if m := re.fullmatch(r"sweep_(compete|ortho)_(run|desc)_x(.+)", variant):
         return f"{m.group(1)} {'as run' if m.group(2) == 'run' else 'as described'} λ×{m.group(3)}"
-    names = {"relu_l1": "ReLU+L1 literal\nλ=0.04 (dense)", "relu_l1_matched": "ReLU+L1\nλ norm-matched",
+    names = {"relu_l1": "ReLU+L1 literal\nλ=0.04 (dense)", "relu_l1_matched": "ReLU+L1\nλ L0-calibrated",
              "jumprelu": "JumpReLU", "topk": f"TopK{ktxt}", "topk_k100": f"TopK{ktxt}\n(no competition)",
              "topk_l1": f"TopK{ktxt} + L1\n(L1 control)", "topk_k100_l1": f"TopK{ktxt} + L1\n(L1 control)",
              "batchtopk": f"BatchTopK{ktxt}", "compete_no_warmup": "Compete\nno warmup",

@@ -1,11 +1,14 @@
 """The train stage of the pipeline for one variant: train on the activation cache, evaluate core
-metrics on held-out text, write the small committed results and keep the SAE for later stages.
+metrics on held-out text, write the small committed results and keep the SAE for later stages; and the
+stage before it that calibrates the matched standard SAE's L1 coefficient (:func:`calibrate_l1`).
 
 The eval stages' counterpart (``evaluate_variant``) lives in :mod:`saelib.stages`, so that the train
 stage does not depend on (and re-run for) the eval modules."""
 from __future__ import annotations
 
 import math
+import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,11 +20,14 @@ from .activations import ActivationCache
 from .evals.core import evaluate_core
 from .heldout import SEQUENCE_LABELS, build_core_baseline, cache_expectation, load_profile_baseline, read_sequence_genres  # noqa: F401
 from .io import atomic_write_json, atomic_write_text, read_json
+from .l1_calibration import (L1Calibration, L1CalibrationConfig, PAPER_L1_COEF, calibration_path, final_l0,
+                             load_calibration, next_coef, save_calibration)
 from .models import LoadedModel, load_model
 from .penalties import make_penalty
 from .sae import make_sae
-from .train import CHECKPOINT_NAME, NonFiniteLossError, read_log, train_sae
-from .variants import ResolvedVariant, activation_rms, needs_activation_rms, resolve_variant
+from .train import CHECKPOINT_NAME, FINAL_FRAC, NonFiniteLossError, read_log, train_sae
+from .variants import (ResolvedVariant, activation_rms, matched_l1_coef, needs_activation_rms, needs_l1_calibration,
+                       resolve_variant)
 
 PER_GENRE_KEYS = ("ev", "kl_score", "ce_score", "n_sequences")
 """Core metrics stored per genre of the held-out text."""
@@ -42,8 +48,59 @@ def resolve(P: dict[str, Any], variant: str, model: LoadedModel | None = None) -
     # matched-L1 variants (l1_rule: norm_matched) convert λ to our loss's units and the training activations'
     # centred RMS norm (saelib.variants.matched_l1_coef)
     rms = activation_rms(ActivationCache(P["paths"]["activations_train"])) if needs_activation_rms(entry) else None
+    # l0_calibrated variants scale the coefficient the calibrate_l1 stage measured (saelib.l1_calibration)
+    cal = load_calibration(calibration_path(P["paths"]["results"])) if needs_l1_calibration(entry) else None
     return resolve_variant(variant, entry, run, d_model=d_model, model_name=run["model"], hook_name=hook,
-                           activation_rms=rms)
+                           activation_rms=rms, l1_calibration=cal)
+
+
+def calibrate_l1(P: dict[str, Any], *, progress: bool = True) -> dict[str, Any]:
+    """The ``calibrate_l1`` stage: measure the L1 coefficient that stands for the papers' 0.04
+    (:mod:`saelib.l1_calibration`) with ``l1_calibration.trials`` full-length runs of its ReLU variant, and
+    write ``results/<profile>/calibration/l1.json`` (whatever ``run_variants`` holds, so that the file, a
+    dependency of every train stage, does not change with the list)."""
+    cfg = L1CalibrationConfig.from_params(P.get("l1_calibration"))
+    out = calibration_path(P["paths"]["results"])
+    entry = P["all_variants"].get(cfg.variant)
+    if entry is None or entry.get("arch") != "relu" or not needs_l1_calibration(entry):
+        raise ValueError(f"params.yaml l1_calibration.variant {cfg.variant!r} must name a sae_variants entry with "
+                         f"arch: relu and l1_rule: l0_calibrated")
+    cache = ActivationCache(P["paths"]["activations_train"], profile=P["profile"], expect=cache_expectation(P))
+    cal = run_l1_calibration(cfg, entry, P["run"], cache, device=P.get("device", "auto"), progress=progress)
+    save_calibration(out, cal, cfg)
+    return {"calibration": cal.to_dict()}
+
+
+def run_l1_calibration(cfg: L1CalibrationConfig, entry: dict[str, Any], run: dict[str, Any], cache: Any, *,
+                       device: str = "cpu", progress: bool = False) -> L1Calibration:
+    """The trials of :mod:`saelib.l1_calibration` on ``cache`` (anything with ``d_model`` and ``iter_batches``):
+    variant ``entry`` trained at profile block ``run``'s scale, each run in a temporary folder."""
+    d_model = int(cache.d_model)
+    target = float(cfg.target_l0_over_d) * d_model
+    # trial 1: the norm_matched coefficient (saelib.variants) in normalised units (divided by the input scale)
+    scale = activation_rms(cache, centred=False)
+    coef = matched_l1_coef(PAPER_L1_COEF, activation_rms(cache)) / scale
+    trials: list[dict[str, float]] = []
+    input_scale = 0.0
+    for i in range(int(cfg.trials)):
+        if i > 0:
+            coef = next_coef(trials, target, cfg)
+        rv = resolve_variant(cfg.variant, entry, run, d_model=d_model, model_name=str(run.get("model", "")),
+                             hook_name=f"blocks.{run.get('layer', 0)}.hook_resid_post",
+                             l1_calibration=L1Calibration(coef_normalized=coef, input_scale=scale))
+        rv = replace(rv, train_cfg=replace(rv.train_cfg, device=device))
+        sae = make_sae(rv.arch, rv.sae_cfg)
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="l1_calibration_") as tmp:
+            result = train_sae(sae, cache, rv.train_cfg, out_dir=tmp, resume=False, progress=progress)
+            l0 = final_l0(read_log(tmp), result.n_steps, FINAL_FRAC)
+        input_scale = float(result.sae.cfg.input_scale)
+        trials.append({"coef": float(coef), "l0": float(l0), "mse": float(result.final.get("mse", float("nan"))),
+                       "wall_time_s": round(time.perf_counter() - t0, 1)})
+        if progress:
+            print(f"l1 calibration trial {i + 1}/{cfg.trials}: coef {coef:.4g} -> L0 {l0:.2f} (target {target:.2f})")
+    return L1Calibration(coef_normalized=next_coef(trials, target, cfg), input_scale=input_scale, target_l0=target,
+                         trials=trials)
 
 
 def training_curve(records: list[dict[str, Any]], n_points: int = 200) -> pd.DataFrame:

@@ -225,9 +225,10 @@ def lr_travel(n_steps: int, base_lr: float, *, warmup_steps: int = 0, decay_frac
 
 
 def make_optimizer(sae: BaseSAE, cfg: TrainConfig, lr: float) -> torch.optim.Adam:
-    """Adam over all SAE parameters (fused CPU kernel when available). Parameters whose
-    :meth:`~saelib.sae.base.BaseSAE.lr_multiplier` may differ from 1 get a group of their own, named after
-    the parameter (``train_step`` scales its rate); with none, one group, as in the original runs."""
+    """Adam over all SAE parameters (fused CPU kernel when available). When the SAE's
+    :meth:`~saelib.sae.base.BaseSAE.lr_multiplier` may differ from 1 (``uses_lr_multipliers``), every
+    parameter gets a group of its own, named after it (``train_step`` scales its rate); otherwise one group,
+    as in the original runs."""
     groups = _param_groups(sae)
     try:
         return torch.optim.Adam(groups, lr=lr, betas=cfg.adam_betas, eps=cfg.adam_eps, fused=True)
@@ -236,8 +237,7 @@ def make_optimizer(sae: BaseSAE, cfg: TrainConfig, lr: float) -> torch.optim.Ada
 
 
 def _param_groups(sae: BaseSAE) -> list[dict[str, Any]]:
-    own = getattr(type(sae), "lr_multiplier") is not BaseSAE.lr_multiplier
-    if not own:
+    if not sae.uses_lr_multipliers():
         return [{"params": list(sae.parameters()), "name": ""}]
     return [{"params": [p], "name": n} for n, p in sae.named_parameters()]
 

@@ -409,6 +409,41 @@ def test_lr_travel_and_jumprelu_threshold_report():
         threshold_report(sae, l0=1.5, travel=0.5)
 
 
+def test_relu_normalized_units_train_as_on_unit_norm_inputs():
+    """ReLU units="normalized" on x is the raw-units SAE trained on x/s (saelib.sae.units): the L1 term is
+    weighted by s (the latents scale with the input), the biases learn at s·lr; W lands on the same values."""
+    from saelib.sae import ReLUConfig
+    from saelib.train import TrainConfig, make_optimizer, train_step
+    x = _x(n=64, seed=11) * 40.0 + 3.0
+    cfg = TrainConfig(total_tokens=192, batch_size=64, grad_clip=0.0, autocast_bf16=False, adam_eps=1e-30)
+    norm = make_sae("relu", ReLUConfig(d_in=D, d_sae=F, l1_coef=0.3, l1_warmup_steps=0, units="normalized", seed=5))
+    raw = make_sae("relu", ReLUConfig(d_in=D, d_sae=F, l1_coef=0.3, l1_warmup_steps=0, seed=5))
+    assert raw.cfg.units == "raw" and not raw.uses_lr_multipliers() and norm.uses_lr_multipliers()
+    norm.init_from_batch_(x)
+    s = norm.cfg.input_scale
+    raw.init_from_batch_(x / s)
+    with torch.no_grad():  # start both from live latents: b_enc chosen so that most pre-activations are > 0
+        raw.b_enc.fill_(0.05)
+        norm.b_enc.fill_(0.05 * s)
+    opt_n, opt_r = make_optimizer(norm, cfg, 1e-2), make_optimizer(raw, cfg, 1e-2)
+    assert len(opt_r.param_groups) == 1  # raw units: one group, as the literal rows always trained
+    for step in range(3):
+        rn = train_step(norm, opt_n, x, step=step, lr=1e-2, cfg=cfg)
+        rr = train_step(raw, opt_r, x / s, step=step, lr=1e-2, cfg=cfg)
+        torch.testing.assert_close(rn.loss.detach().double(), rr.loss.detach().double() * s**2, rtol=1e-4, atol=0)
+    assert {g["name"]: g["lr"] for g in opt_n.param_groups}["b_enc"] == pytest.approx(1e-2 * s)
+    torch.testing.assert_close(norm.W_enc.detach(), raw.W_enc.detach(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(norm.W_dec.detach(), raw.W_dec.detach(), rtol=1e-4, atol=1e-6)
+    for name in ("b_enc", "b_dec"):
+        torch.testing.assert_close(getattr(norm, name).detach() / s, getattr(raw, name).detach(), rtol=1e-4, atol=1e-5)
+    assert float((norm.W_enc.detach() - raw.W_enc.detach()).abs().max()) < 1e-4
+    # the L1 weight is u = s (not s², the L0-type term's): with u = 1 the losses would differ by far more
+    out = norm(x, step=None)
+    torch.testing.assert_close(out.losses["loss"], out.losses["mse"] + 0.3 * s * out.losses["l1"], rtol=1e-6, atol=0)
+    old = {k: v for k, v in norm.cfg.to_dict().items() if k not in ("units", "input_scale")}
+    assert ReLUConfig.from_saved(old).units == "raw" and ReLUConfig.from_saved(norm.cfg.to_dict()) == norm.cfg
+
+
 def test_jumprelu_normalized_units_train_as_on_unit_norm_inputs():
     """units="normalized" on x is the raw-units SAE trained on x/s, with biases and θ scaled by s (the
     module docstring's equivalence): three Adam steps (no clipping, fp32) land on the same weights."""

@@ -1,4 +1,4 @@
-"""Variant resolution of the issue-12 controls: the norm-matched L1 rule, the L1 controls, five seeds."""
+"""Variant resolution of the issue-12 controls: the matched L1 rules, the L1 controls, five seeds."""
 from __future__ import annotations
 
 import math
@@ -8,9 +8,11 @@ import pytest
 import torch
 import yaml
 
+from saelib.l1_calibration import L1Calibration
 from saelib.sae import ReLUConfig, make_sae
 from saelib.variants import (
-    PAPER_ACTIVATION_RMS, PAPER_D_MODEL, activation_rms, matched_l1_coef, needs_activation_rms, resolve_variant,
+    PAPER_ACTIVATION_RMS, PAPER_D_MODEL, activation_rms, matched_l1_coef, needs_activation_rms, needs_l1_calibration,
+    resolve_variant,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,6 +39,8 @@ def test_activation_rms_is_the_centred_per_token_norm():
     x = torch.randn(1000, 16, generator=g) * 3 + 50.0
     want = math.sqrt(float((x.double() - x.double().mean(0)).pow(2).sum(1).mean()))
     assert activation_rms(_Cache(x), batch_size=300) == pytest.approx(want, rel=1e-9)
+    uncentred = math.sqrt(float(x.double().pow(2).sum(1).mean()))  # SAEBench's normalising scale
+    assert activation_rms(_Cache(x), batch_size=300, centred=False) == pytest.approx(uncentred, rel=1e-9)
     part = math.sqrt(float((x[:500].double() - x[:500].double().mean(0)).pow(2).sum(1).mean()))
     assert activation_rms(_Cache(x), max_tokens=500, batch_size=300) == pytest.approx(part, rel=1e-9)
 
@@ -75,25 +79,45 @@ def test_the_rule_converts_a_per_element_coefficient_to_our_summed_loss():
         matched_l1_coef(lam, 1.0, ref_d=0)
 
 
-def test_matched_variants_rescale_every_l1_coefficient(params):
+CAL = L1Calibration(coef_normalized=0.11, input_scale=5000.0, target_l0=13.4)
+
+
+def test_matched_variants_scale_every_l1_coefficient_by_the_calibration(params):
     V = params["sae_variants"]
-    rms = 1474.0
-    want = 0.04 * 2304 * rms / PAPER_ACTIVATION_RMS
-    assert PAPER_ACTIVATION_RMS == pytest.approx(120.26, rel=1e-3)
-    relu = resolve_variant("relu_l1_matched", V["relu_l1_matched"], RUN, d_model=640, activation_rms=rms)
-    assert relu.sae_cfg.l1_coef == pytest.approx(want)
+    relu = resolve_variant("relu_l1_matched", V["relu_l1_matched"], RUN, d_model=640, l1_calibration=CAL)
+    # the ReLU SAE trains in normalised units with the calibrated coefficient itself (its value is the papers' 0.04)
+    assert relu.sae_cfg.units == "normalized" and relu.sae_cfg.l1_coef == pytest.approx(0.11)
     for name in ("compete_described_matched", "ortho_described_matched", "topk_l1_matched", "topk_k100_l1_matched"):
-        rv = resolve_variant(name, V[name], RUN, d_model=640, activation_rms=rms)
-        assert rv.penalty_cfg.l1_coef == pytest.approx(want), name
+        rv = resolve_variant(name, V[name], RUN, d_model=640, l1_calibration=CAL)
+        # a penalty's L1 term acts on a raw-units TopK SAE: the coefficient times the calibration's input scale
+        assert rv.penalty_cfg.l1_coef == pytest.approx(0.11 * 5000.0), name
         twin = name.replace("_matched", "")
         literal = resolve_variant(twin, V[twin], RUN, d_model=640)
         assert literal.penalty_cfg.l1_coef == 0.04
         assert (literal.penalty_cfg.kind, literal.penalty_cfg.lam, literal.sae_cfg.k) == (
             rv.penalty_cfg.kind, rv.penalty_cfg.lam, rv.sae_cfg.k)
-    assert needs_activation_rms(V["relu_l1_matched"]) and not needs_activation_rms(V["relu_l1"])
-    with pytest.raises(ValueError, match="activation_rms"):
+    assert needs_l1_calibration(V["relu_l1_matched"]) and not needs_l1_calibration(V["relu_l1"])
+    with pytest.raises(ValueError, match="l1_calibration"):
         resolve_variant("relu_l1_matched", V["relu_l1_matched"], RUN, d_model=640)
-    assert resolve_variant("relu_l1", V["relu_l1"], RUN, d_model=640, activation_rms=rms).sae_cfg.l1_coef == 0.04
+    literal = resolve_variant("relu_l1", V["relu_l1"], RUN, d_model=640)
+    assert literal.sae_cfg.l1_coef == 0.04 and literal.sae_cfg.units == "raw"  # the literal row is unchanged
+    # a coefficient other than the papers' 0.04 scales with it; raw units cannot take a normalised coefficient
+    half = {**V["relu_l1_matched"], "sae": {"l1_coef": 0.02}}
+    assert resolve_variant("x", half, RUN, d_model=640, l1_calibration=CAL).sae_cfg.l1_coef == pytest.approx(0.055)
+    with pytest.raises(ValueError, match="normalised units"):
+        resolve_variant("x", {**half, "sae": {"units": "raw"}}, RUN, d_model=640, l1_calibration=CAL)
+
+
+def test_norm_matched_rule_still_converts_the_papers_coefficient(params):
+    """``l1_rule: norm_matched`` (the calibration's starting point) on a ReLU entry."""
+    rms = 1474.0
+    entry = {**params["sae_variants"]["relu_l1_matched"], "l1_rule": "norm_matched"}
+    rv = resolve_variant("relu_l1_matched", entry, RUN, d_model=640, activation_rms=rms)
+    assert rv.sae_cfg.l1_coef == pytest.approx(0.04 * 2304 * rms / PAPER_ACTIVATION_RMS)
+    assert PAPER_ACTIVATION_RMS == pytest.approx(120.26, rel=1e-3)
+    assert needs_activation_rms(entry) and not needs_activation_rms(params["sae_variants"]["relu_l1_matched"])
+    with pytest.raises(ValueError, match="activation_rms"):
+        resolve_variant("relu_l1_matched", entry, RUN, d_model=640)
 
 
 def test_l1_controls_match_their_topk_baselines(params):
@@ -110,14 +134,14 @@ def test_five_seeds_for_the_headline_rows_and_every_run_variant_resolves(params)
     for base in ("topk", "topk_k100", "compete_run6", "ortho_run4", "topk_l1", "topk_k100_l1", "relu_l1_matched"):
         names = [base] + [f"{base}_s{i}" for i in range(1, 5)]
         assert all(n in V and n in run_variants for n in names), base
-        seeds = {resolve_variant(n, V[n], RUN, d_model=640, activation_rms=1474.0).train_cfg.seed for n in names}
+        seeds = {resolve_variant(n, V[n], RUN, d_model=640, l1_calibration=CAL).train_cfg.seed for n in names}
         assert len(seeds) == 5, base
         ref = {k: v for k, v in V[base].items() if k not in ("seed", "description", "paper_run")}
         for n in names[1:]:
             assert {k: v for k, v in V[n].items() if k not in ("seed", "description", "paper_run")} == ref, n
     assert len(set(run_variants)) == len(run_variants)
     for name in run_variants:
-        resolve_variant(name, V[name], RUN, d_model=640, activation_rms=1474.0)
+        resolve_variant(name, V[name], RUN, d_model=640, l1_calibration=CAL)
 
 
 def test_jumprelu_variant_trains_in_normalised_units_and_old_saves_load_as_raw(params, tmp_path):

@@ -237,9 +237,14 @@ class BaseSAE(nn.Module):
         """Called by the trainer after each optimizer step (architecture-specific projections)."""
 
     def lr_multiplier(self, name: str) -> float:
-        """Factor on the trainer's learning rate for parameter ``name`` (1: one rate for all; JumpReLU's
-        normalised units differ). Read every step, so it may depend on ``init_from_batch_``."""
+        """Factor on the trainer's learning rate for parameter ``name`` (1: one rate for all; normalised
+        units, :mod:`saelib.sae.units`, differ). Read every step, so it may depend on ``init_from_batch_``."""
         return 1.0
+
+    def uses_lr_multipliers(self) -> bool:
+        """Whether :meth:`lr_multiplier` may differ from 1 (the trainer then gives each parameter its own
+        Adam group); known when the optimizer is built, before ``init_from_batch_``."""
+        return False
 
     # ---- shapes -----------------------------------------------------------------------------
     def _check_input(self, x: Tensor) -> Tensor:

@@ -14,16 +14,14 @@ Residual activations are not normalised here, so absolute thresholds depend on t
 ``threshold_init = None`` (default) sets θ from the first batch so that its L0 equals
 ``target_l0``, and ``bandwidth = None`` then uses ``ε = θ_init``.
 
-Units (``units``). SAEBench's JumpReLU trainer (dictionary_learning) divides every input by
-``s = sqrt(mean_b ‖x_b‖²)`` before training, so its λ, its thresholds and its learning rate are in units of
-a unit-mean-squared-norm input. Training on ``x/s`` with parameters ``(W, b̃, θ̃)`` is the same SAE as
-training on ``x`` with ``(W, s·b̃, s·θ̃)`` and the loss multiplied by ``s²``, except for how far Adam moves
-each parameter per step (about the learning rate, whatever the gradient's size) and for gradient clipping
-(on the whole gradient's norm, which the ``s²`` changes). ``units = "normalized"``
-(default) reproduces the normalised run on raw activations: the sparsity term is weighted by ``u = s²``
-(so it keeps its weight against the squared error) and the parameters measured in activation units, the
-biases and θ, learn at ``s·lr`` (:meth:`JumpReLUSAE.lr_multiplier`), with ``s`` taken from the first
-training batch (``input_scale``). ``units = "raw"`` uses ``u = 1`` and one learning rate: on Gemma-3-270M's
+Units (``units``, :mod:`saelib.sae.units`). SAEBench's JumpReLU trainer (dictionary_learning) divides every
+input by ``s = sqrt(mean_b ‖x_b‖²)`` before training, so its λ, its thresholds and its learning rate are in
+units of a unit-mean-squared-norm input. ``units = "normalized"`` (default) reproduces that run on raw
+activations: the sparsity term (an L0-type term) is weighted by ``u = s²`` (so it keeps its weight against
+the squared error) and the parameters measured in activation units, the biases and θ, learn at ``s·lr``,
+with ``s`` taken from the first training batch (``input_scale``). Gradient clipping acts on the whole
+gradient's norm, which the ``s²`` changes, so it is the one step that differs from the normalised run.
+``units = "raw"`` uses ``u = 1`` and one learning rate: on Gemma-3-270M's
 residuals (``s`` ≈ 5,700) θ can then move by only about ``Σ lr`` ≈ 0.17 over the default run, a small
 fraction of its starting value, and L0 drifts where the encoder's updates take it (it ended at 26.7 for a
 target of 89 in the committed runs before session 18).
@@ -36,11 +34,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import BaseSAE, SAEConfig, SAEOutput
+from .base import BaseSAE, SAEOutput
 from .relu import warmup_scale
+from .units import NormalizedUnitsMixin, UnitsConfig
 
 _MODES = ("target", "l0")
-_UNITS = ("normalized", "raw")
 
 
 def _rectangle(u: Tensor) -> Tensor:
@@ -83,7 +81,7 @@ class StepFn(torch.autograd.Function):
 
 
 @dataclass
-class JumpReLUConfig(SAEConfig):
+class JumpReLUConfig(UnitsConfig):
     """JumpReLU SAE with a per-latent learned threshold."""
 
     target_l0: float | None = 32.0
@@ -98,18 +96,6 @@ class JumpReLUConfig(SAEConfig):
     """Initial θ for every latent; ``None``: chosen on the first batch so that its L0 = target_l0."""
     bandwidth: float | None = None
     """STE kernel width ε; ``None``: equal to the initial threshold."""
-    units: str = "normalized"
-    """``"normalized"``: λ and the learning rates of θ and the biases in the units of inputs scaled to unit
-    mean squared norm, SAEBench's (module docstring); ``"raw"``: as given, on the raw activations."""
-    input_scale: float | None = None
-    """``s = sqrt(mean_b ‖x_b‖²)`` of the first training batch (set by ``init_from_batch_`` when ``None``);
-    only ``units = "normalized"`` uses it."""
-
-    @classmethod
-    def from_saved(cls, data: dict[str, Any]):
-        """As :meth:`SAEConfig.from_saved`; a config saved before ``units`` existed was trained in raw units.
-        (Not :meth:`from_dict`: a ``params.yaml`` entry without ``units`` gets the default.)"""
-        return super().from_saved(data if "units" in data else {**data, "units": "raw"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -125,19 +111,16 @@ class JumpReLUConfig(SAEConfig):
             raise ValueError(f"threshold_init must be >= 0, got {self.threshold_init}")
         if self.bandwidth is not None and float(self.bandwidth) <= 0:
             raise ValueError(f"bandwidth must be > 0, got {self.bandwidth}")
-        if self.units not in _UNITS:
-            raise ValueError(f"unknown units {self.units!r}; expected one of {_UNITS}")
-        if self.input_scale is not None and not float(self.input_scale) > 0:
-            raise ValueError(f"input_scale must be > 0, got {self.input_scale}")
 
 
-class JumpReLUSAE(BaseSAE):
+class JumpReLUSAE(NormalizedUnitsMixin, BaseSAE):
     """JumpReLU SAE (SAELens architecture ``jumprelu``; state dict adds ``threshold`` (d_sae,))."""
 
     arch = "jumprelu"
     config_cls = JumpReLUConfig
     saelens_architecture = "jumprelu"
     cfg: JumpReLUConfig
+    activation_unit_params = ("threshold", "b_enc", "b_dec")
 
     def __init__(self, cfg: JumpReLUConfig):
         super().__init__(cfg)
@@ -157,28 +140,13 @@ class JumpReLUSAE(BaseSAE):
             return float(self.cfg.threshold_init)
         raise RuntimeError("JumpReLU bandwidth is unresolved: call init_from_batch_ or set cfg.bandwidth")
 
-    def _unit_scale(self) -> float:
-        """``s`` under ``units = "normalized"``, else 1."""
-        if self.cfg.units == "raw":
-            return 1.0
-        if self.cfg.input_scale is None:
-            raise RuntimeError("JumpReLU units='normalized' needs the input scale: call init_from_batch_ on the "
-                               "first training batch or set cfg.input_scale")
-        return float(self.cfg.input_scale)
-
-    def lr_multiplier(self, name: str) -> float:
-        """``s`` for θ and the biases (activation units) under ``units = "normalized"``, else 1."""
-        return self._unit_scale() if name in ("threshold", "b_enc", "b_dec") else 1.0
-
     @torch.no_grad()
     def init_from_batch_(self, x_BD: Tensor) -> None:
         """``b_dec`` = geometric median; ``input_scale`` = ``sqrt(mean ‖x‖²)`` of the batch if unset; then,
         if ``threshold_init`` is None, θ = the activation value above which the batch has ``target_l0``
         active latents per token (both written back to cfg)."""
         super().init_from_batch_(x_BD)
-        if self.cfg.input_scale is None:
-            x_ND = x_BD.reshape(-1, self.cfg.d_in).double()
-            self.cfg.input_scale = float(x_ND.pow(2).sum(-1).mean().sqrt())
+        self.init_input_scale_(x_BD)
         if self.cfg.threshold_init is None:
             pre_N = self.pre_activations(x_BD.reshape(-1, self.cfg.d_in)).float().relu().flatten()
             n_keep = max(1, min(pre_N.numel(), int(round(float(self.cfg.target_l0) * x_BD.shape[0]))))
@@ -227,7 +195,7 @@ class JumpReLUSAE(BaseSAE):
         else:
             sparsity = l0
         coef = self.cfg.sparsity_coef * warmup_scale(step, self.cfg.sparsity_warmup_steps)
-        coef *= self._unit_scale() ** 2  # u: the squared error's units (module docstring)
+        coef *= self.unit_scale() ** 2  # u: the squared error's units (module docstring)
         losses = {"mse": mse, "l0": l0, "sparsity": sparsity, "sparsity_coef": mse.new_tensor(coef),
                   "loss": mse + coef * sparsity}
         return SAEOutput(x_hat_BD, f_BF, None, None, losses)
