@@ -38,13 +38,27 @@ def _write_cache(path: Path, radius: float, centre: float = 3.0) -> None:
 def test_matched_l1_variant_gets_lambda_rescaled_by_the_cache_norm(P):
     radius = 12.0
     _write_cache(P["paths"]["activations_train"], radius)
-    rv = pipeline.resolve(P, "relu_l1_matched")
+    P["all_variants"] = {**P["all_variants"], "relu_norm": {**P["all_variants"]["relu_l1_matched"], "l1_rule": "norm_matched"}}
+    rv = pipeline.resolve(P, "relu_norm")
     # documented rule (saelib.variants.matched_l1_coef): λ = 0.04 · 2304 · act_rms / PAPER_ACTIVATION_RMS
     assert rv.sae_cfg.d_in == D
     assert rv.sae_cfg.l1_coef == pytest.approx(0.04 * 2304 * radius / PAPER_ACTIVATION_RMS, rel=1e-6)
     assert PAPER_ACTIVATION_RMS == pytest.approx(math.sqrt(2304 * 4.438 / (1 - 0.293)))
     # a literal entry (same λ, no l1_rule) keeps 0.04 whatever the norm
     assert pipeline.resolve(P, "relu_l1").sae_cfg.l1_coef == pytest.approx(0.04)
+
+
+def test_calibrated_variant_reads_the_calibrate_l1_stage_record(P):
+    """``l1_rule: l0_calibrated`` (the params' matched rows) reads results/<p>/calibration/l1.json; without
+    it the error names the stage to run."""
+    from saelib.l1_calibration import L1Calibration, L1CalibrationConfig, calibration_path, save_calibration
+
+    _write_cache(P["paths"]["activations_train"], 12.0)
+    with pytest.raises(FileNotFoundError, match="dvc repro calibrate_l1"):
+        pipeline.resolve(P, "relu_l1_matched")
+    save_calibration(calibration_path(P["paths"]["results"]), L1Calibration(0.12, 40.0, 0.3), L1CalibrationConfig())
+    rv = pipeline.resolve(P, "relu_l1_matched")
+    assert rv.sae_cfg.units == "normalized" and rv.sae_cfg.l1_coef == pytest.approx(0.12)
 
 
 def test_read_sequence_genres_missing_file_is_a_note_and_a_wrong_file_an_error(tmp_path, capsys):
