@@ -18,6 +18,11 @@ implementation does 4 matmuls (8·B·d·F) + a 2·B·k·d gather; the sparse one
 (2·B·d·F) + four 2·B·k·d gathers/scatters. Peak = a bare ``x_BD @ W_DF`` bf16 matmul.
 Goals (issue 3): ours >= 2x SAELens tokens/s; executed GFLOP/s >= 35% of the matmul's.
 
+GPU (``--device cuda``, issue 14.1): the same comparison on a CUDA device (bf16 autocast there; the clock
+waits for queued kernels before and after each timed call). For the device tool:
+
+    python benchmarks/train_step.py --device cuda --shapes 640x5120x28 640x5120x89 2304x18432x320 --steps 20
+
 Trainer overhead (``--trainer``, issue 14.3): ``train_sae`` end-to-end on a real on-disk
 ``ActivationCache`` (written to a temporary folder: shard loading, SHA-256 checks, shuffling, logging,
 dead-latent counters, checkpoints, tqdm off) against the bare ``train_step`` loop over batches already
@@ -40,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from saelib.devices import autocast_context, compute_dtype  # noqa: E402
+from saelib.devices import autocast_context, compute_dtype, resolve_device  # noqa: E402
 from saelib.sae import TopKConfig, make_sae  # noqa: E402
 from saelib.train import TrainConfig, active_latents, make_optimizer, train_step  # noqa: E402
 
@@ -56,11 +61,11 @@ def parse_shape(text: str) -> tuple[int, int, int]:
 class OursStep:
     """One training step of our TopK SAE, as ``train_sae`` runs it."""
 
-    def __init__(self, d: int, f: int, k: int, batch: int, impl: str):
-        self.sae = make_sae("topk", TopKConfig(d_in=d, d_sae=f, k=k, backward_impl=impl))
-        self.cfg = TrainConfig(total_tokens=batch * 1000, batch_size=batch)
+    def __init__(self, d: int, f: int, k: int, batch: int, impl: str, device: torch.device = torch.device("cpu")):
+        self.sae = make_sae("topk", TopKConfig(d_in=d, d_sae=f, k=k, backward_impl=impl)).to(device)
+        self.cfg = TrainConfig(total_tokens=batch * 1000, batch_size=batch, device=str(device))
         self.opt = make_optimizer(self.sae, self.cfg, 1e-4)
-        self.since_fired_F = torch.zeros(f, dtype=torch.int64)
+        self.since_fired_F = torch.zeros(f, dtype=torch.int64, device=device)
         self.step = 0
 
     def __call__(self, x_BD: torch.Tensor) -> None:
@@ -75,20 +80,21 @@ class OursStep:
 class SAELensStep:
     """The body of SAELens' ``SAETrainer._train_step`` for a ``TopKTrainingSAE``."""
 
-    def __init__(self, d: int, f: int, k: int, batch: int):
+    def __init__(self, d: int, f: int, k: int, batch: int, device: torch.device = torch.device("cpu")):
         from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
         from sae_lens.saes.sae import TrainStepInput
 
         self.TrainStepInput = TrainStepInput
-        self.sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=f, k=k, dtype="float32", device="cpu"))
+        self.device = device
+        self.sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d, d_sae=f, k=k, dtype="float32", device=str(device)))
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=1e-4, betas=(0.9, 0.999))
-        self.since_fired_F = torch.zeros(f)
-        self.act_freq_F = torch.zeros(f)
+        self.since_fired_F = torch.zeros(f, device=device)
+        self.act_freq_F = torch.zeros(f, device=device)
         self.step = 0
 
     def __call__(self, x_BD: torch.Tensor) -> None:
         self.sae.train()
-        with autocast_context("cpu"):
+        with autocast_context(self.device.type):
             out = self.sae.training_forward_pass(self.TrainStepInput(
                 sae_in=x_BD, coefficients={}, dead_neuron_mask=(self.since_fired_F > 1000).bool(),
                 n_training_steps=self.step, is_logging_step=False))
@@ -108,35 +114,42 @@ class SAELensStep:
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def timed(fn, x, clock) -> float:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, x, clock, device: torch.device = torch.device("cpu")) -> float:
+    _sync(device)
     t0 = clock()
     fn(x)
+    _sync(device)
     return clock() - t0
 
 
 def run_shape(d: int, f: int, k: int, batch: int, impls: list[str], steps: int, warmup: int, with_saelens: bool,
-              clock=time.perf_counter) -> dict:
+              clock=time.perf_counter, device: torch.device = torch.device("cpu")) -> dict:
     gen = torch.Generator().manual_seed(0)
-    xs = [(torch.randn(batch, d, generator=gen) * 4.0 + 1.0).to(torch.bfloat16) for _ in range(4)]
-    W_DF = (torch.randn(d, f, generator=gen) * 0.02).to(compute_dtype("cpu"))  # the step's matmul dtype
-    runners: dict[str, object] = {f"ours[{impl}]": OursStep(d, f, k, batch, impl) for impl in impls}
+    xs = [(torch.randn(batch, d, generator=gen) * 4.0 + 1.0).to(torch.bfloat16).to(device) for _ in range(4)]
+    W_DF = (torch.randn(d, f, generator=gen) * 0.02).to(device=device, dtype=compute_dtype(device))  # the step's matmul dtype
+    runners: dict[str, object] = {f"ours[{impl}]": OursStep(d, f, k, batch, impl, device) for impl in impls}
     saelens_error = None
     if with_saelens:
         try:
-            runners["saelens"] = SAELensStep(d, f, k, batch)
+            runners["saelens"] = SAELensStep(d, f, k, batch, device)
         except ImportError as err:
             saelens_error = f"sae-lens unavailable: {err}"
     runners["matmul"] = lambda x: x.to(W_DF.dtype) @ W_DF
     times: dict[str, list[float]] = {name: [] for name in runners}
     for i in range(warmup + steps):
         for name, fn in runners.items():
-            t = timed(fn, xs[i % len(xs)], clock)
+            t = timed(fn, xs[i % len(xs)], clock, device)
             if i >= warmup:
                 times[name].append(t)
     med = {name: statistics.median(ts) for name, ts in times.items()}
     peak = 2 * batch * d * f / med["matmul"] / 1e9
-    row: dict = {"d": d, "F": f, "k": k, "B": batch, "matmul_ms": med["matmul"] * 1e3, "matmul_gflops": peak,
-                 "saelens_error": saelens_error}
+    row: dict = {"d": d, "F": f, "k": k, "B": batch, "device": str(device), "matmul_ms": med["matmul"] * 1e3,
+                 "matmul_gflops": peak, "saelens_error": saelens_error}
     for impl in impls:
         name = f"ours[{impl}]"
         sparse = runners[name].sae.cfg.sparse_backward
@@ -236,7 +249,11 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
     ap.add_argument("--trainer", action="store_true", help="trainer end-to-end vs bare train_step (see above)")
     ap.add_argument("--rounds", type=int, default=3, help="--trainer: interleaved rounds (median ratio reported)")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (the step comparison; --trainer is CPU only)")
     args = ap.parse_args()
+    device = resolve_device(args.device)
+    if args.trainer and device.type != "cpu":
+        ap.error("--trainer measures the CPU trainer's overhead; run it without --device")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.trainer:
@@ -257,13 +274,15 @@ def main() -> None:
             args.json.write_text(json.dumps({"threads": torch.get_num_threads(), "rows": rows}, indent=2) + "\n")
         return
     impls = [s.strip() for s in args.impl.split(",") if s.strip()]
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, clock {args.clock}, "
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"threads {torch.get_num_threads()}"
+    print(f"torch {torch.__version__}, device {device} ({where}), clock {args.clock}, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, load avg {os.getloadavg()[0]:.1f}")
     rows = []
     for d, f, k in args.shapes:
-        row = run_shape(d, f, k, args.batch, impls, args.steps, args.warmup, not args.no_saelens, CLOCKS[args.clock])
+        row = run_shape(d, f, k, args.batch, impls, args.steps, args.warmup, not args.no_saelens, CLOCKS[args.clock],
+                        device)
         rows.append(row)
-        print(f"\nd={d} F={f} k={k} B={args.batch}: bare {str(compute_dtype('cpu')).replace('torch.', '')} matmul {row['matmul_ms']:.1f} ms = {row['matmul_gflops']:.0f} GFLOP/s")
+        print(f"\nd={d} F={f} k={k} B={args.batch}: bare {str(compute_dtype(device)).replace('torch.', '')} matmul {row['matmul_ms']:.1f} ms = {row['matmul_gflops']:.0f} GFLOP/s")
         if "saelens" in row:
             s = row["saelens"]
             print(f"  {'SAELens TopKTrainingSAE'.ljust(25)} {s['ms']:8.1f} ms/step  {s['tokens_per_s']:9.0f} tok/s")
@@ -279,7 +298,8 @@ def main() -> None:
     print(f"\nload avg at end {os.getloadavg()[0]:.1f} (a shared machine inflates every figure; ratios are the robust part)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"threads": torch.get_num_threads(), "clock": args.clock, "rows": rows}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"threads": torch.get_num_threads(), "clock": args.clock, "device": str(device),
+                                         "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
