@@ -99,3 +99,21 @@ def test_real_trials_move_l0_towards_the_target():
     gap = [abs(math.log(max(r["l0"], 1e-3) / 4.0)) for r in t]
     assert gap[-1] < gap[0] and gap[-1] < math.log(1.5)
     assert cal.input_scale == pytest.approx(float(x[:256].double().pow(2).sum(1).mean().sqrt()), rel=0.2)
+
+
+def test_the_calibrate_l1_stage_tracks_the_calibrated_variant_and_feeds_every_train_stage():
+    """DVC cannot name a param from another param's value, so dvc.yaml lists the calibrated variant's entry by
+    name: it must be the one params.yaml's l1_calibration.variant names, and every train stage reads the record."""
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    variant = L1CalibrationConfig.from_params(params.get("l1_calibration")).variant
+    assert f"sae_variants.{variant}" in stages["calibrate_l1"]["params"]
+    entry = params["sae_variants"][variant]
+    assert entry["arch"] == "relu" and entry["l1_rule"] == "l0_calibrated"
+    assert stages["calibrate_l1"]["outs"] == [{"results/${profile}/calibration/l1.json": {"cache": False}}]
+    assert "results/${profile}/calibration/l1.json" in stages["train"]["do"]["deps"]
