@@ -58,6 +58,7 @@ import torch
 from torch import Tensor
 
 from saelib.hooks import Patch, final_hidden, logprobs, residuals, special_mask
+from saelib.replay import final_hidden_from
 
 from ..devices import autocast_context, module_device
 from .common import content_key, load_cached, save_cached, saebench_document, write_saebench_json
@@ -488,7 +489,7 @@ def clean_eval(model, layer: int, tokens_NS: Tensor, *, batch_size: int = 8, tok
     ce_NS = torch.zeros(tokens_NS.shape, dtype=torch.float32)
     for start in range(0, tokens_NS.shape[0], batch_size):
         sl = slice(start, start + batch_size)
-        h_NSD = final_hidden(model, tokens_NS[sl], layer, None, keep_NS[sl], None)
+        h_NSD = final_hidden_from(model, tokens_NS[sl], layer, x_NSD[sl], None, keep_NS[sl])
         ce_NS[sl] = _position_ce(model, h_NSD, tokens_NS[sl], score_NS[sl], token_chunk)
     return {"x_NSD": x_NSD, "ce_NS": ce_NS, "score_NS": score_NS}
 
@@ -669,15 +670,23 @@ def patched_ce_sums(model, layer: int, tokens_NS: Tensor, clean: Mapping[str, Te
                     cfg: UnlearningConfig) -> Tensor:
     """Per-sequence sum of next-token CE with ``patch`` spliced in (float64 ``N``). Positions before
     ``first_N`` (nothing changed yet) take the clean CE; only sequences where the patch changes something
-    are run, and only their changed positions go through the vocabulary-sized unembedding."""
+    are run, only from the layer after ``layer`` on (:func:`saelib.replay.final_hidden_from`, fed the cached
+    clean residual ``clean["x_NSD"]``), and only their changed positions go through the vocabulary-sized
+    unembedding. A residual cached in another dtype than the model's (a cache made on the other precision
+    class of machine) falls back to the full forward from the tokens."""
     ce_NS = clean["ce_NS"].double().clone()
     keep_NS = special_mask(model, tokens_NS)
     S = tokens_NS.shape[1]
     run = torch.nonzero(first_N < S).flatten()
     after_NS = torch.arange(S)[None, :] >= first_N[:, None]
+    x_NSD = clean["x_NSD"]
+    replay = x_NSD.dtype == next(model.hf_model.parameters()).dtype
     for start in range(0, run.numel(), cfg.model_batch_size):
         rows = run[start:start + cfg.model_batch_size]
-        h_NSD = final_hidden(model, tokens_NS[rows], layer, patch, keep_NS[rows], None)
+        if replay:
+            h_NSD = final_hidden_from(model, tokens_NS[rows], layer, x_NSD[rows], patch, keep_NS[rows])
+        else:
+            h_NSD = final_hidden(model, tokens_NS[rows], layer, patch, keep_NS[rows], None)
         score_NS = clean["score_NS"][rows] & after_NS[rows]
         new_NS = _position_ce(model, h_NSD, tokens_NS[rows], score_NS, cfg.token_chunk).double()
         ce_NS[rows] = torch.where(score_NS, new_NS, ce_NS[rows])
