@@ -81,7 +81,7 @@ def effect_sentences(effects: pd.DataFrame, metric: str = "mean_absorption_score
     lower (= improve) absorption? A comparison whose baseline was not run says so."""
     out = []
     if "status" in effects:
-        for _, r in effects[effects["status"].fillna("").astype(str).str.startswith("not run")].iterrows():
+        for _, r in effects[effects["status"].astype(object).fillna("").astype(str).str.startswith("not run")].iterrows():
             out.append(f"- `{r['variant']}` {r.get('comparison', 'vs')} `{r['baseline']}`: {r['status']}.")
     for _, r in effects[effects["metric"] == metric].iterrows():
         has_ci = not (pd.isna(r["diff_lo"]) or pd.isna(r["diff_hi"]))
