@@ -210,7 +210,8 @@ pd.read_csv(oracle_path).round(3) if oracle_path.exists() else "no oracle headro
 # Each penalty sits beside the same TopK SAE without it (CompeteSAE's k = 100·d/2304,
 # orthogonality's k = 320·d/2304). Each as-described reading also sits beside its **L1 control**:
 # the same TopK SAE with only the reading's L1 term (0.04), `topk_k100_l1` for CompeteSAE and
-# `topk_l1` for orthogonality. Last come two ReLU + L1 SAEs. `relu_l1_matched` is the "standard SAE"
+# `topk_l1` for orthogonality; the `*_matched` readings, whose L1 coefficient is the calibrated one, sit
+# beside `topk_k100_l1_matched` and `topk_l1_matched`. Last come two ReLU + L1 SAEs. `relu_l1_matched` is the "standard SAE"
 # of every "vs standard SAE" claim. Its λ stands for the papers' 0.04 by the rule of notebook 01b: the
 # coefficient at which this ReLU SAE, trained in SAEBench's normalised units, reaches the original standard
 # SAE's sparsity, L0/d ≈ 0.021 (measured by full-length training runs on the training L0 alone, not tuned on

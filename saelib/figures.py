@@ -50,12 +50,16 @@ HEADLINE_GROUPS = ("topk", "topk_l1", "ortho_run4", "ortho_described", "topk_k10
                    "compete_described", "relu_l1_matched", "relu_l1")
 """Seeded headline variants: each penalty beside its no-penalty twin and (as-described readings) its L1
 control, plus the standard SAE (λ calibrated to the papers' L0/d, and the literal λ = 0.04 one)."""
-L1_CONTROLS = {"compete_described": "topk_k100_l1", "ortho_described": "topk_l1"}
-"""As-described reading → its L1 control: the same TopK SAE with the reading's L1 term (0.04) and no
-co-activation term. The difference between the two is the co-activation term's own effect."""
+L1_CONTROLS = {"compete_described": "topk_k100_l1", "ortho_described": "topk_l1",
+               "compete_described_matched": "topk_k100_l1_matched", "ortho_described_matched": "topk_l1_matched"}
+"""As-described reading → its L1 control: the same TopK SAE with the reading's L1 term (0.04, or for the
+``*_matched`` twins the L0-calibrated coefficient) and no co-activation term. The difference between the
+two is the co-activation term's own effect."""
 VARIANT_NOTES = {"relu_l1": "literal λ=0.04 (dense)",
                  "relu_l1_matched": "standard SAE: ReLU + L1, λ calibrated to the papers' L0/d = 0.021",
                  "topk_l1": "L1 control of ortho_described", "topk_k100_l1": "L1 control of compete_described",
+                 "topk_l1_matched": "L1 control of ortho_described_matched",
+                 "topk_k100_l1_matched": "L1 control of compete_described_matched",
                  "compete_described_matched": "as described, L1 coefficient calibrated by the same rule",
                  "ortho_described_matched": "as described, L1 coefficient calibrated by the same rule"}
 """What a reader must know about a row that its name does not say (shown in tables)."""
@@ -503,7 +507,7 @@ COMPARISON_TWIN = "vs plain TopK"
 """Effect of a penalty against the same TopK SAE (same k and width) without it."""
 COMPARISON_L1 = "vs L1 control"
 """Effect of an as-described reading against the same TopK SAE with only its L1 term."""
-EFFECT_COLUMNS = ["variant", "baseline", "comparison", "penalty", "reading", "lam", "metric", "better",
+EFFECT_COLUMNS = ["variant", "baseline", "comparison", "penalty", "reading", "lam", "l1_coef", "metric", "better",
                   "baseline_mean", "diff", "diff_lo", "diff_hi", "ci_method", "n_variant", "n_baseline",
                   "rel_change_pct", "seed_sd", "effect_over_seed_sd", "status"]
 
@@ -535,7 +539,7 @@ def effects_table(results: Results, metrics: Sequence[str] = EFFECT_METRICS) -> 
     for v, base, kind in effect_comparisons(results):
         cfg = results.penalty_cfgs.get(v) or {}
         common = {"variant": v, "baseline": base, "comparison": kind, "penalty": family(results, v),
-                  "reading": cfg.get("reading"), "lam": results.penalty_lam(v)}
+                  "reading": cfg.get("reading"), "lam": results.penalty_lam(v), "l1_coef": float(cfg.get("l1_coef") or 0.0)}
         if not results.has(base):
             rows.append({**common, "metric": "", "status": f"not run ({base} has no results)"})
             continue

@@ -76,6 +76,17 @@ def _fmt_scale(scale: dict) -> str:
     return ", ".join(parts) + f" (profile `{scale.get('profile')}`)"
 
 
+def penalty_text(r) -> str:
+    """What an effects row's SAE adds to plain TopK: an L1 control its L1 coefficient alone (its
+    co-activation λ is 0 by construction); a penalty its family, reading and λ, plus its L1 term if any."""
+    l1 = r.get("l1_coef")
+    l1 = 0.0 if l1 is None or pd.isna(l1) else float(l1)
+    if r["penalty"] == "l1 control":
+        return f"L1 control: the L1 term alone, coefficient {l1:g}"
+    text = f"{r['penalty']}, {str(r['reading']).replace('_', ' ')}, λ = {r['lam']:g}"
+    return text + (f", L1 coefficient {l1:g}" if l1 > 0 else "")
+
+
 def effect_sentences(effects: pd.DataFrame, metric: str = "mean_absorption_score") -> list[str]:
     """One plain sentence per penalised variant and comparison (plain TopK twin, L1 control): did it
     lower (= improve) absorption? A comparison whose baseline was not run says so."""
@@ -101,7 +112,7 @@ def effect_sentences(effects: pd.DataFrame, metric: str = "mean_absorption_score
             seeds = f"; {int(r['n_variant'])} vs {int(r['n_baseline'])} seeds"
         kind = r.get("comparison")
         kind = f" ({kind})" if isinstance(kind, str) and kind else ""
-        out.append(f"- `{r['variant']}` ({r['penalty']}, {str(r['reading']).replace('_', ' ')}, λ = {r['lam']:g}) vs "
+        out.append(f"- `{r['variant']}` ({penalty_text(r)}) vs "
                    f"`{r['baseline']}`{kind}: {r['baseline_mean'] + r['diff']:.4f} vs {r['baseline_mean']:.4f} "
                    f"(Δ {r['diff']:+.4f}{ci}{sd}{seeds}) → {answer}.")
     return out

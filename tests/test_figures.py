@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib
 
@@ -452,6 +453,13 @@ def test_effect_sentences_answer_the_question():
     assert s[0] == "- `e` vs L1 control `topk_l1`: not run (topk_l1 has no results)."
     assert "vs `b` (vs plain TopK): 0.0500 vs 0.0400" in s[1] and "; 5 vs 5 seeds)" in s[1]
     assert "(vs L1 control)" in s[2] and "5 vs 1 seeds" in s[2]
+    # what each SAE adds to TopK: a penalty with its λ (and L1 term, if any); an L1 control its L1 coefficient only
+    assert s[1].startswith("- `a` (competition, as run, λ = 0.01) vs")
+    rows = pd.DataFrame([
+        {"variant": "topk_l1_matched", "penalty": "l1 control", "reading": "as_run", "lam": 0.0, "l1_coef": 467.25},
+        {"variant": "ortho_described", "penalty": "orthogonality", "reading": "as_described", "lam": 0.075, "l1_coef": 0.04}])
+    assert m.penalty_text(rows.iloc[0]) == "L1 control: the L1 term alone, coefficient 467.25"
+    assert m.penalty_text(rows.iloc[1]) == "orthogonality, as described, λ = 0.075, L1 coefficient 0.04"
 
 
 def test_headline_table_and_probing_baseline_lines():
@@ -558,3 +566,21 @@ def test_unlearning_seed_stability_against_hand_worked_values():
     s = t.set_index(["group", "metric"]).loc[("relu_l1_matched", "unlearning_auc")]  # one seed, no SD
     assert s["n"] == 1 and s["within_2sd"] is None and not s["boot_sd_below_target"]
     assert math.isnan(s["seed_sd"]) and pd.isna(s["max_pair"])
+
+
+def test_every_as_described_reading_has_an_l1_control_of_the_same_sae():
+    """``figures.L1_CONTROLS`` pairs each as-described variant of params.yaml (seeds aside) with a TopK SAE
+    of the same k and L1 rule that has the L1 term and no co-activation term; such controls are coloured
+    and labelled as L1 controls."""
+    import yaml
+
+    variants = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["sae_variants"]
+    described = [v for v, e in variants.items()
+                 if (e.get("penalty") or {}).get("reading") == "as_described" and "seed" not in e
+                 and not v.startswith("sweep_")]
+    assert sorted(described) == sorted(figures.L1_CONTROLS)
+    for v, control in figures.L1_CONTROLS.items():
+        e, c = variants[v], variants[control]
+        assert c["penalty"] == {"kind": "l1"}
+        assert (c["arch"], c["k_over_d"], c.get("l1_rule")) == (e["arch"], e["k_over_d"], e.get("l1_rule"))
+        assert figures.family(SimpleNamespace(penalty_cfgs={}), control) == "l1 control"
