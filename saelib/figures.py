@@ -437,6 +437,72 @@ def scr_definitions_table(results: Results, groups: Sequence[str] = HEADLINE_GRO
     return out
 
 
+GENRE_GROUPS = ("topk", "topk_k100")
+"""The seeded TopK baselines whose per-genre held-out metrics are summarised (``genre_gap_table``)."""
+GENRE_GAP_TARGET = 0.03
+"""Issue #12's target: the TopK baseline's worst genre within this much KL score of its best."""
+GENRE_METRICS = ("kl_score", "ce_score", "ev")
+"""Per-genre metrics kept in ``results/<p>/core/<variant>.json`` → ``per_genre``."""
+
+
+def per_genre_long(core_dir: str | Path, variants: Iterable[str]) -> pd.DataFrame:
+    """One row per (variant, genre, metric) from the ``per_genre`` block of each core result: columns
+    variant, group (seed base), genre, metric, value, n_sequences. Variants without the block are left out."""
+    from .io import read_json
+
+    rows = []
+    for v in variants:
+        path = Path(core_dir) / f"{v}.json"
+        if not path.exists():
+            continue
+        for genre, m in (read_json(path).get("per_genre") or {}).items():
+            for metric in GENRE_METRICS:
+                if m.get(metric) is not None:
+                    rows.append({"variant": v, "group": seed_base(v), "genre": genre, "metric": metric,
+                                 "value": float(m[metric]), "n_sequences": int(m.get("n_sequences", 0))})
+    return pd.DataFrame(rows, columns=["variant", "group", "genre", "metric", "value", "n_sequences"])
+
+
+def genre_table(long: pd.DataFrame, groups: Sequence[str] = GENRE_GROUPS) -> pd.DataFrame:
+    """Seed mean of each per-genre metric: rows (group, genre), columns the metrics, plus the seeds and
+    held-out sequences behind each genre."""
+    sub = long[long["group"].isin(groups)]
+    if sub.empty:
+        return pd.DataFrame(columns=["group", "genre", *GENRE_METRICS, "n_seeds", "n_sequences"])
+    wide = sub.pivot_table(index=["group", "genre"], columns="metric", values="value", aggfunc="mean")
+    counts = sub[sub["metric"] == "kl_score"].groupby(["group", "genre"]).agg(
+        n_seeds=("variant", "nunique"), n_sequences=("n_sequences", "first"))
+    return wide.join(counts).reset_index()
+
+
+def genre_gap_table(long: pd.DataFrame, groups: Sequence[str] = GENRE_GROUPS, metric: str = "kl_score",
+                    target: float = GENRE_GAP_TARGET) -> pd.DataFrame:
+    """Per group: the best-minus-worst genre gap of ``metric`` in each seed, its mean and 95% t interval
+    over seeds, the genres that were worst and best most often, and whether the gap meets ``target``:
+    "yes" (the interval lies below it), "no" (above it), "undetermined" (it straddles it), or, for a
+    single seed, "yes (1 run)"/"no (1 run)"."""
+    rows = []
+    for g in groups:
+        sub = long[(long["group"] == g) & (long["metric"] == metric)]
+        if sub.empty:
+            continue
+        per_seed = sub.pivot_table(index="variant", columns="genre", values="value")
+        gaps = (per_seed.max(axis=1) - per_seed.min(axis=1)).to_numpy()
+        n = len(gaps)
+        mean = float(gaps.mean())
+        half = float(stats.t.ppf(0.975, n - 1) * gaps.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+        if n > 1:
+            meets = "yes" if mean + half < target else "no" if mean - half > target else "undetermined"
+        else:
+            meets = ("yes" if mean < target else "no") + " (1 run)"
+        rows.append({"group": g, "metric": metric, "n_seeds": n, "gap_mean": mean, "gap_ci": half,
+                     "gap_min": float(gaps.min()), "gap_max": float(gaps.max()),
+                     "worst_genre": per_seed.idxmin(axis=1).mode().iloc[0],
+                     "best_genre": per_seed.idxmax(axis=1).mode().iloc[0],
+                     "sequences_per_genre": int(sub["n_sequences"].min()), "target": target, "meets_target": meets})
+    return pd.DataFrame(rows)
+
+
 UNLEARNING_SEED_GROUPS = ("topk", "compete_run6", "relu_l1_matched")
 """The seeded rows the unlearning eval scores (``unlearning_variants.yaml``)."""
 UNLEARNING_SD_TARGET = 0.05
@@ -663,4 +729,5 @@ __all__ = ["bar_panel", "variant_label", "family", "fig_competesae_absorption", 
            "fig_ortho_probing", "fig_sae_probes", "sweep_table", "fig_lambda_sweep", "headline_table", "fig_headline", "effects_table",
            "fig_effects", "key_metrics_table", "md_table", "write_table", "COMPETE_VARIANTS", "ORTHO_VARIANTS", "TABLE1_ROWS",
            "SWEEP_REFERENCES", "HEADLINE_GROUPS", "HEADLINE_METRICS", "L1_CONTROLS", "VARIANT_NOTES", "RATIO_METRIC",
-           "effect_comparisons", "COMPARISON_TWIN", "COMPARISON_L1"]
+           "effect_comparisons", "COMPARISON_TWIN", "COMPARISON_L1", "per_genre_long", "genre_table", "genre_gap_table",
+           "GENRE_GROUPS", "GENRE_GAP_TARGET"]

@@ -584,3 +584,26 @@ def test_every_as_described_reading_has_an_l1_control_of_the_same_sae():
         assert c["penalty"] == {"kind": "l1"}
         assert (c["arch"], c["k_over_d"], c.get("l1_rule")) == (e["arch"], e["k_over_d"], e.get("l1_rule"))
         assert figures.family(SimpleNamespace(penalty_cfgs={}), control) == "l1 control"
+
+
+def test_genre_gap_table_known_answer(tmp_path):
+    """Two seeds of topk with known per-genre KL scores: gaps 0.05 and 0.01 → mean 0.03 and the t interval
+    over two seeds; one seed of topk_k100 with gap 0.02 → "yes (1 run)"; a variant without the block is skipped."""
+    def write(v, kl):
+        doc = {"per_genre": {g: {"kl_score": x, "ce_score": x, "ev": 0.9, "n_sequences": 8} for g, x in kl.items()}}
+        (tmp_path / f"{v}.json").write_text(json.dumps(doc))
+
+    write("topk", {"news": 0.90, "code": 0.95, "forum": 0.93})
+    write("topk_s1", {"news": 0.93, "code": 0.94, "forum": 0.935})
+    write("topk_k100", {"news": 0.88, "code": 0.90})
+    (tmp_path / "relu_l1.json").write_text(json.dumps({"per_genre": None}))
+    long = figures.per_genre_long(tmp_path, ["topk", "topk_s1", "topk_k100", "relu_l1", "missing"])
+    assert set(long["variant"]) == {"topk", "topk_s1", "topk_k100"}
+    g = figures.genre_gap_table(long).set_index("group")
+    assert g.loc["topk", "gap_mean"] == pytest.approx(0.03)
+    assert g.loc["topk", "gap_ci"] == pytest.approx(stats.t.ppf(0.975, 1) * np.std([0.05, 0.01], ddof=1) / math.sqrt(2))
+    assert g.loc["topk", "meets_target"] == "undetermined"
+    assert (g.loc["topk", "worst_genre"], g.loc["topk", "best_genre"]) == ("news", "code")
+    assert g.loc["topk_k100", "meets_target"] == "yes (1 run)" and g.loc["topk_k100", "n_seeds"] == 1
+    t = figures.genre_table(long).set_index(["group", "genre"])
+    assert t.loc[("topk", "news"), "kl_score"] == pytest.approx(0.915) and t.loc[("topk", "news"), "n_seeds"] == 2
