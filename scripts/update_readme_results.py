@@ -118,6 +118,19 @@ def effect_sentences(effects: pd.DataFrame, metric: str = "mean_absorption_score
     return out
 
 
+def genre_gap_lines(gaps: pd.DataFrame) -> list[str]:
+    """One sentence per TopK baseline: its best-minus-worst genre gap in held-out KL score against the
+    target (``saelib.figures.genre_gap_table``)."""
+    out = []
+    for _, r in gaps.iterrows():
+        spread = (f"{r['gap_mean']:.3f} ± {r['gap_ci']:.3f} over {int(r['n_seeds'])} seeds" if r["n_seeds"] > 1
+                  else f"{r['gap_mean']:.3f} (1 run)")
+        out.append(f"Per genre (held-out, {int(r['sequences_per_genre'])} sequences each): `{r['group']}`'s best-minus-worst "
+                   f"KL score gap is {spread} (worst {r['worst_genre']}, best {r['best_genre']}); target < "
+                   f"{r['target']:g}: **{r['meets_target']}**.")
+    return out
+
+
 def headline_lines(headline: pd.DataFrame) -> list[str]:
     """The headline variants × metrics as one markdown table: mean ± 95% CI half-width over seeds
     (``n`` seeds), or the single value marked ``(1 run)``."""
@@ -218,6 +231,9 @@ def render_results_section(root: str | Path, profile: str = README_PROFILE) -> s
     if sae_probes_path.exists():
         line = sae_probes_line(pd.read_csv(sae_probes_path, index_col=0))
         lines += ["", line] if line else []
+    gap_path = res / "tables" / "per_genre_gap.csv"
+    if gap_path.exists():
+        lines += ["", *genre_gap_lines(pd.read_csv(gap_path))]
     counts = ledger.groupby(["paper", "verdict"]).size().unstack(fill_value=0)
     counts = counts.reindex(columns=[v for v in VERDICTS if v in counts.columns])
     lines += ["", "### Claims ledger", "",

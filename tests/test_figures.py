@@ -607,3 +607,16 @@ def test_genre_gap_table_known_answer(tmp_path):
     assert g.loc["topk_k100", "meets_target"] == "yes (1 run)" and g.loc["topk_k100", "n_seeds"] == 1
     t = figures.genre_table(long).set_index(["group", "genre"])
     assert t.loc[("topk", "news"), "kl_score"] == pytest.approx(0.915) and t.loc[("topk", "news"), "n_seeds"] == 2
+
+
+def test_genre_gap_lines_state_the_target_verdict():
+    m = load_script("update_readme_results")
+    gaps = pd.DataFrame([
+        {"group": "topk", "n_seeds": 5, "gap_mean": 0.0436, "gap_ci": 0.0057, "worst_genre": "news", "best_genre": "code",
+         "sequences_per_genre": 8, "target": 0.03, "meets_target": "no"},
+        {"group": "topk_k100", "n_seeds": 1, "gap_mean": 0.02, "gap_ci": float("nan"), "worst_genre": "news",
+         "best_genre": "code", "sequences_per_genre": 8, "target": 0.03, "meets_target": "yes (1 run)"}])
+    lines = m.genre_gap_lines(gaps)
+    assert lines[0] == ("Per genre (held-out, 8 sequences each): `topk`'s best-minus-worst KL score gap is 0.044 ± 0.006 "
+                        "over 5 seeds (worst news, best code); target < 0.03: **no**.")
+    assert "is 0.020 (1 run)" in lines[1] and "**yes (1 run)**" in lines[1]
