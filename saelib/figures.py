@@ -445,6 +445,10 @@ GENRE_METRICS = ("kl_score", "ce_score", "ev")
 """Per-genre metrics kept in ``results/<p>/core/<variant>.json`` → ``per_genre``."""
 
 
+GENRE_GAP_COLUMNS = ["group", "metric", "n_seeds", "gap_mean", "gap_ci", "gap_min", "gap_max", "worst_genre",
+                     "best_genre", "sequences_per_genre", "target", "meets_target"]
+
+
 def per_genre_long(core_dir: str | Path, variants: Iterable[str]) -> pd.DataFrame:
     """One row per (variant, genre, metric) from the ``per_genre`` block of each core result: columns
     variant, group (seed base), genre, metric, value, n_sequences. Variants without the block are left out."""
@@ -500,7 +504,7 @@ def genre_gap_table(long: pd.DataFrame, groups: Sequence[str] = GENRE_GROUPS, me
                      "worst_genre": per_seed.idxmin(axis=1).mode().iloc[0],
                      "best_genre": per_seed.idxmax(axis=1).mode().iloc[0],
                      "sequences_per_genre": int(sub["n_sequences"].min()), "target": target, "meets_target": meets})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=GENRE_GAP_COLUMNS)
 
 
 UNLEARNING_SEED_GROUPS = ("topk", "compete_run6", "relu_l1_matched")

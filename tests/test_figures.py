@@ -620,3 +620,15 @@ def test_genre_gap_lines_state_the_target_verdict():
     assert lines[0] == ("Per genre (held-out, 8 sequences each): `topk`'s best-minus-worst KL score gap is 0.044 ± 0.006 "
                         "over 5 seeds (worst news, best code); target < 0.03: **no**.")
     assert "is 0.020 (1 run)" in lines[1] and "**yes (1 run)**" in lines[1]
+
+
+def test_genre_tables_without_genres_keep_their_columns(tmp_path):
+    """A profile whose held-out split has no genres (or no TopK baseline) gives empty tables that still
+    have their header, so the README script reads them back and writes no per-genre line."""
+    long = figures.per_genre_long(tmp_path, ["topk"])
+    gaps = figures.genre_gap_table(long)
+    assert gaps.empty and list(gaps.columns) == figures.GENRE_GAP_COLUMNS
+    paths = figures.write_table(gaps, tmp_path / "per_genre_gap")
+    back = pd.read_csv(paths[0])
+    assert back.empty and load_script("update_readme_results").genre_gap_lines(back) == []
+    assert figures.genre_table(long).empty
