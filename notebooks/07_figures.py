@@ -142,7 +142,7 @@ eval_tables["probing"].round(3)
 # %% [markdown]
 # Unlearning scores only the SAEs listed in `unlearning_variants.yaml`: the five seeds of the TopK baseline,
 # of CompeteSAE as run and of the standard SAE (λ calibrated to the papers' L0/d) (the rows of the unlearning claims and of the
-# seed-stability check). Its SAEBench sweep costs about seven times the CPU time of training an SAE, so the
+# seed-stability check). Its SAEBench sweep costs about five times the CPU time of training an SAE, so the
 # other rows go without it.
 #
 # Each row carries two scores, each with its bootstrap SD over the eval sequences (`_sd` columns):
