@@ -22,10 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from saelib.data.corpus import load_corpus, tokenize_corpus  # noqa: E402
-from saelib.devices import resolve_device, synchronized  # noqa: E402
+from _heldout import add_model_args, model_and_heldout  # noqa: E402
+from saelib.devices import synchronized  # noqa: E402
 from saelib.hooks import residuals_batch  # noqa: E402
-from saelib.models import load_model  # noqa: E402
 
 
 class _Stop(Exception):
@@ -61,25 +60,16 @@ def _time(fn, model, *args):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="gemma-3-270m")
-    ap.add_argument("--layer", type=int, default=None, help="default: the model's default SAE layer")
-    ap.add_argument("--context", type=int, default=128)
+    add_model_args(ap)
     ap.add_argument("--batch-sizes", default="16,32,64")
     ap.add_argument("--threads", default=str(torch.get_num_threads()), help="comma list for torch.set_num_threads")
     ap.add_argument("--rounds", type=int, default=1, help="timed batches per method and setting")
     ap.add_argument("--overhead-reps", type=int, default=10, help="repetitions of the 1x16-token overhead probe")
-    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (saelib.devices.resolve_device)")
     args = ap.parse_args(argv)
 
-    device = resolve_device(args.device)
-    model = load_model(args.model, device=device)
-    layer = model.default_layer if args.layer is None else model.check_layer(args.layer)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     threads = [int(t) for t in args.threads.split(",")]
-    docs = load_corpus("offline", "heldout", seed=0)["text"]
-    tokens = tokenize_corpus(model.tokenizer, docs, context=args.context, max_sequences=max(batch_sizes) * args.rounds)
-    if tokens.shape[0] < max(batch_sizes) * args.rounds:
-        raise SystemExit(f"held-out corpus gave only {tokens.shape[0]} sequences")
+    device, model, layer, tokens = model_and_heldout(args, max(batch_sizes) * args.rounds)
     print(f"model {model.name} layer {layer} context {args.context} on {device}; cpu threads available {os.cpu_count()}")
 
     # correctness: both methods return the same residuals

@@ -28,31 +28,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from saelib.data.corpus import load_corpus, tokenize_corpus  # noqa: E402
-from saelib.devices import resolve_device, synchronized  # noqa: E402
+from _heldout import add_model_args, model_and_heldout  # noqa: E402
+from saelib.devices import synchronized  # noqa: E402
 from saelib.evals import unlearning as U  # noqa: E402
 from saelib.hooks import final_hidden, special_mask  # noqa: E402
-from saelib.models import load_model  # noqa: E402
 from saelib.replay import final_hidden_from  # noqa: E402
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="gemma-3-270m")
-    ap.add_argument("--layer", type=int, default=None, help="default: the model's default SAE layer")
-    ap.add_argument("--context", type=int, default=128)
+    add_model_args(ap)
     ap.add_argument("--sequences", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=2, help="timed calls per arm")
-    ap.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (saelib.devices.resolve_device)")
     args = ap.parse_args(argv)
 
-    device = resolve_device(args.device)
-    model = load_model(args.model, device=device)
-    layer = model.default_layer if args.layer is None else model.check_layer(args.layer)
-    docs = load_corpus("offline", "heldout", seed=0)["text"]
-    tokens_NS = tokenize_corpus(model.tokenizer, docs, context=args.context, max_sequences=args.sequences)
-    if tokens_NS.shape[0] < args.sequences:
-        raise SystemExit(f"held-out corpus gave only {tokens_NS.shape[0]} sequences")
+    device, model, layer, tokens_NS = model_and_heldout(args, args.sequences)
     cfg = U.UnlearningConfig()
     print(f"model {model.name} layer {layer} ({model.n_layers} layers), {tuple(tokens_NS.shape)} tokens on {device}, "
           f"model batch {cfg.model_batch_size}, torch threads {torch.get_num_threads()}")
