@@ -22,7 +22,8 @@ from scipy import stats
 
 from .io import atomic_write_text
 from .plotting import set_style
-from .results import Results, axis_label, direction, label, matched_baseline, penalty_family, seed_base, seed_table
+from .results import (Results, axis_label, direction, label, matched_baseline, mean_ci, penalty_family, seed_base,
+                      seed_table)
 
 # ------------------------------------------------------------------------------------------------
 # Variant groups used by the figures (any subset may be present)
@@ -492,9 +493,8 @@ def genre_gap_table(long: pd.DataFrame, groups: Sequence[str] = GENRE_GROUPS, me
             continue
         per_seed = sub.pivot_table(index="variant", columns="genre", values="value")
         gaps = (per_seed.max(axis=1) - per_seed.min(axis=1)).to_numpy()
-        n = len(gaps)
-        mean = float(gaps.mean())
-        half = float(stats.t.ppf(0.975, n - 1) * gaps.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+        spread = mean_ci(gaps)
+        n, mean, half = spread["n"], spread["mean"], spread["ci"]
         if n > 1:
             meets = "yes" if mean + half < target else "no" if mean - half > target else "undetermined"
         else:
