@@ -3,8 +3,9 @@
     python scripts/update_readme_results.py [--root .] [--profile default] [--check]
 
 Reads ``results/<profile>/claims_ledger.csv`` and ``results/<profile>/tables/{effects,headline}.csv``,
-``scale.json``, ``probing_summary.csv`` (the residual baselines; all written by
-``notebooks/07_figures.py``) and the figures in ``figures/<profile>/``, renders markdown, and writes it to
+``scale.json``, ``probing_summary.csv`` (the residual baselines), ``sae_probes_summary.csv`` and the
+tables behind the open issues' targets (``per_genre_gap.csv``, ``scr_n20_definitions.csv``,
+``unlearning_seed_stability.csv``; all written by ``notebooks/07_figures.py``) and the figures in ``figures/<profile>/``, renders markdown, and writes it to
 ``results/<profile>/README_results.md``. For the profile the README shows (``README_PROFILE``, the
 committed default run) it also replaces everything between ``<!-- results:start -->`` and
 ``<!-- results:end -->`` in README.md (a "## Results" section with both markers is appended when the
@@ -25,7 +26,7 @@ if str(ROOT) not in sys.path:  # run as a plain script from a checkout without `
     sys.path.insert(0, str(ROOT))
 
 from saelib.claims import VERDICTS, ledger_display  # noqa: E402
-from saelib.figures import md_table  # noqa: E402
+from saelib.figures import UNLEARNING_SD_TARGET, md_table  # noqa: E402
 from saelib.io import atomic_write_text  # noqa: E402
 from saelib.results import direction, label  # noqa: E402
 
@@ -131,6 +132,56 @@ def genre_gap_lines(gaps: pd.DataFrame) -> list[str]:
     return out
 
 
+SCR_TARGET_GROUP = "topk"
+"""Issue #13 asks the TopK baseline's S at n = 20 to be told apart from 0 (its seed CI excludes 0)."""
+
+
+def scr_target_lines(defs: pd.DataFrame, group: str = SCR_TARGET_GROUP) -> list[str]:
+    """One sentence per SCR ablation definition for ``group`` at n = 20 (``saelib.figures.scr_definitions_table``):
+    seed mean ± 95% CI half-width and whether the interval excludes 0."""
+    out = []
+    for _, r in defs[defs["group"] == group].iterrows():
+        n = int(r["n"])
+        if n > 1 and r["ci"] == r["ci"]:
+            verdict = "excludes 0" if str(r["excludes_zero"]) == "True" else "includes 0"
+            value = f"{r['mean']:+.3f} ± {r['ci']:.3f} over {n} seeds ({r['lo']:+.3f} to {r['hi']:+.3f}): **{verdict}**"
+        else:
+            value = f"{r['mean']:+.3f} (1 run, no interval)"
+        name = "SAEBench's ablation, the default" if r["special_positions"] == "saebench" else "kept tokens only"
+        out.append(f"SCR at n = 20 ({name}): `{group}` {value}.")
+    return out
+
+
+def unlearning_target_lines(stability: pd.DataFrame, target: float) -> list[str]:
+    """One sentence per (group, metric) of ``saelib.figures.unlearning_seed_stability``: the largest bootstrap
+    SD against ``target`` and whether the seeds lie within 2 bootstrap SDs of each other."""
+    out = []
+    for _, r in stability.iterrows():
+        below = str(r["boot_sd_below_target"]) == "True"
+        pair = str(r["within_2sd"])
+        seeds = ("only one seed" if pair in ("None", "nan", "") else
+                 f"seeds within 2 bootstrap SDs of each other: **{'yes' if pair == 'True' else 'no'}** "
+                 f"(widest pair {r['max_pair']}, {r['max_pair_z']:.1f} SDs apart; seed SD {r['seed_sd']:.3f})")
+        out.append(f"Unlearning, `{r['group']}` `{r['metric']}` (mean {r['mean']:.3f} over {int(r['n'])}): largest "
+                   f"bootstrap SD {r['max_boot_sd']:.3f}, target < {target:g}: **{'yes' if below else 'no'}**; {seeds}.")
+    return out
+
+
+def target_lines(tables: Path, unlearning_sd_target: float) -> list[str]:
+    """The "targets" subsection: the issues' measurable targets read back from the figures stage's tables
+    (per-genre gap, SCR at n = 20 for the TopK baseline, the unlearning scores' stability); tables that
+    the profile did not produce are left out."""
+    lines = []
+    readers = (("per_genre_gap.csv", genre_gap_lines),
+               ("scr_n20_definitions.csv", scr_target_lines),
+               ("unlearning_seed_stability.csv", lambda t: unlearning_target_lines(t, unlearning_sd_target)))
+    for name, render in readers:
+        path = tables / name
+        if path.exists():
+            lines += [f"- {line}" for line in render(pd.read_csv(path))]
+    return lines
+
+
 def headline_lines(headline: pd.DataFrame) -> list[str]:
     """The headline variants × metrics as one markdown table: mean ± 95% CI half-width over seeds
     (``n`` seeds), or the single value marked ``(1 run)``."""
@@ -231,9 +282,11 @@ def render_results_section(root: str | Path, profile: str = README_PROFILE) -> s
     if sae_probes_path.exists():
         line = sae_probes_line(pd.read_csv(sae_probes_path, index_col=0))
         lines += ["", line] if line else []
-    gap_path = res / "tables" / "per_genre_gap.csv"
-    if gap_path.exists():
-        lines += ["", *genre_gap_lines(pd.read_csv(gap_path))]
+    targets = target_lines(res / "tables", UNLEARNING_SD_TARGET)
+    if targets:
+        lines += ["", "### Targets set by the open issues", "",
+                  "Read back from `results/" + profile + "/tables/` (`per_genre_gap`, `scr_n20_definitions`, "
+                  "`unlearning_seed_stability`; notebook 07 explains each).", "", *targets]
     counts = ledger.groupby(["paper", "verdict"]).size().unstack(fill_value=0)
     counts = counts.reindex(columns=[v for v in VERDICTS if v in counts.columns])
     lines += ["", "### Claims ledger", "",

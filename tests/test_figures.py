@@ -632,3 +632,40 @@ def test_genre_tables_without_genres_keep_their_columns(tmp_path):
     back = pd.read_csv(paths[0])
     assert back.empty and load_script("update_readme_results").genre_gap_lines(back) == []
     assert figures.genre_table(long).empty
+
+
+def test_scr_target_lines_read_the_topk_interval():
+    m = load_script("update_readme_results")
+    defs = pd.DataFrame([
+        {"group": "topk", "special_positions": "saebench", "n": 5, "mean": -0.0154, "ci": 0.214, "lo": -0.2294,
+         "hi": 0.1986, "excludes_zero": False},
+        {"group": "compete_run6", "special_positions": "saebench", "n": 5, "mean": 0.5, "ci": 0.1, "lo": 0.4,
+         "hi": 0.6, "excludes_zero": True},
+        {"group": "topk", "special_positions": "kept_only", "n": 5, "mean": 0.1384, "ci": 0.1072, "lo": 0.0312,
+         "hi": 0.2457, "excludes_zero": True}])
+    lines = m.scr_target_lines(defs)
+    assert lines == [
+        "SCR at n = 20 (SAEBench's ablation, the default): `topk` -0.015 ± 0.214 over 5 seeds (-0.229 to +0.199): "
+        "**includes 0**.",
+        "SCR at n = 20 (kept tokens only): `topk` +0.138 ± 0.107 over 5 seeds (+0.031 to +0.246): **excludes 0**."]
+    one = defs.iloc[:1].assign(n=1, ci=float("nan"), excludes_zero=None)
+    assert m.scr_target_lines(one) == ["SCR at n = 20 (SAEBench's ablation, the default): `topk` -0.015 (1 run, no interval)."]
+
+
+def test_unlearning_target_lines_compare_sd_with_target(tmp_path):
+    m = load_script("update_readme_results")
+    rows = pd.DataFrame([
+        {"group": "topk", "metric": "unlearning_auc", "n": 5, "mean": 0.153, "seed_sd": 0.036, "boot_sd_rms": 0.028,
+         "max_boot_sd": 0.033, "boot_sd_below_target": True, "seed_over_boot": 1.29, "max_pair_z": 2.587,
+         "max_pair": "topk_s1 vs topk_s2", "within_2sd": False},
+        {"group": "compete_run6", "metric": "unlearning_score", "n": 1, "mean": 0.293, "seed_sd": float("nan"),
+         "boot_sd_rms": 0.104, "max_boot_sd": 0.104, "boot_sd_below_target": False, "seed_over_boot": float("nan"),
+         "max_pair_z": float("nan"), "max_pair": None, "within_2sd": None}])
+    # read back through a CSV as the README script does: booleans and empty cells come back as pandas parses them
+    rows.to_csv(tmp_path / "unlearning_seed_stability.csv", index=False)
+    lines = m.target_lines(tmp_path, 0.05)
+    assert lines == [
+        "- Unlearning, `topk` `unlearning_auc` (mean 0.153 over 5): largest bootstrap SD 0.033, target < 0.05: **yes**; "
+        "seeds within 2 bootstrap SDs of each other: **no** (widest pair topk_s1 vs topk_s2, 2.6 SDs apart; seed SD 0.036).",
+        "- Unlearning, `compete_run6` `unlearning_score` (mean 0.293 over 1): largest bootstrap SD 0.104, target < 0.05: "
+        "**no**; only one seed."]
