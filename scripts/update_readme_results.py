@@ -177,7 +177,7 @@ def target_lines(tables: Path, unlearning_sd_target: float) -> list[str]:
                ("unlearning_seed_stability.csv", lambda t: unlearning_target_lines(t, unlearning_sd_target)))
     for name, render in readers:
         path = tables / name
-        if path.exists():
+        if path.exists() and path.stat().st_size > 1:  # a table written from an empty frame without columns
             lines += [f"- {line}" for line in render(pd.read_csv(path))]
     return lines
 
